@@ -1,0 +1,28 @@
+"""The one clock the library reads for token expiry.
+
+Production reads wall time. The local stack and tests move it forward (``advance``) to make tokens
+expire without waiting; FIT verification deliberately keeps real time (pyjwt checks it).
+"""
+
+from __future__ import annotations
+
+import time
+
+_offset_s = 0.0
+
+
+def now() -> float:
+    """Seconds since the epoch, as the token rules see it."""
+    return time.time() + _offset_s
+
+
+def advance(seconds: float) -> None:
+    """Move the clock forward (local stack and tests only)."""
+    global _offset_s
+    _offset_s += seconds
+
+
+def reset() -> None:
+    """Back to wall time."""
+    global _offset_s
+    _offset_s = 0.0

@@ -1,0 +1,72 @@
+"""Configuration from environment variables (the table in DESIGN.md / README).
+
+Read once per container through ``Settings.from_env()``; every value is validated so that a
+misconfigured deployment fails loudly at cold start rather than on the first request.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from forge_remote.errors import ConfigurationError
+
+PRODUCTION_JWKS_URL = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
+APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
+DEFAULT_ALLOWED_API_HOSTS = ("api.atlassian.com",)
+DEFAULT_TOKEN_MIN_VALIDITY_S = 600
+
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
+
+
+def app_ari(app_id: str) -> str:
+    """The FIT audience for an app id given bare (uuid) or as a full ARI."""
+    app_id = app_id.strip()
+    bare = app_id[len(APP_ARI_PREFIX) :] if app_id.startswith(APP_ARI_PREFIX) else app_id
+    if not _UUID.match(bare):
+        raise ConfigurationError("FORGE_APP_ID must be an app uuid or ari:cloud:ecosystem::app/<uuid>")
+    return APP_ARI_PREFIX + bare.lower()
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigurationError(f"{name} is required")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    app_ari: str
+    tokens_table: str
+    app_table: str
+    jwks_url: str = PRODUCTION_JWKS_URL
+    jobs_bus: str | None = None
+    allowed_api_hosts: tuple[str, ...] = field(default=DEFAULT_ALLOWED_API_HOSTS)
+    token_min_validity_s: int = DEFAULT_TOKEN_MIN_VALIDITY_S
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        hosts = tuple(h.strip().lower() for h in env.get("ALLOWED_API_HOSTS", "").split(",") if h.strip())
+        raw_validity = env.get("TOKEN_MIN_VALIDITY_S", "").strip()
+        try:
+            validity = int(raw_validity) if raw_validity else DEFAULT_TOKEN_MIN_VALIDITY_S
+        except ValueError as exc:
+            raise ConfigurationError("TOKEN_MIN_VALIDITY_S must be a whole number of seconds") from exc
+        if not 0 <= validity <= 4 * 3600:
+            raise ConfigurationError("TOKEN_MIN_VALIDITY_S must be between 0 and 14400")
+        jwks_url = env.get("FORGE_JWKS_URL", "").strip() or PRODUCTION_JWKS_URL
+        if not jwks_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
+            raise ConfigurationError("FORGE_JWKS_URL must be https (or http on loopback for the local stack)")
+        return cls(
+            app_ari=app_ari(_required(env, "FORGE_APP_ID")),
+            tokens_table=_required(env, "TOKENS_TABLE"),
+            app_table=_required(env, "APP_TABLE"),
+            jwks_url=jwks_url,
+            jobs_bus=env.get("JOBS_BUS", "").strip() or None,
+            allowed_api_hosts=hosts or DEFAULT_ALLOWED_API_HOSTS,
+            token_min_validity_s=validity,
+        )
