@@ -61,3 +61,11 @@ class RetryLater(ForgeRemoteError):
         super().__init__(f"{reason}; retry in {delay_s:.0f}s")
         self.reason = reason
         self.delay_s = delay_s
+
+
+class MalformedEvent(ForgeRemoteError):
+    """A request body that cannot be understood (HTTP 400). The message names no secret."""
+
+
+class BadJobRequest(ForgeRemoteError):
+    """A job request that can never succeed (unknown job, bad arguments): goes to the DLQ, not retried."""

@@ -1,0 +1,198 @@
+"""The job contract: what a background job is, how it is requested, and how requests travel.
+
+A job is a function ``(ctx: JobContext, args: A) -> JobResult | None`` registered under a name
+with a parser that turns the request's JSON ``args`` into ``A`` (raising ``ValueError`` for bad
+input). A job request is a small JSON document put on the jobs EventBridge bus::
+
+    {"job": "page-snapshot", "installationId": "ari:...", "args": {...}, "requestId": "...", "attempt": 0}
+
+The worker validates it on arrival: an unknown job or bad arguments raise ``BadJobRequest`` and the
+message goes to the DLQ at once (it could never succeed); everything else is retried or deferred.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from forge_remote.errors import BadJobRequest
+
+if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
+
+    from forge_remote.confluence import ConfluenceClient
+    from forge_remote.results import ResultStore
+
+logger = logging.getLogger(__name__)
+
+JOB_SOURCE = "forge-remote.jobs"
+JOB_DETAIL_TYPE = "JobRequest"
+MAX_REQUEST_BYTES = 64 * 1024
+_JOB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
+_INSTALLATION_ID = re.compile(r"^[A-Za-z0-9:/._-]{1,200}$")
+
+A = TypeVar("A")
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    job: str
+    installation_id: str
+    args: dict[str, Any] = field(default_factory=dict)
+    request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    attempt: int = 0
+
+    def to_detail(self) -> dict[str, Any]:
+        return {
+            "job": self.job,
+            "installationId": self.installation_id,
+            "args": self.args,
+            "requestId": self.request_id,
+            "attempt": self.attempt,
+        }
+
+    @classmethod
+    def from_detail(cls, detail: Any) -> JobRequest:
+        """Validate a request document (raises ``BadJobRequest`` naming the problem)."""
+        if not isinstance(detail, dict):
+            raise BadJobRequest("job request is not a JSON object")
+        job, installation_id = detail.get("job"), detail.get("installationId")
+        args, request_id, attempt = detail.get("args", {}), detail.get("requestId"), detail.get("attempt", 0)
+        if not isinstance(job, str) or not _JOB_NAME.match(job):
+            raise BadJobRequest("job request has no valid job name")
+        if not isinstance(installation_id, str) or not _INSTALLATION_ID.match(installation_id):
+            raise BadJobRequest("job request has no valid installationId")
+        if not isinstance(args, dict):
+            raise BadJobRequest("job request args is not an object")
+        if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
+            attempt = 0
+        return cls(
+            job=job,
+            installation_id=installation_id,
+            args=args,
+            request_id=request_id if isinstance(request_id, str) and 0 < len(request_id) <= 128 else uuid.uuid4().hex,
+            attempt=attempt,
+        )
+
+    @classmethod
+    def from_message_body(cls, body: str) -> JobRequest:
+        """From an SQS body: the EventBridge envelope (``detail``) or a bare request."""
+        if len(body.encode()) > MAX_REQUEST_BYTES:
+            raise BadJobRequest("job request too large")
+        try:
+            document = json.loads(body)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            raise BadJobRequest("job request is not valid JSON") from exc
+        if isinstance(document, dict) and "detail" in document and document.get("source") == JOB_SOURCE:
+            document = document["detail"]
+        return cls.from_detail(document)
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a job gets: who it runs for, a ready Confluence client, and somewhere to put results."""
+
+    request: JobRequest
+    api_base_url: str
+    confluence: ConfluenceClient
+    results: ResultStore
+    remaining_ms: Callable[[], int]
+
+    @property
+    def installation_id(self) -> str:
+        return self.request.installation_id
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """A short, secret-free summary for logs and metrics."""
+
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Job(Generic[A]):
+    name: str
+    run: Callable[[JobContext, A], JobResult | None]
+    parse_args: Callable[[Mapping[str, Any]], A]
+
+    def __call__(self, ctx: JobContext) -> JobResult | None:
+        try:
+            args = self.parse_args(ctx.request.args)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BadJobRequest(f"bad arguments for job {self.name}: {exc}") from exc
+        return self.run(ctx, args)
+
+
+class JobRegistry:
+    """Names to jobs. ``registry.job("name", parse_args)`` decorates a job function."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, Job[Any]] = {}
+
+    def job(
+        self, name: str, parse_args: Callable[[Mapping[str, Any]], A]
+    ) -> Callable[[Callable[[JobContext, A], JobResult | None]], Callable[[JobContext, A], JobResult | None]]:
+        if not _JOB_NAME.match(name):
+            raise ValueError(f"invalid job name {name!r}")
+
+        def register(fn: Callable[[JobContext, A], JobResult | None]) -> Callable[[JobContext, A], JobResult | None]:
+            if name in self._jobs:
+                raise ValueError(f"job {name!r} is already registered")
+            self._jobs[name] = Job(name=name, run=fn, parse_args=parse_args)
+            return fn
+
+        return register
+
+    def get(self, name: str) -> Job[Any]:
+        try:
+            return self._jobs[name]
+        except KeyError:
+            raise BadJobRequest(f"unknown job {name!r}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._jobs)
+
+
+def put_job_requests(client: EventBridgeClient, bus: str, requests: Iterable[JobRequest]) -> int:
+    """Put requests on the bus in batches of 10 (PutEvents' limit), retrying failed entries.
+
+    Returns how many were accepted; raises if some still fail after retries, so the caller's
+    event source (Forge, the scheduler) retries rather than losing work.
+    """
+    batch: list[JobRequest] = []
+    sent = 0
+    for request in requests:
+        batch.append(request)
+        if len(batch) == 10:
+            sent += _put_batch(client, bus, batch)
+            batch = []
+    if batch:
+        sent += _put_batch(client, bus, batch)
+    return sent
+
+
+def _put_batch(client: EventBridgeClient, bus: str, batch: list[JobRequest]) -> int:
+    pending = batch
+    for _ in range(4):
+        entries = [
+            {
+                "EventBusName": bus,
+                "Source": JOB_SOURCE,
+                "DetailType": JOB_DETAIL_TYPE,
+                "Detail": json.dumps(r.to_detail(), separators=(",", ":")),
+            }
+            for r in pending
+        ]
+        response = client.put_events(Entries=entries)  # type: ignore[arg-type]
+        if not response.get("FailedEntryCount"):
+            return len(batch)
+        results = response.get("Entries", [])
+        pending = [r for r, res in zip(pending, results, strict=False) if res.get("ErrorCode")]
+        logger.warning("PutEvents failed for %d of %d job requests; retrying", len(pending), len(entries))
+    raise RuntimeError(f"{len(pending)} job requests could not be put on the bus")

@@ -1,0 +1,112 @@
+"""Forge event bodies, parsed leniently.
+
+Forge sends trigger bodies either flat or wrapped as ``{"payload": {..., "retryContext": {...}}}``
+(FORGE-FACTS section 3); both are accepted. Unknown fields are kept; only what the backend acts on
+is typed. Errors name the problem, never the body's values.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from forge_remote.errors import MalformedEvent
+
+MAX_BODY_BYTES = 512 * 1024  # Forge caps UI requests at 500 KB; events are far smaller
+PAGE_EVENTS = frozenset({"avi:confluence:created:page", "avi:confluence:updated:page"})
+LIFECYCLE_EVENTS = frozenset({"avi:forge:installed:app", "avi:forge:upgraded:app"})
+
+
+@dataclass(frozen=True)
+class ForgeEvent:
+    event_type: str
+    body: dict[str, Any]  # the event itself, unwrapped, without retryContext
+    retry_count: int
+
+    @property
+    def dedup_key(self) -> str:
+        """Identifies one delivery across Forge's retries (which differ only in retryContext)."""
+        canonical = json.dumps({"eventType": self.event_type, "body": self.body}, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class PageRef:
+    page_id: str
+    space_key: str | None
+    version: int | None
+
+
+def decode_body(body: str | None, is_base64: bool = False) -> bytes:
+    """The raw bytes of an API Gateway body, size-checked."""
+    if body is None:
+        return b""
+    if is_base64:
+        try:
+            raw = base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise MalformedEvent("body is not valid base64") from exc
+    else:
+        raw = body.encode()
+    if len(raw) > MAX_BODY_BYTES:
+        raise MalformedEvent("body too large")
+    return raw
+
+
+def json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
+    """A JSON object from bytes; an empty body is ``{}`` unless ``required``."""
+    if not raw.strip():
+        if required:
+            raise MalformedEvent("body is empty")
+        return {}
+    try:
+        value = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MalformedEvent("body is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise MalformedEvent("body is not a JSON object")
+    return value
+
+
+def parse_event(document: dict[str, Any]) -> ForgeEvent:
+    """A Forge trigger body (flat or wrapped) as a ``ForgeEvent``."""
+    payload = document.get("payload")
+    event: dict[str, Any] = payload if isinstance(payload, dict) else document
+    retry = event.get("retryContext", document.get("retryContext"))
+    retry_count = retry.get("retryCount", 0) if isinstance(retry, dict) else 0
+    event_type = event.get("eventType")
+    if not isinstance(event_type, str) or not event_type or len(event_type) > 200:
+        raise MalformedEvent("event has no eventType")
+    body = {k: v for k, v in event.items() if k != "retryContext"}
+    return ForgeEvent(
+        event_type=event_type,
+        body=body,
+        retry_count=retry_count if isinstance(retry_count, int) and not isinstance(retry_count, bool) else 0,
+    )
+
+
+def page_ref(event: ForgeEvent) -> PageRef | None:
+    """The page a Confluence page event is about, or None if it is not one (or lacks an id)."""
+    if event.event_type not in PAGE_EVENTS:
+        return None
+    content = event.body.get("content")
+    if not isinstance(content, dict):
+        return None
+    page_id = content.get("id")
+    if isinstance(page_id, int) and not isinstance(page_id, bool):
+        page_id = str(page_id)
+    if not isinstance(page_id, str) or not page_id.isdigit() or len(page_id) > 20:
+        return None
+    space = content.get("space")
+    space_key = space.get("key") if isinstance(space, dict) else None
+    version = content.get("version")
+    number = version.get("number") if isinstance(version, dict) else None
+    return PageRef(
+        page_id=page_id,
+        space_key=space_key if isinstance(space_key, str) and space_key else None,
+        version=number if isinstance(number, int) and not isinstance(number, bool) else None,
+    )

@@ -1,0 +1,1 @@
+"""The embedded local stack: emulators, gateway, poller and provisioning from template.yaml."""

@@ -1,0 +1,33 @@
+"""Load the real handler modules (``functions/<name>/app.py``) the way Lambda does, one per function.
+
+Every function's module is called ``app``, so each is loaded from its path under a unique name, with
+its own environment from ``template.yaml`` applied first (modules read settings at import, as on Lambda).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_handler(logical_id: str, code_uri: str, environment: Mapping[str, str]) -> ModuleType:
+    """Import ``<code_uri>/app.py`` fresh under ``handler_<logical_id>`` with ``environment`` set."""
+    os.environ.update(environment)
+    from forge_remote import aws
+
+    aws.reset_clients()  # a new endpoint or moto mock may be in force
+    name = f"handler_{logical_id}"
+    path = ROOT / code_uri / "app.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
