@@ -24,6 +24,8 @@ def load_handler(logical_id: str, code_uri: str, environment: Mapping[str, str])
     aws.reset_clients()  # a new endpoint or moto mock may be in force
     name = f"handler_{logical_id}"
     path = ROOT / code_uri / "app.py"
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))  # Lambda puts the function's folder on the path
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot load {path}")

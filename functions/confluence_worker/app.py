@@ -1,0 +1,115 @@
+"""The Confluence worker: job requests from SQS, run with a token that is still valid.
+
+Partial batch failures (Powertools batch processor): a deferred job is made visible again after a
+growing delay and reported failed, so SQS counts the receive and, past the redrive limit, moves it
+to the DLQ; a request that can never succeed goes to the DLQ at once; the rest of the batch is
+unaffected either way.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from confluence_jobs import registry
+
+from forge_remote import aws
+from forge_remote.config import Settings
+from forge_remote.errors import BadJobRequest
+from forge_remote.installations import InstallationRegistry
+from forge_remote.jobs import JobRequest
+from forge_remote.results import ResultStore
+from forge_remote.tokens import TokenStore
+from forge_remote.worker import JobRunner, Outcome
+
+logger = Logger()
+metrics = Metrics()
+processor = BatchProcessor(event_type=EventType.SQS)
+settings = Settings.from_env()
+DLQ_URL = os.environ["JOBS_DLQ_URL"]
+MIN_REMAINING_MS = 15_000  # don't start a job that cannot finish a request before the timeout
+RESTART_DELAY_S = 5  # such a job is picked up again almost at once, by a fresh invocation
+
+_dynamodb = aws.dynamodb()
+runner = JobRunner(
+    registry=registry,
+    tokens=TokenStore(_dynamodb, settings.tokens_table),
+    installations=InstallationRegistry(_dynamodb, settings.app_table),
+    results=ResultStore(_dynamodb, settings.app_table),
+    allowed_api_hosts=settings.allowed_api_hosts,
+    min_validity_s=settings.token_min_validity_s,
+)
+
+
+class JobDeferred(Exception):
+    """Reported to the batch processor as this record's failure: the message stays in the queue."""
+
+
+@cache
+def _queue_url(queue_arn: str) -> str:
+    _, _, _, _, account, name = queue_arn.split(":", 5)
+    return aws.sqs().get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
+
+
+def _dead_letter(record: SQSRecord, reason: str) -> None:
+    aws.sqs().send_message(
+        QueueUrl=DLQ_URL,
+        MessageBody=record.body,
+        MessageAttributes={
+            "reason": {"DataType": "String", "StringValue": reason[:500]},
+            "sourceMessageId": {"DataType": "String", "StringValue": record.message_id},
+        },
+    )
+    metrics.add_metric(name="JobsDeadLettered", unit=MetricUnit.Count, value=1)
+    logger.error("job request sent to the DLQ", extra={"reason": reason, "message_id": record.message_id})
+
+
+def _defer(record: SQSRecord, outcome: Outcome) -> None:
+    aws.sqs().change_message_visibility(
+        QueueUrl=_queue_url(record.event_source_arn),
+        ReceiptHandle=record.receipt_handle,
+        VisibilityTimeout=outcome.delay_s,
+    )
+    metrics.add_metric(name="JobsDeferred", unit=MetricUnit.Count, value=1)
+    logger.warning("job deferred", extra={"reason": outcome.reason, "delay_s": outcome.delay_s})
+    raise JobDeferred(outcome.reason)
+
+
+def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    receive_count = int(record.attributes.approximate_receive_count or 1)
+    try:
+        request = JobRequest.from_message_body(record.body)
+    except BadJobRequest as exc:
+        _dead_letter(record, str(exc))
+        return
+    logger.append_keys(job=request.job, installation_id=request.installation_id, request_id=request.request_id)
+    try:
+        if lambda_context.get_remaining_time_in_millis() < MIN_REMAINING_MS:
+            _defer(record, Outcome("deferred", "too little time left in this invocation", RESTART_DELAY_S))
+        outcome = runner.run(
+            request, receive_count=receive_count, remaining_ms=lambda_context.get_remaining_time_in_millis
+        )
+        if outcome.status == "deferred":
+            _defer(record, outcome)
+        elif outcome.status == "dead":
+            _dead_letter(record, outcome.reason)
+        elif outcome.status == "discarded":
+            metrics.add_metric(name="JobsDiscarded", unit=MetricUnit.Count, value=1)
+            logger.info("job discarded", extra={"reason": outcome.reason})
+        else:
+            metrics.add_metric(name="JobsDone", unit=MetricUnit.Count, value=1)
+            logger.info("job done", extra={"summary": outcome.summary, "receive_count": receive_count})
+    finally:
+        logger.remove_keys(["job", "installation_id", "request_id"])
+
+
+@logger.inject_lambda_context
+@metrics.log_metrics
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)

@@ -1,0 +1,63 @@
+"""``page-snapshot``: on page created/updated, fetch the page and store a snapshot record.
+
+The query is the one from the motivating thread (``space in (...) and type = page and id = N``,
+with version and space expanded), built through the CQL builder so no value can change it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from confluence_jobs import registry
+from forge_remote import clock
+from forge_remote.cql import and_, field_eq, field_in, id_eq
+from forge_remote.jobs import JobContext, JobResult
+
+SNAPSHOT = "SNAPSHOT"
+
+
+@dataclass(frozen=True)
+class SnapshotArgs:
+    page_id: int
+    space_key: str | None
+    version: int | None
+
+
+def parse_args(args: Mapping[str, Any]) -> SnapshotArgs:
+    page_id = str(args["pageId"])
+    if not page_id.isdigit() or len(page_id) > 20:
+        raise ValueError("pageId must be a numeric id")
+    space_key = args.get("spaceKey")
+    if space_key is not None and (not isinstance(space_key, str) or not 0 < len(space_key) <= 255):
+        raise ValueError("spaceKey must be a non-empty string")
+    version = args.get("version")
+    if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
+        raise ValueError("version must be an integer")
+    return SnapshotArgs(page_id=int(page_id), space_key=space_key, version=version)
+
+
+@registry.job("page-snapshot", parse_args)
+def page_snapshot(ctx: JobContext, args: SnapshotArgs) -> JobResult:
+    clauses = [field_eq("type", "page"), id_eq(args.page_id)]
+    if args.space_key:
+        clauses.insert(0, field_in("space", [args.space_key]))
+    pages = list(ctx.confluence.search_content(and_(*clauses), expand=["version", "space"], limit=1))
+    if not pages:
+        # Deleted, moved out of the space, or not visible to the app: nothing to snapshot.
+        return JobResult({"pageId": args.page_id, "found": False})
+    page = pages[0]
+    version = page.get("version", {}).get("number")
+    record = {
+        "pageId": str(page["id"]),
+        "title": page.get("title"),
+        "spaceKey": page.get("space", {}).get("key"),
+        "version": version,
+        "lastModified": page.get("version", {}).get("when"),
+        "capturedAt": clock.now(),
+        "requestId": ctx.request.request_id,
+    }
+    # Keyed by page and version: a redelivered job overwrites its own record, never adds a second.
+    ctx.results.put(ctx.installation_id, SNAPSHOT, f"{page['id']}#v{version}", record)
+    return JobResult({"pageId": args.page_id, "found": True, "version": version})

@@ -1,0 +1,73 @@
+"""``space-digest``: pages modified in the last day, per space, across every cursor page,
+stored as one digest record per space and day. Requested daily by the job scheduler."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluence_jobs import registry
+from forge_remote import clock
+from forge_remote.cql import Cql, and_, date_gte, field_eq, field_in
+from forge_remote.jobs import JobContext, JobResult
+
+DIGEST = "DIGEST"
+MAX_SPACES = 100
+MAX_PAGES_PER_RECORD = 500  # keeps a digest item well under DynamoDB's 400 KB item limit
+
+
+@dataclass(frozen=True)
+class DigestArgs:
+    space_keys: tuple[str, ...]  # empty: every space the app can see
+    hours: int
+
+
+def _default_space_keys() -> list[str]:
+    return [k.strip() for k in os.environ.get("DIGEST_SPACE_KEYS", "").split(",") if k.strip()]
+
+
+def parse_args(args: Mapping[str, Any]) -> DigestArgs:
+    keys = args.get("spaceKeys", _default_space_keys())
+    if not isinstance(keys, list) or not all(isinstance(k, str) and 0 < len(k) <= 255 for k in keys):
+        raise ValueError("spaceKeys must be a list of space keys")
+    if len(keys) > MAX_SPACES:
+        raise ValueError(f"at most {MAX_SPACES} spaces per digest")
+    hours = args.get("hours", 24)
+    if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 24 * 31:
+        raise ValueError("hours must be an integer between 1 and 744")
+    return DigestArgs(space_keys=tuple(keys), hours=hours)
+
+
+@registry.job("space-digest", parse_args)
+def space_digest(ctx: JobContext, args: DigestArgs) -> JobResult:
+    now = datetime.fromtimestamp(clock.now(), UTC)
+    since = now - timedelta(hours=args.hours)
+    clauses: list[Cql] = [field_eq("type", "page"), date_gte("lastmodified", since)]
+    if args.space_keys:
+        clauses.insert(0, field_in("space", list(args.space_keys)))
+    by_space: dict[str, list[dict[str, Any]]] = {key: [] for key in args.space_keys}
+    for page in ctx.confluence.search_content(and_(*clauses), expand=["version", "space"]):
+        space_key = page.get("space", {}).get("key") or "?"
+        by_space.setdefault(space_key, []).append(
+            {
+                "id": str(page["id"]),
+                "title": page.get("title"),
+                "version": page.get("version", {}).get("number"),
+                "lastModified": page.get("version", {}).get("when"),
+            }
+        )
+    day = now.date().isoformat()
+    for space_key, pages in by_space.items():
+        record = {
+            "spaceKey": space_key,
+            "day": day,
+            "since": since.isoformat(timespec="minutes"),
+            "count": len(pages),
+            "pages": pages[:MAX_PAGES_PER_RECORD],
+            "truncated": len(pages) > MAX_PAGES_PER_RECORD,
+        }
+        ctx.results.put(ctx.installation_id, DIGEST, f"{day}#{space_key}", record)
+    return JobResult({"spaces": len(by_space), "pages": sum(len(p) for p in by_space.values())})
