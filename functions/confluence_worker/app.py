@@ -30,7 +30,8 @@ from forge_remote.worker import JobRunner, Outcome
 
 logger = Logger()
 metrics = Metrics()
-processor = BatchProcessor(event_type=EventType.SQS)
+# A batch of only deferred jobs is a normal answer, not a Lambda error (that would page someone).
+processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 settings = Settings.from_env()
 DLQ_URL = os.environ["JOBS_DLQ_URL"]
 MIN_REMAINING_MS = 15_000  # don't start a job that cannot finish a request before the timeout
