@@ -133,6 +133,8 @@ class _Parser:
         if token[0] != "word":
             raise CqlError(f"expected a field, got {token[1]!r}")
         field = token[1].lower()
+        if field not in _FIELDS:
+            raise CqlError(f"unsupported CQL field {field!r}")
         op = self.take()[1].lower()
         if op == "in":
             if self.take()[1] != "(":
@@ -153,6 +155,7 @@ class _Parser:
 
 
 Predicate = Callable[[dict[str, Any]], bool]
+_FIELDS = frozenset({"type", "space", "id", "title", "lastmodified", "created"})
 
 
 def _either(a: Predicate, b: Predicate) -> Predicate:
@@ -453,7 +456,7 @@ class ConfluenceEmulator:
                 "status": "current",
                 "authorId": "557058:emulator",
                 "createdAt": "2026-01-01T00:00:00.000Z",
-                "homepageId": None,
+                "homepageId": str(s["id"] + 1),
                 "_links": {"webui": f"/spaces/{s['key']}"},
             }
             for s in window
