@@ -9,7 +9,6 @@ unaffected either way.
 from __future__ import annotations
 
 import os
-from functools import cache
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -33,6 +32,7 @@ metrics = Metrics()
 # A batch of only deferred jobs is a normal answer, not a Lambda error (that would page someone).
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 settings = Settings.from_env()
+QUEUE_URL = os.environ["JOBS_QUEUE_URL"]
 DLQ_URL = os.environ["JOBS_DLQ_URL"]
 MIN_REMAINING_MS = 15_000  # don't start a job that cannot finish a request before the timeout
 RESTART_DELAY_S = 5  # such a job is picked up again almost at once, by a fresh invocation
@@ -52,12 +52,6 @@ class JobDeferred(Exception):
     """Reported to the batch processor as this record's failure: the message stays in the queue."""
 
 
-@cache
-def _queue_url(queue_arn: str) -> str:
-    _, _, _, _, account, name = queue_arn.split(":", 5)
-    return aws.sqs().get_queue_url(QueueName=name, QueueOwnerAWSAccountId=account)["QueueUrl"]
-
-
 def _dead_letter(record: SQSRecord, reason: str) -> None:
     aws.sqs().send_message(
         QueueUrl=DLQ_URL,
@@ -73,7 +67,7 @@ def _dead_letter(record: SQSRecord, reason: str) -> None:
 
 def _defer(record: SQSRecord, outcome: Outcome) -> None:
     aws.sqs().change_message_visibility(
-        QueueUrl=_queue_url(record.event_source_arn),
+        QueueUrl=QUEUE_URL,
         ReceiptHandle=record.receipt_handle,
         VisibilityTimeout=outcome.delay_s,
     )
@@ -113,5 +107,7 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    response = process_partial_response(event=event, record_handler=record_handler, processor=processor, context=context)
+    response = process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )
     return dict(response)
