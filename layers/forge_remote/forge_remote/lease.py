@@ -29,7 +29,6 @@ class TokenLease:
         self._min_validity_s = min_validity_s
         self._margin_s = request_margin_s
         self._current: StoredToken | None = None
-        self.tokens_used: set[str] = set()  # sha-free identity is fine here: never logged
 
     @property
     def current(self) -> StoredToken | None:
@@ -48,5 +47,4 @@ class TokenLease:
             except TokenUnavailable:
                 self._current = None
                 raise
-        self.tokens_used.add(self._current.token)
         return self._current.token
