@@ -29,7 +29,7 @@ local: venv  ## the same stack left running on 127.0.0.1 (see README "Local deve
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layers/forge_remote/forge_remote functions local
+	$(BIN)/mypy layers/forge_remote/forge_remote functions local bench
 	$(BIN)/cfn-lint template.yaml
 
 unit: venv

@@ -236,14 +236,14 @@ def test_rejected_token_is_invalidated_and_the_job_retried_once_with_a_newer_one
     confluence.add_space("ENG", "Engineering")
     page = confluence.add_page("ENG", "Plan")
     newer = forge.app_token(lifetime_s=7200)
-    real_factory = worker.runner.client_factory
+    from forge_remote.confluence import ConfluenceClient
 
     def factory(api_base_url: str, token: Callable[[], str], **kwargs: Any) -> Any:
         # A keepalive lands while the job holds the revoked token.
         TokenStore(boto3.client("dynamodb"), stack.physical["TokensTable"]).put_if_newer(
             confluence_site.installation_id, newer
         )
-        return real_factory(api_base_url, token, **kwargs)
+        return ConfluenceClient(api_base_url, token, **kwargs)
 
     worker.runner.client_factory = factory
     enqueue(stack, snapshot_request(confluence_site, str(page["id"])))

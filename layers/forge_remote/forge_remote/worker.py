@@ -12,9 +12,8 @@ import logging
 import random
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from forge_remote.confluence import ConfluenceClient
 from forge_remote.errors import (
     BadJobRequest,
     ConfigurationError,
@@ -30,6 +29,9 @@ from forge_remote.jobs import Job, JobContext, JobRegistry, JobRequest
 from forge_remote.lease import TokenLease
 from forge_remote.results import ResultStore
 from forge_remote.tokens import TokenStore
+
+if TYPE_CHECKING:
+    from forge_remote.confluence import ConfluenceClient
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +63,9 @@ class JobRunner:
     results: ResultStore
     allowed_api_hosts: Collection[str]
     min_validity_s: float
-    client_factory: Callable[..., ConfluenceClient] = ConfluenceClient
+    # None: forge_remote.confluence (and requests) is imported by the first job that calls Confluence,
+    # keeping it off the worker's cold start; invocations whose jobs are all deferred never load it.
+    client_factory: Callable[..., ConfluenceClient] | None = None
 
     def run(self, request: JobRequest, *, receive_count: int, remaining_ms: Callable[[], int]) -> Outcome:
         try:
@@ -94,6 +98,10 @@ class JobRunner:
         self, job: Job[Any], request: JobRequest, api_base_url: str, lease: TokenLease, remaining_ms: Callable[[], int]
     ) -> Outcome:
         lease.acquire()
+        if self.client_factory is None:
+            from forge_remote.confluence import ConfluenceClient
+
+            self.client_factory = ConfluenceClient
         client = self.client_factory(
             api_base_url, lease.token, allowed_hosts=self.allowed_api_hosts, remaining_ms=remaining_ms
         )
