@@ -105,6 +105,8 @@ def sqs_event(stack: LocalStack) -> dict[str, Any]:
 
 def run_worker(worker: ModuleType, stack: LocalStack) -> tuple[dict[str, Any], dict[str, Any]]:
     event = sqs_event(stack)
+    if not event["Records"]:  # Lambda never invokes with an empty batch
+        return event, {"batchItemFailures": []}
     response = worker.lambda_handler(event, LocalLambdaContext(function_name="worker", timeout_s=120))
     failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
     sqs = boto3.client("sqs")

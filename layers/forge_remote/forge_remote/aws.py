@@ -27,7 +27,7 @@ def _client(service: str) -> Any:
         logging.getLogger(name).setLevel(max(logging.INFO, logging.getLogger(name).level))
 
     # Forge gives triggers 5 s: short timeouts and 3 attempts keep a throttled call inside it.
-    config = Config(retries={"mode": "standard", "max_attempts": 3}, connect_timeout=2, read_timeout=3)
+    config = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=3)
     return boto3.client(service, config=config)  # type: ignore[call-overload]
 
 
