@@ -1,0 +1,207 @@
+"""``make demo``: the expired-token story, played on the embedded local stack in a few seconds.
+
+The motivating failure: a background job uses "the last token Forge sent", which expired while no
+Forge call came in, and Confluence answers 401. Here the same story runs through the real handlers
+(HTTP gateway, moto, SQS poller, Forge and Confluence emulators) and ends differently: the job
+waits for a valid token instead. Time is moved, never waited for (``LocalRuntime.advance``).
+Narration goes to stdout; the functions' own logs (WARNING and up) go to stderr.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+LAYER = Path(__file__).resolve().parents[1] / "layers" / "forge_remote"
+if str(LAYER) not in sys.path:
+    sys.path.insert(0, str(LAYER))  # `python -m local.demo` has no pytest pythonpath: Lambda's layer path
+
+import requests  # noqa: E402
+
+from forge_remote import clock  # noqa: E402
+from local.forge_emulator import Site  # noqa: E402
+from local.runtime import LocalRuntime  # noqa: E402
+
+TOKEN_LIFETIME_S = 3 * 3600
+SILENCE_S = 4 * 3600  # no Forge call for four hours: longer than any token lives
+DEFERRAL_S = 120  # longer than the worker's first deferral delay (a minute, jittered)
+
+
+@dataclass
+class Step:
+    title: str
+    expected: str
+    observed: str = "skipped"
+    ok: bool = False
+
+
+def _when(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%H:%M UTC")
+
+
+def _stored_expiry(rt: LocalRuntime, site: Site) -> float | None:
+    items = rt.token_items(site.installation_id)
+    return float(items[0]["expiresAt"]["N"]) if items else None
+
+
+class Story:
+    """The six steps, each checking what it claims. State shared between steps lives here."""
+
+    def __init__(self, rt: LocalRuntime) -> None:
+        self.rt = rt
+        self.site = rt.site()
+        self.first_token = ""
+        self.page_id = ""
+        self.steps: list[tuple[Step, Callable[[], tuple[bool, str]]]] = [
+            (Step("install", "app token stored with its expiry"), self.install),
+            (Step("page created", "job runs, snapshot v1 stored"), self.page_created),
+            (Step("4 h pass", "stored token expired"), self.time_passes),
+            (Step("page updated", "job deferred: not sent, not lost"), self.page_updated),
+            (Step("keepalive", "fresh token; deferred job succeeds"), self.keepalive),
+            (Step("uninstall", "no token left for the installation"), self.uninstall),
+        ]
+
+    def _headers(self, module_key: str, token: str | None = None) -> dict[str, str]:
+        return self.rt.forge.headers(self.site, system_token=token, module_key=module_key)
+
+    def install(self) -> tuple[bool, str]:
+        self.first_token = self.rt.forge.app_token(lifetime_s=TOKEN_LIFETIME_S)
+        response = self.rt.call(
+            "POST",
+            "/forge/lifecycle",
+            self._headers("lifecycle-endpoint", self.first_token),
+            self.rt.forge.installed_event(self.site),
+        )
+        items = self.rt.token_items(self.site.installation_id)
+        expires = _stored_expiry(self.rt, self.site)
+        ok = response.status_code == 200 and len(items) == 1 and items[0]["token"]["S"] == self.first_token
+        left = (expires or 0) - clock.now()
+        observed = f"lifecycle installed -> HTTP {response.status_code}; token stored, expires {_when(expires or 0)}"
+        return ok, f"{observed} (in {left / 3600:.1f} h)"
+
+    def page_created(self) -> tuple[bool, str]:
+        self.rt.confluence.add_space("ENG", "Engineering")
+        page = self.rt.confluence.add_page("ENG", "Release notes", body="<p>first draft</p>")
+        self.page_id = str(page["id"])
+        event = self.rt.forge.page_event(self.page_id, "ENG", created=True, version=1, title="Release notes")
+        # Forge re-delivers the token it cached: the store notices and writes nothing.
+        response = self.rt.call("POST", "/forge/events", self._headers("events-endpoint", self.first_token), event)
+        report = self.rt.poller.drain()
+        versions = sorted(s["version"] for s in self.rt.results(self.site.installation_id, "SNAPSHOT"))
+        ok = response.status_code == 202 and report.succeeded == 1 and versions == [1]
+        return (
+            ok,
+            f"event -> HTTP {response.status_code}; worker ran {report.succeeded} job; snapshots stored: v{versions}",
+        )
+
+    def time_passes(self) -> tuple[bool, str]:
+        self.rt.advance(SILENCE_S)
+        expires = _stored_expiry(self.rt, self.site) or 0
+        ago = clock.now() - expires
+        return ago > 0, f"clock +{SILENCE_S // 3600} h, no Forge call; stored token expired {ago / 3600:.1f} h ago"
+
+    def page_updated(self) -> tuple[bool, str]:
+        self.rt.confluence.update_page(int(self.page_id), body="<p>second draft</p>")
+        seen_before = len(self.rt.confluence.requests_seen)
+        event = self.rt.forge.page_event(self.page_id, "ENG", created=False, version=2, title="Release notes")
+        # This delivery carries no app token (a trigger may come without one): the job has only the stored one.
+        response = self.rt.call("POST", "/forge/events", self._headers("events-endpoint"), event)
+        report = self.rt.poller.drain()
+        sent = self.rt.confluence.requests_seen[seen_before:]
+        expired_sent = sum(1 for seen in sent if seen[3] == self.first_token)
+        depths = self.rt.queue_depths()
+        in_queue, in_dlq = sum(depths["queue"]), sum(depths["dlq"])
+        ok = response.status_code == 202 and report.failed == 1 and not sent and in_queue == 1 and in_dlq == 0
+        return ok, (
+            f"job deferred ({report.failed}); requests with the expired token: {expired_sent}; "
+            f"queue {in_queue}, DLQ {in_dlq}"
+        )
+
+    def naive_contrast(self) -> str:
+        """What "the last token seen" would have done: send the expired token. Once, directly."""
+        response = requests.get(
+            f"{self.site.api_base_url}/wiki/rest/api/content/{self.page_id}",
+            headers={"Authorization": f"Bearer {self.first_token}", "Accept": "application/json"},
+            timeout=10,
+        )
+        return (
+            "a naive 'last token seen' store would have sent the expired token: "
+            f"Confluence answered {response.status_code}"
+        )
+
+    def keepalive(self) -> tuple[bool, str]:
+        fresh = self.rt.forge.app_token(lifetime_s=TOKEN_LIFETIME_S)
+        response = self.rt.call("POST", "/forge/keepalive", self._headers("keepalive-endpoint", fresh))
+        released = self.rt.advance(DEFERRAL_S)  # the deferral delay passes
+        seen_before = len(self.rt.confluence.requests_seen)
+        report = self.rt.poller.drain()
+        tokens_sent = {seen[3] for seen in self.rt.confluence.requests_seen[seen_before:]}
+        versions = sorted(s["version"] for s in self.rt.results(self.site.installation_id, "SNAPSHOT"))
+        depths = self.rt.queue_depths()
+        ok = (
+            response.status_code == 204
+            and released == 1
+            and report.succeeded == 1
+            and tokens_sent == {fresh}
+            and versions == [1, 2]
+            and sum(depths["queue"]) + sum(depths["dlq"]) == 0
+        )
+        expires = _stored_expiry(self.rt, self.site) or 0
+        return ok, (
+            f"keepalive -> HTTP {response.status_code}, token until {_when(expires)}; "
+            f"deferred job released and done ({report.succeeded}); snapshots v{versions}"
+        )
+
+    def uninstall(self) -> tuple[bool, str]:
+        response = self.rt.call("POST", "/forge/uninstall", self._headers("uninstall-endpoint"), {})
+        left = self.rt.token_items(self.site.installation_id)
+        deleted = response.json().get("tokensDeleted") if response.status_code == 200 else None
+        return response.status_code == 200 and not left, (
+            f"preUninstall -> HTTP {response.status_code}; {deleted} token deleted, {len(left)} left"
+        )
+
+    def play(self) -> list[Step]:
+        failed = False
+        for number, (step, run) in enumerate(self.steps, 1):
+            if failed:
+                break  # later steps build on earlier ones: report them as skipped
+            try:
+                step.ok, step.observed = run()
+            except Exception as exc:
+                step.ok, step.observed = False, f"error: {type(exc).__name__}: {exc}"
+            failed = not step.ok
+            print(f"[{number}/{len(self.steps)}] {step.title:<13} {'ok ' if step.ok else 'BAD'}  {step.observed}")
+            if step.title == "page updated" and step.ok:
+                print(f"      {'':<13}      {self.naive_contrast()}")
+        return [step for step, _ in self.steps]
+
+
+def table(steps: list[Step]) -> str:
+    rows = [("step", "expected", "observed", "ok")] + [
+        (s.title, s.expected, s.observed, "yes" if s.ok else "NO") for s in steps
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    lines = [f"{r[0]:<{widths[0]}} | {r[1]:<{widths[1]}} | {r[2]:<{widths[2]}} | {r[3]}" for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths) + "-+---")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    started = time.monotonic()
+    print("Forge remote on AWS, on this machine: a background job, an expired token, and no 401.")
+    with LocalRuntime(log_level="WARNING") as rt:
+        print(f"      stack: gateway {rt.gateway_url}, moto {rt.moto.url}, Confluence {rt.confluence.start()}")
+        steps = Story(rt).play()
+    print()
+    print(table(steps))
+    ok = all(s.ok for s in steps)
+    print(f"\n{'All steps behaved' if ok else 'Some steps did NOT behave'} ({time.monotonic() - started:.1f} s).")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
