@@ -23,25 +23,12 @@ SPACES = {"ENG": "Engineering", "OPS": "Operations", "DOC": "Documentation"}
 
 
 def _sqs_event(sqs: Any, queue_url: str, queue_arn: str) -> dict[str, Any]:
+    from local.poller import sqs_record
+
     messages = sqs.receive_message(
         QueueUrl=queue_url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
     ).get("Messages", [])
-    return {
-        "Records": [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": "us-east-1",
-            }
-            for m in messages
-        ]
-    }
+    return {"Records": [sqs_record(m, queue_arn, "us-east-1") for m in messages]}
 
 
 def _enqueue(sqs: Any, queue_url: str, bodies: list[str]) -> None:

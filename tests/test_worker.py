@@ -19,6 +19,7 @@ from forge_remote.tokens import TokenStore
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site, new_installation_id
 from local.lambda_context import LocalLambdaContext
+from local.poller import sqs_record
 from local.stack import LocalStack
 from tests.conftest import Gateway
 
@@ -81,26 +82,14 @@ def enqueue(stack: LocalStack, *requests: JobRequest | str) -> None:
 
 def sqs_event(stack: LocalStack) -> dict[str, Any]:
     """Receive what is visible and shape it as Lambda's SQS event source mapping does."""
-    sqs = boto3.client("sqs")
-    messages = sqs.receive_message(
-        QueueUrl=stack.physical["JobsQueue"], MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
-    ).get("Messages", [])
-    return {
-        "Records": [
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": m["Attributes"],
-                "messageAttributes": {},
-                "md5OfBody": m["MD5OfBody"],
-                "eventSource": "aws:sqs",
-                "eventSourceARN": stack.arns["JobsQueue"],
-                "awsRegion": "us-east-1",
-            }
-            for m in messages
-        ]
-    }
+    messages = (
+        boto3.client("sqs")
+        .receive_message(
+            QueueUrl=stack.physical["JobsQueue"], MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
+        )
+        .get("Messages", [])
+    )
+    return {"Records": [sqs_record(m, stack.arns["JobsQueue"], stack.region) for m in messages]}
 
 
 def run_worker(worker: ModuleType, stack: LocalStack) -> tuple[dict[str, Any], dict[str, Any]]:
