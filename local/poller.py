@@ -273,7 +273,7 @@ class SqsPoller:
     def stop(self) -> None:
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(timeout=30)
+            self._thread.join(timeout=5)  # a daemon thread: never hold up shutdown for a slow drain
             self._thread = None
 
 

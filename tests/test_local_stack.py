@@ -431,7 +431,7 @@ def test_serve_and_the_forge_cli_work_together_and_stop_on_ctrl_c(tmp_path: Path
         assert "eyJ" not in installed.stdout + status.stdout
     finally:
         serve.send_signal(signal.SIGINT)
-        output, _ = serve.communicate(timeout=30)
+        output, _ = serve.communicate(timeout=90)
     assert serve.returncode == 0, output
     assert "stopping the local stack" in output
     assert not state.exists()  # the dev key does not outlive the run
