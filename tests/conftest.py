@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Iterator
 from types import ModuleType
 from typing import Any
@@ -67,6 +68,28 @@ def stack(forge: ForgeEmulator) -> Iterator[LocalStack]:
         local.create(dynamodb=boto3.client("dynamodb"), sqs=boto3.client("sqs"), events=boto3.client("events"))
         yield local
         aws.reset_clients()
+
+
+@pytest.fixture
+def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give moto DynamoDB's per-request atomicity under threads.
+
+    DynamoDB evaluates a condition and applies the write atomically; in-process moto checks and then
+    writes without a lock, so two racing threads can both pass a condition. Serialising DynamoDB calls
+    keeps every interleaving of *requests* possible while restoring the atomicity of each one.
+    """
+    from botocore.client import BaseClient
+
+    original = BaseClient._make_api_call
+    lock = threading.Lock()
+
+    def make_api_call(self: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
+        if self.meta.service_model.service_name != "dynamodb":
+            return original(self, operation_name, api_params)
+        with lock:
+            return original(self, operation_name, api_params)
+
+    monkeypatch.setattr(BaseClient, "_make_api_call", make_api_call)
 
 
 @pytest.fixture

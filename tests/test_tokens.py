@@ -88,6 +88,7 @@ def test_redelivered_token_costs_no_write(forge: ForgeEmulator, store: TokenStor
     assert store.write_count == 1
 
 
+@pytest.mark.usefixtures("atomic_dynamodb")
 def test_newest_token_wins_under_concurrent_writers(forge: ForgeEmulator, stack: LocalStack) -> None:
     installation = new_installation_id()
     lifetimes = [600 + 60 * i for i in range(40)]

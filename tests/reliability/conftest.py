@@ -62,6 +62,11 @@ _LOGGERS = ("", "forge-calls", "forge-triggers", "confluence-worker", "job-sched
 
 @pytest.fixture(autouse=True)
 def _capture_everything() -> Iterator[None]:
+    from aws_lambda_powertools import Logger
+
+    for service in _LOGGERS[1:]:
+        # Let Powertools configure its logger first: it treats the first handler as its own.
+        Logger(service=service)
     handler = _Collector(level=logging.DEBUG)
     loggers = [logging.getLogger(name) for name in _LOGGERS]
     levels = [logger.level for logger in loggers]

@@ -41,6 +41,7 @@ def stored_tokens(stack: LocalStack, installation_id: str) -> list[str]:
     return [i["token"]["S"] for i in items]
 
 
+@pytest.mark.usefixtures("atomic_dynamodb")
 def test_concurrent_keepalives_leave_the_newest_token(stack: LocalStack, forge: ForgeEmulator, ledger: Ledger) -> None:
     site = forge.site()
     lifetimes = [3600 + 97 * i for i in range(48)]
@@ -67,6 +68,7 @@ def test_concurrent_keepalives_leave_the_newest_token(stack: LocalStack, forge: 
     assert stored_tokens(stack, site.installation_id) == [newest]
 
 
+@pytest.mark.usefixtures("atomic_dynamodb")
 @pytest.mark.parametrize("round_", range(12))
 def test_uninstall_racing_a_keepalive_leaves_no_token(
     stack: LocalStack, forge: ForgeEmulator, handler: Callable[[str], ModuleType], ledger: Ledger, round_: int
