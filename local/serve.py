@@ -119,7 +119,10 @@ def banner(rt: LocalRuntime, args: argparse.Namespace) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     stop = threading.Event()
+    # Handle Ctrl-C explicitly: a process started in the background inherits SIGINT as ignored, and
+    # Python then installs no KeyboardInterrupt handler, so the stack would never stop.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     runtime = LocalRuntime(
         gateway_port=args.port,
         app_id=args.app_id or DEFAULT_APP_ID,
