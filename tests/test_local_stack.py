@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from forge_remote import clock
+from forge_remote.config import PRODUCTION_JWKS_URL
 from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
 from local.cfn_yaml import http_routes, load_template
 from local.forge_emulator import Site
@@ -228,7 +229,7 @@ def install(rt: LocalRuntime, lifetime_s: float = 3 * 3600) -> tuple[Site, str]:
     return site, token
 
 
-def bearers_seen(rt: LocalRuntime, since: int = 0) -> list[str]:
+def bearers_seen(rt: LocalRuntime, since: int = 0) -> list[str | None]:
     return [seen[3] for seen in rt.confluence.requests_seen[since:]]
 
 
@@ -435,3 +436,16 @@ def test_serve_and_the_forge_cli_work_together_and_stop_on_ctrl_c(tmp_path: Path
     assert serve.returncode == 0, output
     assert "stopping the local stack" in output
     assert not state.exists()  # the dev key does not outlive the run
+
+
+def test_production_jwks_mode_wires_atlassian_keys_and_the_real_api_host() -> None:
+    """``make local ARGS='--jwks production ...'``: checked by configuration only (no network here)."""
+    app_id = "0f1e2d3c-4b5a-4987-8654-3210fedcba98"
+    before = dict(os.environ)
+    with LocalRuntime(production_jwks=True, app_id=app_id, allowed_api_hosts="api.atlassian.com") as runtime:
+        settings = runtime.functions["ForgeTriggersFunction"].module.runtime.settings
+        assert settings.jwks_url == PRODUCTION_JWKS_URL
+        assert settings.app_ari == f"ari:cloud:ecosystem::app/{app_id}"
+        assert settings.allowed_api_hosts == ("api.atlassian.com",)
+        assert runtime.stack.environment("ConfluenceWorkerFunction")["ALLOWED_API_HOSTS"] == "api.atlassian.com"
+    assert dict(os.environ) == before  # stop() put the process back
