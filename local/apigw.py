@@ -59,7 +59,11 @@ def http_api_event(
         "isBase64Encoded": binary,
     }
     if query:
-        event["queryStringParameters"] = dict(parse_qsl(query, keep_blank_values=True))
+        # API Gateway joins a repeated key's values with commas (payload format 2.0).
+        grouped: dict[str, list[str]] = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            grouped.setdefault(key, []).append(value)
+        event["queryStringParameters"] = {key: ",".join(values) for key, values in grouped.items()}
     if raw is not None:
         event["body"] = base64.b64encode(raw).decode() if binary else raw.decode(errors="replace")
     return event
