@@ -214,3 +214,11 @@ def test_deferral_grows_and_is_capped() -> None:
     assert max(delays) <= MAX_DEFER_S * 1.1
     assert deferral_delay(1, at_least=900, rng=rng) >= 810  # a long Retry-After is respected
     assert sum(delays[:9]) > 2 * 3600  # nine deferrals outlast two hourly keepalives
+
+
+def test_local_http_api_events_join_repeated_query_values() -> None:
+    from local.apigw import http_api_event
+
+    event = http_api_event("GET", "/api/status", query="key=A&key=B&limit=1")
+    assert event["queryStringParameters"] == {"key": "A,B", "limit": "1"}
+    assert event["rawQueryString"] == "key=A&key=B&limit=1"
