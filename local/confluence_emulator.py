@@ -31,10 +31,10 @@ from typing import Any
 from urllib.parse import urlencode
 
 import jwt
-from werkzeug.serving import BaseWSGIServer, make_server
 from werkzeug.wrappers import Request, Response
 
 from forge_remote import clock
+from local.loopback import LoopbackServer
 
 EXPIRED_TOKEN_MODES = ("401", "v1-403-v2-404")
 AUTHOR_ID = "557058:0f6d1c5e-emulator"
@@ -86,37 +86,22 @@ class ConfluenceEmulator:
         self._faults: list[Fault] = []
         self._next_id = 98300
         self._lock = threading.RLock()
-        self._port = port
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
+        self._server = LoopbackServer(self._wsgi, port)
 
     # -- lifecycle
     @property
     def api_base_url(self) -> str:
         """``http://127.0.0.1:<port>/ex/confluence/<cloudId>`` (the FIT's ``app.apiBaseUrl``)."""
-        if self._server is None:
-            raise RuntimeError("emulator not started")
-        return f"http://127.0.0.1:{self._server.server_port}/ex/confluence/{self.cloud_id}"
+        return f"{self._server.url}/ex/confluence/{self.cloud_id}"
 
     def start(self) -> str:
         """Serve on loopback (idempotent) and return the apiBaseUrl."""
-        if self._server is None:
-            self._server = make_server("127.0.0.1", self._port, self._wsgi, threaded=True)
-            # A short poll interval keeps stop() quick: tests start and stop one emulator each.
-            self._thread = threading.Thread(
-                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="confluence", daemon=True
-            )
-            self._thread.start()
+        self._server.start()
         return self.api_base_url
 
     def stop(self) -> None:
         """Stop serving (idempotent)."""
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            if self._thread is not None:
-                self._thread.join(timeout=5)
-            self._server, self._thread = None, None
+        self._server.stop()
 
     def __enter__(self) -> ConfluenceEmulator:
         self.start()

@@ -26,7 +26,10 @@ class LoopbackServer:
     def start(self) -> str:
         if self._server is None:
             self._server = make_server("127.0.0.1", self._port, self._app, threaded=True)
-            self._thread = threading.Thread(target=self._server.serve_forever, name="loopback", daemon=True)
+            # A short poll interval keeps stop() quick: tests start and stop servers all the time.
+            self._thread = threading.Thread(
+                target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="loopback", daemon=True
+            )
             self._thread.start()
         return self.url
 
