@@ -11,6 +11,7 @@ import pytest
 from botocore.stub import ANY
 
 from forge_remote import aws
+from forge_remote.errors import ServiceUnavailable
 from forge_remote.fit import Invocation
 from forge_remote.installations import InstallationRegistry
 from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest, put_job_requests
@@ -136,6 +137,6 @@ def test_failed_put_entries_are_retried_then_raise() -> None:
             stub.add_response(
                 "put_events", {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure"}]}, {"Entries": ANY}
             )
-        with pytest.raises(RuntimeError, match="could not be put"):
+        with pytest.raises(ServiceUnavailable, match="could not be put"):
             put_job_requests(client, "bus", requests[:1])
     aws.reset_clients()

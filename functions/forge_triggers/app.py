@@ -15,7 +15,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from forge_remote.errors import MalformedEvent
+from forge_remote.errors import DeliveryInProgress, MalformedEvent, ServiceUnavailable
 from forge_remote.events_intake import EventIntake
 from forge_remote.fit import Invocation
 from forge_remote.http_api import verify_then_route
@@ -103,7 +103,14 @@ def malformed(exc: MalformedEvent) -> Response[str]:
     return _json(400, {"error": "bad_request", "message": str(exc)})
 
 
-@app.exception_handler([BotoCoreError, ClientError])
+@app.exception_handler(DeliveryInProgress)
+def in_progress(exc: DeliveryInProgress) -> Response[str]:
+    # Forge retries non-2xx deliveries: the retry finds the first one finished and answers its result.
+    logger.info("duplicate delivery while the first is in progress")
+    return _json(409, {"error": "in_progress", "message": str(exc)}, {"Retry-After": "60"})
+
+
+@app.exception_handler([BotoCoreError, ClientError, ServiceUnavailable])
 def aws_unavailable(exc: Exception) -> Response[str]:
     # After botocore's own retries: tell Forge to retry later instead of crashing with a 500.
     logger.error("AWS dependency failed", extra={"error": type(exc).__name__})

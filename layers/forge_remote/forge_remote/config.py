@@ -25,7 +25,7 @@ def app_ari(app_id: str) -> str:
     """The FIT audience for an app id given bare (uuid) or as a full ARI."""
     app_id = app_id.strip()
     bare = app_id[len(APP_ARI_PREFIX) :] if app_id.startswith(APP_ARI_PREFIX) else app_id
-    if not _UUID.match(bare):
+    if not _UUID.fullmatch(bare):
         raise ConfigurationError("FORGE_APP_ID must be an app uuid or ari:cloud:ecosystem::app/<uuid>")
     return APP_ARI_PREFIX + bare.lower()
 

@@ -69,3 +69,11 @@ class MalformedEvent(ForgeRemoteError):
 
 class BadJobRequest(ForgeRemoteError):
     """A job request that can never succeed (unknown job, bad arguments): goes to the DLQ, not retried."""
+
+
+class ServiceUnavailable(ForgeRemoteError):
+    """A dependency still failed after its own retries: the caller should retry later (HTTP 503)."""
+
+
+class DeliveryInProgress(ForgeRemoteError):
+    """The same Forge delivery is being processed right now: retry later (HTTP 409)."""

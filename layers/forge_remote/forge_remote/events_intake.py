@@ -13,7 +13,7 @@ from typing import Any
 
 from forge_remote import aws
 from forge_remote.config import Settings
-from forge_remote.errors import ConfigurationError
+from forge_remote.errors import ConfigurationError, DeliveryInProgress, ServiceUnavailable
 from forge_remote.fit import Invocation
 from forge_remote.jobs import JobRequest, put_job_requests
 from forge_remote.payloads import ForgeEvent, page_ref
@@ -43,7 +43,17 @@ class EventIntake:
             "args": {"pageId": page.page_id, "spaceKey": page.space_key, "version": page.version},
             "eventType": event.event_type,
         }
-        return enqueue(delivery=delivery)
+        from aws_lambda_powertools.utilities.idempotency.exceptions import (
+            IdempotencyAlreadyInProgressError,
+            IdempotencyPersistenceLayerError,
+        )
+
+        try:
+            return enqueue(delivery=delivery)
+        except IdempotencyAlreadyInProgressError as exc:
+            raise DeliveryInProgress("this delivery is being processed; retry later") from exc
+        except IdempotencyPersistenceLayerError as exc:
+            raise ServiceUnavailable("idempotency store unavailable") from exc
 
     def _enqueue_once(self) -> Callable[..., dict[str, Any]]:
         if self._enqueue is not None:

@@ -146,7 +146,7 @@ class FitVerifier:
         if not isinstance(app, dict):
             raise InvalidInvocation("missing claim app")
         installation_id = app.get("installationId")
-        if not isinstance(installation_id, str) or not _INSTALLATION_ID.match(installation_id):
+        if not isinstance(installation_id, str) or not _INSTALLATION_ID.fullmatch(installation_id):
             raise InvalidInvocation("missing or invalid claim app.installationId")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
@@ -160,10 +160,10 @@ class FitVerifier:
         except DisallowedApiBaseUrl as exc:
             raise InvalidInvocation(f"app.apiBaseUrl rejected: {exc}") from exc
         ic_label = claims.get("icLabel")
-        if ic_label is not None and not (isinstance(ic_label, str) and _IC_LABEL.match(ic_label)):
+        if ic_label is not None and not (isinstance(ic_label, str) and _IC_LABEL.fullmatch(ic_label)):
             raise InvalidInvocation("invalid claim icLabel")
         principal = claims.get("principal")
-        if principal is not None and not (isinstance(principal, str) and _ACCOUNT_ID.match(principal)):
+        if principal is not None and not (isinstance(principal, str) and _ACCOUNT_ID.fullmatch(principal)):
             raise InvalidInvocation("invalid claim principal")
 
         context = _obj(claims.get("context"))

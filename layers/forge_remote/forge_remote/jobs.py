@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from forge_remote.errors import BadJobRequest
+from forge_remote.errors import BadJobRequest, ServiceUnavailable
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
@@ -63,9 +64,9 @@ class JobRequest:
             raise BadJobRequest("job request is not a JSON object")
         job, installation_id = detail.get("job"), detail.get("installationId")
         args, request_id, attempt = detail.get("args", {}), detail.get("requestId"), detail.get("attempt", 0)
-        if not isinstance(job, str) or not _JOB_NAME.match(job):
+        if not isinstance(job, str) or not _JOB_NAME.fullmatch(job):
             raise BadJobRequest("job request has no valid job name")
-        if not isinstance(installation_id, str) or not _INSTALLATION_ID.match(installation_id):
+        if not isinstance(installation_id, str) or not _INSTALLATION_ID.fullmatch(installation_id):
             raise BadJobRequest("job request has no valid installationId")
         if not isinstance(args, dict):
             raise BadJobRequest("job request args is not an object")
@@ -138,7 +139,7 @@ class JobRegistry:
     def job(
         self, name: str, parse_args: Callable[[Mapping[str, Any]], A]
     ) -> Callable[[Callable[[JobContext, A], JobResult | None]], Callable[[JobContext, A], JobResult | None]]:
-        if not _JOB_NAME.match(name):
+        if not _JOB_NAME.fullmatch(name):
             raise ValueError(f"invalid job name {name!r}")
 
         def register(fn: Callable[[JobContext, A], JobResult | None]) -> Callable[[JobContext, A], JobResult | None]:
@@ -179,7 +180,7 @@ def put_job_requests(client: EventBridgeClient, bus: str, requests: Iterable[Job
 
 def _put_batch(client: EventBridgeClient, bus: str, batch: list[JobRequest]) -> int:
     pending = batch
-    for _ in range(4):
+    for attempt in range(4):
         entries = [
             {
                 "EventBusName": bus,
@@ -195,4 +196,5 @@ def _put_batch(client: EventBridgeClient, bus: str, batch: list[JobRequest]) -> 
         results = response.get("Entries", [])
         pending = [r for r, res in zip(pending, results, strict=False) if res.get("ErrorCode")]
         logger.warning("PutEvents failed for %d of %d job requests; retrying", len(pending), len(entries))
-    raise RuntimeError(f"{len(pending)} job requests could not be put on the bus")
+        time.sleep(0.05 * 2**attempt)  # brief backoff: the callers (Forge, the scheduler) retry for longer
+    raise ServiceUnavailable(f"{len(pending)} job requests could not be put on the bus")

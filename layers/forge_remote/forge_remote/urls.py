@@ -28,13 +28,17 @@ def require_allowed_api_base(url: str, allowed_hosts: Collection[str]) -> str:
     """
     if not isinstance(url, str) or not url:
         raise DisallowedApiBaseUrl("apiBaseUrl is missing")
+    # urlsplit silently drops tabs, newlines and leading spaces: refuse them instead of checking a
+    # cleaned-up copy and returning the raw string.
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        raise DisallowedApiBaseUrl("apiBaseUrl contains whitespace or control characters")
     parts = urlsplit(url)
     host = (parts.hostname or "").lower()
     try:
         port = parts.port
     except ValueError as exc:
         raise DisallowedApiBaseUrl("apiBaseUrl has an invalid port") from exc
-    if not host or parts.username or parts.password or parts.query or parts.fragment:
+    if not host or "@" in parts.netloc or parts.query or parts.fragment:
         raise DisallowedApiBaseUrl("apiBaseUrl is not a plain base URL")
     allowed = {h.strip().lower() for h in allowed_hosts if h.strip()}
     host_port = f"{host}:{port}" if port is not None else host
