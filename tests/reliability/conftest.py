@@ -1,14 +1,32 @@
-"""The reliability suite's ledger: cases tried, rejected as expected, lost jobs, and every secret the
-suite handed out, checked against everything that was logged or answered. Summary line at the end."""
+"""The reliability suite's wiring: the session ledger, output capture, the final secrecy check and
+the one-line summary (``reliability: N cases tried, M rejected as expected, L lost jobs``).
+
+Capture, for every test under this folder:
+- a logging handler on the root logger (at DEBUG) and on the Powertools service loggers (which do not
+  propagate), keeping each record as Powertools would print it, with its extra fields and traceback;
+- stdout/stderr and pytest's log capture of every phase (what Powertools and the metrics print);
+- failure reports (exception text);
+- after each test, what the functions left in the app table, the job queue and the DLQ.
+Response bodies are recorded by the call helpers in ``harness.py``.
+
+The check runs in ``test_zz_secrecy.py`` (moved to the end of the session) and again when the session
+finishes: a leak, or a lost job, fails the session even if that test was deselected.
+"""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import traceback
+from collections.abc import Generator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
+from local.stack import LocalStack
+from tests.conftest import Gateway
+from tests.reliability.harness import World, dump_outputs, open_world
+from tests.reliability.ledger import LEDGER, Ledger
 from tests.test_worker import (  # noqa: F401 - the worker tests' fixtures, shared with this suite
     allow_emulator,
     confluence,
@@ -17,38 +35,49 @@ from tests.test_worker import (  # noqa: F401 - the worker tests' fixtures, shar
     worker,
 )
 
-
-@dataclass
-class Ledger:
-    tried: int = 0
-    rejected: int = 0
-    lost_jobs: int = 0
-    secrets: set[str] = field(default_factory=set)
-    texts: list[str] = field(default_factory=list)
-
-    def secret(self, value: str) -> str:
-        """Remember a token or FIT: none of its distinctive parts may ever be seen in output."""
-        parts = value.split(".")
-        self.secrets.update(p for p in (parts[1:] if len(parts) == 3 else [value]) if len(p) >= 16)
-        return value
-
-    def seen(self, text: str | None) -> None:
-        if text:
-            self.texts.append(text)
-
-    def leaks(self) -> list[str]:
-        corpus = "\n".join(self.texts)
-        return [s[:12] + "..." for s in self.secrets if s in corpus]
+HERE = Path(__file__).resolve().parent
+SERVICE_LOGGERS = ("forge-calls", "forge-triggers", "confluence-worker", "job-scheduler")
+QUIET_LOGGERS = ("moto",)  # the fake AWS, not the code under test: its DEBUG chatter is just cost
+FINAL_CHECK = "test_zz_secrecy.py::test_no_secret_was_logged_returned_or_raised"
+_STATE: dict[str, Any] = {"ran": False, "leaks": None}
 
 
-LEDGER = Ledger()
+def _ours(item: pytest.Item) -> bool:
+    return HERE in Path(str(item.path)).resolve().parents
+
+
+def _collect(record: logging.LogRecord) -> None:
+    """Keep a record as text: message, Powertools' JSON line, extra fields, traceback."""
+    parts = [record.getMessage(), repr(record.__dict__)]
+    service = logging.getLogger(record.name.split(".")[0])
+    powertools = getattr(service, "powertools_handler", None)
+    if powertools is not None and powertools.formatter is not None:
+        parts.append(powertools.formatter.format(record))
+    if record.exc_info and record.exc_info[1] is not None:
+        parts.append("".join(traceback.format_exception(*record.exc_info)))
+    LEDGER.seen("\n".join(parts), "log")
 
 
 class _Collector(logging.Handler):
+    """On the root logger: everything that propagates."""
+
     def emit(self, record: logging.LogRecord) -> None:
-        LEDGER.seen(f"{record.getMessage()} {record.__dict__!r}")
-        if record.exc_info and record.exc_info[1] is not None:
-            LEDGER.seen(repr(record.exc_info[1]))
+        try:
+            _collect(record)
+        except Exception:  # never let the collector break the code under test
+            self.handleError(record)
+
+
+class _ServiceTap(logging.Filter):
+    """On a Powertools service logger (which does not propagate). A filter, not a handler: Powertools
+    takes the logger's first handler for its own formatter, and a handler added before it would break it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            _collect(record)
+        except Exception:
+            logging.getLogger(__name__).exception("collector failed")
+        return True
 
 
 @pytest.fixture
@@ -56,32 +85,115 @@ def ledger() -> Ledger:
     return LEDGER
 
 
-# Powertools loggers are named after the service and do not propagate: collect from them directly.
-_LOGGERS = ("", "forge-calls", "forge-triggers", "confluence-worker", "job-scheduler")
+@pytest.fixture
+def stack(stack: LocalStack) -> LocalStack:
+    """The root fixture's stack, with every function configured to log at DEBUG (more to leak)."""
+    stack.parameters["LogLevel"] = "DEBUG"
+    return stack
+
+
+@pytest.fixture(scope="module")
+def world(forge: Any) -> Iterator[World]:
+    """One moto stack and one container per HTTP function for a whole module (see ``harness.World``)."""
+    with open_world(forge) as opened:
+        yield opened
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _capture_logs() -> Iterator[None]:
+    """For a whole module (its module-scoped fixtures too): every record, at DEBUG."""
+    handler, tap = _Collector(level=logging.DEBUG), _ServiceTap()
+    root = logging.getLogger()
+    services = [logging.getLogger(name) for name in SERVICE_LOGGERS]
+    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
+    levels = {lg: lg.level for lg in [root, *services, *quiet]}
+    root.addHandler(handler)
+    for lg in services:
+        lg.addFilter(tap)
+    for lg in [root, *services]:
+        lg.setLevel(logging.DEBUG)
+    for lg in quiet:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        for lg in services:
+            lg.removeFilter(tap)
+        for lg, level in levels.items():
+            lg.setLevel(level)
 
 
 @pytest.fixture(autouse=True)
-def _capture_everything() -> Iterator[None]:
-    from aws_lambda_powertools import Logger
-
-    for service in _LOGGERS[1:]:
-        # Let Powertools configure its logger first: it treats the first handler as its own.
-        Logger(service=service)
-    handler = _Collector(level=logging.DEBUG)
-    loggers = [logging.getLogger(name) for name in _LOGGERS]
-    levels = [logger.level for logger in loggers]
-    for logger in loggers:
-        logger.addHandler(handler)
-    logging.getLogger().setLevel(logging.DEBUG)
-    yield
-    for logger, level in zip(loggers, levels, strict=True):
-        logger.removeHandler(handler)
-        logger.setLevel(level)
+def _debug_everything(request: pytest.FixtureRequest) -> None:
+    """Per test (a test may have changed levels): the code under test logs at DEBUG."""
+    LEDGER.where = request.node.nodeid
+    _STATE["ran"] = True
+    for name in ("", *SERVICE_LOGGERS):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if LEDGER.tried:
-        terminalreporter.write_line(
-            f"reliability: {LEDGER.tried} cases tried, {LEDGER.rejected} rejected as expected, "
-            f"{LEDGER.lost_jobs} lost jobs, {len(LEDGER.leaks())} secrets seen in output"
-        )
+@pytest.fixture(autouse=True)
+def _record_gateway_calls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Calls made through tests/conftest.py's Gateway (the worker tests' helpers use it) are recorded too."""
+    original = Gateway.__call__
+
+    def call(self: Gateway, method: str, path: str, headers: dict[str, str], body: Any = None) -> dict[str, Any]:
+        LEDGER.headers(headers)
+        response = original(self, method, path, headers, body)
+        LEDGER.seen(response.get("body"), "response body")
+        return response
+
+    monkeypatch.setattr(Gateway, "__call__", call)
+
+
+# -- hooks -------------------------------------------------------------------------------------------
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
+    try:
+        return (yield)
+    finally:
+        if _ours(item):
+            for value in getattr(item, "funcargs", {}).values():
+                if isinstance(value, World | LocalStack):
+                    dump_outputs(value.stack if isinstance(value, World) else value)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[Any]) -> Generator[None, Any, Any]:
+    report: pytest.TestReport = yield
+    if _ours(item):
+        LEDGER.where = item.nodeid
+        for name, text in report.sections:  # captured stdout, stderr and log of this phase
+            LEDGER.seen(text, name)
+        if report.failed:
+            LEDGER.seen(report.longreprtext, f"failure in {report.when}")
+    return report
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The secrecy check runs after everything else, wherever pytest collected it."""
+    final = [i for i in items if i.nodeid.endswith(FINAL_CHECK)]
+    items[:] = [i for i in items if i not in final] + final
+
+
+def _leaks() -> list[Any]:
+    if _STATE["leaks"] is None:
+        _STATE["leaks"] = LEDGER.leaks()
+    return list(_STATE["leaks"])
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if _STATE["ran"] and (_leaks() or LEDGER.lost_jobs):
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not _STATE["ran"]:
+        return
+    terminalreporter.write_line(LEDGER.summary())
+    leaks = _leaks()
+    if leaks:
+        terminalreporter.write_line(f"reliability: {len(leaks)} secrets seen in output, first in {leaks[0].where}")

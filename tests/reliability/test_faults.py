@@ -1,47 +1,66 @@
-"""Faults: JWKS outage, DynamoDB throttling and errors, Confluence timeouts, 429 storms and 5xx,
-and a worker that dies mid-batch. Nothing crashes, nothing is lost, nothing is done twice."""
+"""Faults: the JWKS endpoint down, DynamoDB throttling and errors, EventBridge refusing job requests,
+and a worker that dies mid-batch. Nothing crashes (a failed dependency is a 503 with a JSON body),
+botocore's retries are bounded (counted per attempt), nothing is half-written, no job is lost and
+no job is done twice. (Confluence faults: ``test_confluence_faults.py``.)
+"""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
+from unittest.mock import patch
 
 import boto3
 import pytest
 from botocore.awsrequest import AWSResponse
 from botocore.exceptions import EndpointConnectionError
+from botocore.retries.standard import ExponentialBackoff
+from moto.core.botocore_stubber import BotocoreStubber
 
+from forge_remote import aws
 from forge_remote.jobs import JobRequest
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack
 from tests.conftest import Gateway
-from tests.reliability.conftest import Ledger
-from tests.test_worker import (
-    enqueue,
-    install,
-    make_visible,
-    queue_counts,
-    run_worker,
-    snapshot_request,
-    snapshots,
-    sqs_event,
+from tests.reliability.harness import (
+    account_jobs,
+    event,
+    invoke,
+    json_body,
+    queue_messages,
+    snapshot_request_ids,
+    state,
+    stored_tokens,
 )
+from tests.reliability.ledger import Ledger
+from tests.test_worker import enqueue, install, make_visible, run_worker, snapshot_request, sqs_event
 
 pytestmark = pytest.mark.reliability
 
-
-def account_for(ledger: Ledger, stack: LocalStack, sent: int, done: int) -> None:
-    """Every job request is done, still queued, or in the DLQ: anything else is lost."""
-    in_flight = queue_counts(stack, "JobsQueue") + queue_counts(stack, "JobsDeadLetterQueue")
-    ledger.lost_jobs += max(0, sent - done - in_flight)
-    assert done + in_flight >= sent
+PRINCIPAL = "557058:fault-user-0001"
 
 
-class _Raw:
+@pytest.fixture
+def backoffs(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """botocore's standard-mode retries, without their sleeps (the attempts still happen): delays asked."""
+    asked: list[float] = []
+    original = ExponentialBackoff.delay_amount
+
+    def no_wait(self: ExponentialBackoff, context: Any) -> float:
+        asked.append(original(self, context))
+        return 0.0
+
+    monkeypatch.setattr(ExponentialBackoff, "delay_amount", no_wait)
+    return asked
+
+
+class _Body:
     def __init__(self, body: bytes) -> None:
         self._body = body
 
@@ -49,125 +68,364 @@ class _Raw:
         yield self._body
 
 
-def throttle(client: Any, operation: str) -> list[int]:
-    """Make every ``operation`` call answer DynamoDB's throttling error; returns the attempt counter."""
-    attempts: list[int] = []
-
-    def respond(request: Any, **_: Any) -> AWSResponse:
-        attempts.append(1)
-        body = json.dumps(
-            {"__type": "com.amazonaws.dynamodb.v20120810#ThrottlingException", "message": "Rate exceeded"}
-        )
-        return AWSResponse(request.url, 400, {"x-amzn-requestid": "r"}, _Raw(body.encode()))  # type: ignore[arg-type]
-
-    client.meta.events.register(f"before-send.dynamodb.{operation}", respond)
-    return attempts
+FAULT_HEADER = "x-reliability-fault"
+_moto_call = BotocoreStubber.__call__
 
 
-def test_jwks_outage_on_a_cold_container_fails_closed(
+def _moto_skipping_faults(self: BotocoreStubber, event_name: str, request: Any, **kwargs: Any) -> Any:
+    # botocore calls every before-send handler and uses the first response: without this, moto would
+    # still carry out the request our fault answered (a "throttled" write would have been written).
+    if request.headers.get(FAULT_HEADER):
+        return None
+    return _moto_call(self, event_name, request, **kwargs)
+
+
+@dataclass
+class Fault:
+    """Every attempt of ``operation`` on the given clients answers ``status`` with ``body`` (or raises).
+
+    Injected per attempt (``before-send``), below botocore's retry loop, so attempts can be counted.
+    """
+
+    service: str
+    operation: str
+    status: int = 400
+    body: dict[str, Any] | None = None
+    raise_connection_error: bool = False
+
+    @contextmanager
+    def active(self, *clients: Any) -> Iterator[list[str]]:
+        """While active, on each of ``clients``; yields the list of attempts seen."""
+        attempts: list[str] = []
+
+        def respond(request: Any, **_: Any) -> AWSResponse:
+            attempts.append(self.operation)
+            request.headers[FAULT_HEADER] = "1"
+            if self.raise_connection_error:
+                raise EndpointConnectionError(endpoint_url=request.url)
+            raw = json.dumps(self.body or {}).encode()
+            return AWSResponse(request.url, self.status, {"x-amzn-requestid": "fault"}, _Body(raw))  # type: ignore[arg-type]
+
+        name = f"before-send.{self.service}.{self.operation}"
+        unique = {id(c): c for c in clients}.values()
+        for client in unique:
+            client.meta.events.register_first(name, respond)
+        try:
+            with patch.object(BotocoreStubber, "__call__", _moto_skipping_faults):
+                yield attempts
+        finally:
+            for client in unique:
+                client.meta.events.unregister(name, respond)
+
+
+def dynamodb_error(operation: str, code: str, status: int = 400) -> Fault:
+    return Fault("dynamodb", operation, status, {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": code})
+
+
+@pytest.fixture
+def http(handler: Callable[[str], ModuleType]) -> Gateway:
+    return Gateway(handler("ForgeCallsFunction"), handler("ForgeTriggersFunction"))
+
+
+def send(
+    gateway: Gateway, ledger: Ledger, method: str, path: str, headers: dict[str, str], body: Any = None
+) -> dict[str, Any]:
+    ledger.headers(headers)
+    module = gateway.calls if path.startswith("/api/") else gateway.triggers
+    return invoke(module, event(method, path, headers, body))
+
+
+def genuine(forge: ForgeEmulator, site: Site, *, ui: bool = False, lifetime_s: float = 3 * 3600) -> dict[str, str]:
+    return forge.headers(
+        site,
+        system_token=forge.app_token(lifetime_s=lifetime_s),
+        user_token=forge.app_token(lifetime_s=lifetime_s, subject=PRINCIPAL) if ui else None,
+        principal=PRINCIPAL if ui else None,
+    )
+
+
+def assert_unavailable(response: dict[str, Any]) -> None:
+    assert response["statusCode"] == 503, response
+    assert response["headers"]["Content-Type"] == "application/json"
+    assert json_body(response)["error"] == "unavailable"
+    assert int(response["headers"]["Retry-After"]) > 0
+
+
+# -- JWKS outage ----------------------------------------------------------------------------------------
+class FakeMonotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_jwks_outage_on_a_cold_container_fails_closed_then_recovers_after_the_cooldown(
     handler: Callable[[str], ModuleType], forge: ForgeEmulator, site: Site, stack: LocalStack, ledger: Ledger
 ) -> None:
     forge.jwks_available = False
-    try:
-        triggers = handler("ForgeTriggersFunction")
-        gateway = Gateway(triggers, triggers)
-        ledger.tried += 1
-        response = gateway(
-            "POST", "/forge/keepalive", forge.headers(site, system_token=ledger.secret(forge.app_token()))
-        )
-        assert response["statusCode"] == 401
-        assert boto3.client("dynamodb").scan(TableName=stack.physical["TokensTable"])["Items"] == []
-        ledger.rejected += 1
-    finally:
-        forge.jwks_available = True
+    triggers = handler("ForgeTriggersFunction")
+    clock = FakeMonotonic()
+    jwks = triggers.runtime.verifier._jwks
+    jwks._monotonic = clock
+    gateway = Gateway(triggers, triggers)
+    before = state(stack)
+    ledger.tried += 1
+    response = send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, site))
+    assert response["statusCode"] == 401
+    assert json_body(response)["error"] == "unauthorized"
+    assert state(stack) == before  # fail closed: nothing verified, nothing stored
+    ledger.rejected += 1
+
+    forge.jwks_available = True
+    fetches = jwks.fetch_count
+    clock.now += 301  # past the refetch cooldown: the key set is fetched again
+    assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, site))["statusCode"] == 204
+    assert jwks.fetch_count > fetches
+    assert set(stored_tokens(stack, site.installation_id)) == {"SYSTEM"}
 
 
-def test_jwks_outage_on_a_warm_container_keeps_verifying(
-    gateway: Gateway, forge: ForgeEmulator, site: Site, ledger: Ledger
+def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_closed_on_new_ones(
+    handler: Callable[[str], ModuleType], forge: ForgeEmulator, stack: LocalStack, ledger: Ledger
 ) -> None:
-    assert gateway("POST", "/forge/keepalive", forge.headers(site))["statusCode"] == 204
+    triggers = handler("ForgeTriggersFunction")
+    clock = FakeMonotonic()
+    jwks = triggers.runtime.verifier._jwks
+    jwks._monotonic = clock
+    gateway = Gateway(triggers, triggers)
+    site = forge.site()
+    assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, site))["statusCode"] == 204
+    old_keys = list(forge.keys)
     forge.jwks_available = False
-    old = forge.keys[0]
     try:
+        clock.now += 2 * 3600  # even past the key set's max age: a failed refresh keeps the cached keys
+        other = forge.site()
         ledger.tried += 2
-        assert gateway("POST", "/forge/keepalive", forge.headers(site))["statusCode"] == 204
-        forge.rotate_key()  # a key the container never saw, during the outage: fail closed
-        assert gateway("POST", "/forge/keepalive", forge.headers(site))["statusCode"] == 401
+        assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, other))["statusCode"] == 204
+        assert "SYSTEM" in stored_tokens(stack, other.installation_id)
+
+        forge.rotate_key()  # a key this container never saw, published while the JWKS is down
+        rotated = forge.site()
+        before = state(stack)
+        response = send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, rotated))
+        assert response["statusCode"] == 401
+        assert json_body(response)["error"] == "unauthorized"
+        assert state(stack) == before
         ledger.rejected += 1
+
+        forge.jwks_available = True  # back, but inside the unknown-kid cooldown: still no refetch
+        fetches = jwks.fetch_count
+        assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, rotated))["statusCode"] == 401
+        assert jwks.fetch_count == fetches
+        clock.now += 301
+        assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, rotated))["statusCode"] == 204
     finally:
         forge.jwks_available = True
-        forge.keys = [old]
+        forge.keys = old_keys
 
 
-def test_dynamodb_throttling_is_retried_then_answered_503(
-    gateway: Gateway, forge: ForgeEmulator, site: Site, ledger: Ledger
-) -> None:
-    attempts = throttle(gateway.triggers.runtime.tokens._client, "TransactWriteItems")
-    ledger.tried += 1
-    response = gateway("POST", "/forge/keepalive", forge.headers(site, system_token=ledger.secret(forge.app_token())))
-    ledger.seen(response.get("body"))
-    assert len(attempts) == 3  # botocore's standard retry mode, bounded
-    assert response["statusCode"] == 503
-    assert json.loads(response["body"])["error"] == "unavailable"
-    assert response["headers"]["Retry-After"]
-    ledger.rejected += 1
+# -- DynamoDB and EventBridge faults on the HTTP routes --------------------------------------------------
+@dataclass(frozen=True)
+class StorageFault:
+    name: str
+    method: str
+    path: str
+    fault: Fault
+    attempts: int = 3  # botocore standard mode, total_max_attempts=3
+
+    @property
+    def ui(self) -> bool:
+        return self.path.startswith("/api/")
 
 
-def test_dynamodb_unreachable_is_503_not_a_crash(
-    gateway: Gateway, forge: ForgeEmulator, site: Site, ledger: Ledger
-) -> None:
-    def unreachable(request: Any, **_: Any) -> None:
-        raise EndpointConnectionError(endpoint_url=request.url)
+THROTTLED = "ThrottlingException"
+STORAGE_FAULTS = [
+    StorageFault(
+        "keepalive, token write throttled", "POST", "/forge/keepalive", dynamodb_error("TransactWriteItems", THROTTLED)
+    ),
+    StorageFault(
+        "keepalive, throughput exceeded",
+        "POST",
+        "/forge/keepalive",
+        dynamodb_error("TransactWriteItems", "ProvisionedThroughputExceededException"),
+    ),
+    StorageFault(
+        "keepalive, DynamoDB 500",
+        "POST",
+        "/forge/keepalive",
+        dynamodb_error("TransactWriteItems", "InternalServerError", 500),
+    ),
+    StorageFault(
+        "keepalive, DynamoDB unreachable",
+        "POST",
+        "/forge/keepalive",
+        Fault("dynamodb", "TransactWriteItems", raise_connection_error=True),
+    ),
+    StorageFault(
+        "keepalive, validation error (not retried)",
+        "POST",
+        "/forge/keepalive",
+        dynamodb_error("TransactWriteItems", "ValidationException"),
+        attempts=1,
+    ),
+    StorageFault(
+        "lifecycle, registry write throttled", "POST", "/forge/lifecycle", dynamodb_error("UpdateItem", THROTTLED)
+    ),
+    StorageFault(
+        "uninstall, registry write throttled", "POST", "/forge/uninstall", dynamodb_error("UpdateItem", THROTTLED)
+    ),
+    StorageFault("uninstall, token query throttled", "POST", "/forge/uninstall", dynamodb_error("Query", THROTTLED)),
+    StorageFault(
+        "uninstall, token delete throttled", "POST", "/forge/uninstall", dynamodb_error("BatchWriteItem", THROTTLED)
+    ),
+    StorageFault(
+        "events, job request refused by EventBridge",
+        "POST",
+        "/forge/events",
+        Fault("eventbridge", "PutEvents", 400, {"__type": THROTTLED, "message": "Rate exceeded"}),
+    ),
+    StorageFault(
+        "events, EventBridge accepts none of the entries",
+        "POST",
+        "/forge/events",
+        Fault(
+            "eventbridge",
+            "PutEvents",
+            200,
+            {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}]},
+        ),
+        attempts=4,  # forge_remote.jobs retries failed entries itself
+    ),
+    StorageFault(
+        "events, idempotency record write throttled", "POST", "/forge/events", dynamodb_error("PutItem", THROTTLED)
+    ),
+    StorageFault("status, token read throttled", "GET", "/api/status", dynamodb_error("GetItem", THROTTLED)),
+    StorageFault(
+        "status, token write throttled", "GET", "/api/status", dynamodb_error("TransactWriteItems", THROTTLED)
+    ),
+]
 
-    gateway.calls.runtime.tokens._client.meta.events.register("before-send.dynamodb.*", unreachable)
-    ledger.tried += 1
-    response = gateway("GET", "/api/status", forge.headers(site))
-    assert response["statusCode"] == 503
-    ledger.rejected += 1
+
+def route_body(forge: ForgeEmulator, site: Site, path: str, page_id: str = "4242") -> Any:
+    if path == "/forge/lifecycle":
+        return forge.installed_event(site)
+    if path == "/forge/events":
+        return forge.page_event(page_id, "ENG")
+    return None if path.startswith("/api/") else {}
 
 
-def test_confluence_timeouts_storms_and_5xx_defer_without_losing_jobs(
-    triggers: Gateway,
-    worker: ModuleType,
+@pytest.mark.parametrize("case", STORAGE_FAULTS, ids=[c.name for c in STORAGE_FAULTS])
+def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
+    case: StorageFault,
+    http: Gateway,
     forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
     stack: LocalStack,
+    backoffs: list[float],
     ledger: Ledger,
 ) -> None:
-    ledger.secret(install(triggers, forge, confluence_site))
-    confluence.add_space("ENG", "Engineering")
-    pages = [confluence.add_page("ENG", f"P{i}") for i in range(6)]
-    from forge_remote.confluence import ConfluenceClient
-
-    def fast_failing_client(*args: Any, **kwargs: Any) -> ConfluenceClient:
-        return ConfluenceClient(*args, **kwargs, sleep=lambda s: None, timeout_s=(1.0, 0.2))
-
-    worker.runner.client_factory = fast_failing_client
-    enqueue(stack, *(snapshot_request(confluence_site, str(p["id"])) for p in pages))
-    confluence.fail_next(8, 429)  # a storm with no hints: jittered backoff, bounded attempts
-    confluence.fail_next(8, 503, retry_after="2")
-    confluence.fail_next(4, 500)
-    done = 0
-    for _ in range(10):
-        event, response = run_worker(worker, stack)
-        failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
-        done += len(event["Records"]) - len(failed)
-        make_visible(stack, {"Records": [r for r in event["Records"] if r["messageId"] in failed]})
-        confluence.delay_s = 0.5 if _ == 0 else 0.0  # the first round also times out
-        if not event["Records"]:
-            break
-    ledger.tried += len(pages)
-    account_for(ledger, stack, len(pages), done)
-    assert done == len(pages)
-    assert len(snapshots(stack, confluence_site.installation_id)) == len(pages)
+    site = forge.site()
+    assert (
+        send(http, ledger, "POST", "/forge/lifecycle", genuine(forge, site), forge.installed_event(site))["statusCode"]
+        == 200
+    )
+    module = http.calls if case.ui else http.triggers
+    clients = [module.runtime.tokens._client, aws.dynamodb()] if case.fault.service == "dynamodb" else [aws.events()]
+    headers = genuine(forge, site, ui=case.ui, lifetime_s=3.5 * 3600)
+    body = route_body(forge, site, case.path)
+    ledger.tried += 1
+    with case.fault.active(*clients) as attempts:
+        response = send(http, ledger, case.method, case.path, headers, body)
+    assert len(attempts) == case.attempts
+    assert_unavailable(response)
+    ledger.rejected += 1
+    if case.fault.operation == "TransactWriteItems":
+        # The token write failed as a whole: the stored token is still the installed one.
+        assert stored_tokens(stack, site.installation_id)["SYSTEM"] != headers["x-forge-oauth-system"]
+    # Nothing was left half-done in a way that blocks Forge's retry: once the fault clears, it succeeds.
+    retried = send(http, ledger, case.method, case.path, headers, body)
+    assert 200 <= retried["statusCode"] < 300, retried
+    if case.path == "/forge/uninstall":
+        assert stored_tokens(stack, site.installation_id) == {}
 
 
+@pytest.mark.parametrize(
+    "fault",
+    [
+        Fault("eventbridge", "PutEvents", 400, {"__type": THROTTLED, "message": "Rate exceeded"}),
+        Fault("eventbridge", "PutEvents", 200, {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure"}]}),
+        dynamodb_error("PutItem", THROTTLED),
+    ],
+    ids=["PutEvents throttled", "PutEvents entry failed", "idempotency store throttled"],
+)
+def test_product_event_whose_job_request_failed_is_queued_once_when_forge_retries(
+    fault: Fault,
+    handler: Callable[[str], ModuleType],
+    forge: ForgeEmulator,
+    site: Site,
+    stack: LocalStack,
+    backoffs: list[float],
+    ledger: Ledger,
+) -> None:
+    """Forge retries a failed event delivery (the body then carries retryContext): one job results."""
+    triggers = handler("ForgeTriggersFunction")
+    clients = [triggers.runtime.tokens._client, aws.dynamodb()] if fault.service == "dynamodb" else [aws.events()]
+    ledger.tried += 1
+    with fault.active(*clients) as attempts:
+        try:
+            failed = invoke(
+                triggers,
+                event("POST", "/forge/events", ledger.headers(forge.headers(site)), forge.page_event("5150", "ENG")),
+            )
+            status = failed["statusCode"]
+        except Exception as exc:
+            ledger.seen(repr(exc), "exception")
+            status = 502
+    assert attempts
+    assert status >= 500
+    assert queue_messages(stack, "JobsQueue") == []
+    retried = forge.page_event("5150", "ENG", retry_count=1)
+    response = invoke(triggers, event("POST", "/forge/events", ledger.headers(forge.headers(site)), retried))
+    assert response["statusCode"] == 202
+    messages = queue_messages(stack, "JobsQueue")
+    assert len(messages) == 1
+    request = JobRequest.from_message_body(messages[0]["body"])
+    assert account_jobs(stack, [request], set())["queued"] == [request.request_id]
+    ledger.rejected += 1
+
+
+# -- the worker dying or failing mid-batch -------------------------------------------------------------
 class Killed(BaseException):
-    """The Lambda runtime dying mid-batch: no response is returned, nothing is deleted."""
+    """The Lambda runtime dying mid-batch (timeout, out of memory): no response, nothing deleted."""
 
 
-def test_worker_killed_mid_batch_redelivers_and_does_not_duplicate(
+def installed_pages(
+    triggers: Gateway, forge: ForgeEmulator, confluence: ConfluenceEmulator, site: Site, ledger: Ledger, count: int
+) -> list[JobRequest]:
+    ledger.secret(install(triggers, forge, site))
+    confluence.add_space("ENG", "Engineering")
+    pages = [confluence.add_page("ENG", f"Page {i}") for i in range(count)]
+    return [snapshot_request(site, str(p["id"])) for p in pages]
+
+
+def done_ids(stack: LocalStack, site: Site) -> set[str]:
+    return set(snapshot_request_ids(stack, site.installation_id))
+
+
+def failed_records(batch: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
+    return {"Records": [r for r in batch["Records"] if r["messageId"] in failed]}
+
+
+def drain(worker: ModuleType, stack: LocalStack, rounds: int = 12) -> None:
+    """Run the worker until the queue is empty, letting every deferral delay pass at once."""
+    for _ in range(rounds):
+        batch, response = run_worker(worker, stack)
+        if not batch["Records"]:
+            return
+        make_visible(stack, failed_records(batch, response))
+
+
+def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
     triggers: Gateway,
     worker: ModuleType,
     forge: ForgeEmulator,
@@ -176,37 +434,119 @@ def test_worker_killed_mid_batch_redelivers_and_does_not_duplicate(
     stack: LocalStack,
     ledger: Ledger,
 ) -> None:
-    ledger.secret(install(triggers, forge, confluence_site))
-    confluence.add_space("ENG", "Engineering")
-    pages = [confluence.add_page("ENG", f"P{i}") for i in range(4)]
-    enqueue(stack, *(snapshot_request(confluence_site, str(p["id"])) for p in pages))
+    requests = installed_pages(triggers, forge, confluence, confluence_site, ledger, 5)
+    enqueue(stack, *requests)
     real_run = worker.runner.run
-    calls: list[int] = []
+    ran: list[str] = []
 
-    def dying_run(*args: Any, **kwargs: Any) -> Any:
-        if len(calls) == 2:
+    def dying_run(request: JobRequest, **kwargs: Any) -> Any:
+        if len(ran) == 3:
             raise Killed
-        calls.append(1)
-        return real_run(*args, **kwargs)
+        ran.append(request.request_id)
+        return real_run(request, **kwargs)
 
     worker.runner.run = dying_run
-    event = sqs_event(stack)
+    batch = sqs_event(stack)
+    assert len(batch["Records"]) == 5
     with pytest.raises(Killed):
-        worker.lambda_handler(event, LocalLambdaContext(function_name="worker", timeout_s=120))
-    assert len(snapshots(stack, confluence_site.installation_id)) == 2  # two jobs ran before the crash
+        worker.lambda_handler(batch, LocalLambdaContext(function_name="worker", timeout_s=120))
+    assert done_ids(stack, confluence_site) == set(ran)  # three jobs finished before the crash
+    assert len(queue_messages(stack, "JobsQueue")) == 5  # nothing was deleted: no response, no deletes
     worker.runner.run = real_run
-    make_visible(stack, event)  # the visibility timeout passes; nothing was deleted
+    make_visible(stack, batch)  # the visibility timeout passes
     _, response = run_worker(worker, stack)
     assert response["batchItemFailures"] == []
-    ledger.tried += len(pages)
-    account_for(ledger, stack, len(pages), len(pages))
-    # Re-running the two finished jobs overwrote their records (keyed by page and version): no duplicates.
-    records = snapshots(stack, confluence_site.installation_id)
-    assert sorted(r["pageId"] for r in records) == sorted(str(p["id"]) for p in pages)
-    assert queue_counts(stack, "JobsQueue") == 0
+    ledger.tried += len(requests)
+    result = account_jobs(stack, requests, done_ids(stack, confluence_site))
+    assert result["lost"] == []
+    assert sorted(result["done"]) == sorted(r.request_id for r in requests)
+    # Three jobs ran twice; their records were overwritten (keyed by page and version), not added.
+    assert sorted(snapshot_request_ids(stack, confluence_site.installation_id)) == sorted(
+        r.request_id for r in requests
+    )
+    assert queue_messages(stack, "JobsQueue") == []
 
 
-def test_a_job_that_keeps_finding_no_token_ends_in_the_dlq_not_nowhere(
+def test_a_job_that_raises_fails_alone_and_is_redelivered(
+    triggers: Gateway,
+    worker: ModuleType,
+    forge: ForgeEmulator,
+    confluence: ConfluenceEmulator,
+    confluence_site: Site,
+    stack: LocalStack,
+    ledger: Ledger,
+) -> None:
+    requests = installed_pages(triggers, forge, confluence, confluence_site, ledger, 4)
+    enqueue(stack, *requests)
+    unlucky = requests[1].request_id
+    real_put = worker.runner.results.put
+    failures: list[str] = []
+
+    def flaky_put(installation_id: str, kind: str, key: str, record: dict[str, Any], **kwargs: Any) -> None:
+        if record.get("requestId") == unlucky and not failures:
+            failures.append(unlucky)
+            raise RuntimeError("an unexpected bug in a job")
+        real_put(installation_id, kind, key, record, **kwargs)
+
+    worker.runner.results.put = flaky_put
+    batch, response = run_worker(worker, stack)
+    failed = [f["itemIdentifier"] for f in response["batchItemFailures"]]
+    assert len(failed) == 1
+    assert done_ids(stack, confluence_site) == {r.request_id for r in requests} - {unlucky}
+    make_visible(stack, failed_records(batch, response))
+    drain(worker, stack)
+    ledger.tried += len(requests)
+    result = account_jobs(stack, requests, done_ids(stack, confluence_site))
+    assert result["lost"] == []
+    assert len(result["done"]) == len(requests)
+
+
+def test_dynamodb_throttling_in_the_worker_keeps_the_job(
+    triggers: Gateway,
+    worker: ModuleType,
+    forge: ForgeEmulator,
+    confluence: ConfluenceEmulator,
+    confluence_site: Site,
+    stack: LocalStack,
+    backoffs: list[float],
+    ledger: Ledger,
+) -> None:
+    requests = installed_pages(triggers, forge, confluence, confluence_site, ledger, 3)
+    enqueue(stack, *requests)
+    with dynamodb_error("GetItem", THROTTLED).active(worker.runner.tokens._client) as attempts:
+        batch, response = run_worker(worker, stack)
+    assert attempts  # every job had to read the registry or a token
+    assert len(response["batchItemFailures"]) == len(requests)
+    assert len(queue_messages(stack, "JobsQueue")) == len(requests)
+    make_visible(stack, failed_records(batch, response))
+    drain(worker, stack)
+    ledger.tried += len(requests)
+    result = account_jobs(stack, requests, done_ids(stack, confluence_site))
+    assert result["lost"] == []
+    assert len(result["done"]) == len(requests)
+
+
+def test_the_same_message_delivered_twice_stores_one_snapshot(
+    triggers: Gateway,
+    worker: ModuleType,
+    forge: ForgeEmulator,
+    confluence: ConfluenceEmulator,
+    confluence_site: Site,
+    stack: LocalStack,
+    ledger: Ledger,
+) -> None:
+    """SQS delivers at least once: the same job twice (in one batch, and again later) is one record."""
+    [request] = installed_pages(triggers, forge, confluence, confluence_site, ledger, 1)
+    enqueue(stack, request, request)
+    drain(worker, stack)
+    enqueue(stack, request)
+    drain(worker, stack)
+    ledger.tried += 3
+    assert snapshot_request_ids(stack, confluence_site.installation_id) == [request.request_id]
+    assert account_jobs(stack, [request], done_ids(stack, confluence_site))["lost"] == []
+
+
+def test_a_job_that_never_finds_a_token_ends_in_the_dlq_not_nowhere(
     triggers: Gateway,
     worker: ModuleType,
     forge: ForgeEmulator,
@@ -214,19 +554,34 @@ def test_a_job_that_keeps_finding_no_token_ends_in_the_dlq_not_nowhere(
     stack: LocalStack,
     ledger: Ledger,
 ) -> None:
-    ledger.secret(install(triggers, forge, confluence_site, lifetime_s=120))  # never long enough for a job
-    enqueue(
-        stack, JobRequest(job="page-snapshot", installation_id=confluence_site.installation_id, args={"pageId": "1"})
-    )
+    ledger.secret(install(triggers, forge, confluence_site, lifetime_s=120))  # never valid long enough
+    request = snapshot_request(confluence_site, "1")
+    enqueue(stack, request)
     receives = 0
     for _ in range(15):
-        event, _response = run_worker(worker, stack)
-        if not event["Records"]:
+        batch, response = run_worker(worker, stack)
+        if not batch["Records"]:
             break
         receives += 1
-        make_visible(stack, event)
+        make_visible(stack, failed_records(batch, response))
     ledger.tried += 1
-    account_for(ledger, stack, 1, 0)
     assert receives == 10  # the template's maxReceiveCount
-    assert queue_counts(stack, "JobsQueue") == 0
-    assert queue_counts(stack, "JobsDeadLetterQueue") == 1
+    result = account_jobs(stack, [request], done_ids(stack, confluence_site))
+    assert result == {"done": [], "queued": [], "dead": [request.request_id], "lost": []}
+
+
+def test_control_a_message_deleted_without_its_job_done_counts_as_lost(
+    stack: LocalStack, forge: ForgeEmulator, site: Site
+) -> None:
+    """The accounting can fail: a job request that is neither done, queued nor dead-lettered is lost."""
+    kept, dropped = snapshot_request(site, "1"), snapshot_request(site, "2")
+    enqueue(stack, kept, dropped)
+    for record in sqs_event(stack)["Records"]:
+        if JobRequest.from_message_body(record["body"]).request_id == dropped.request_id:
+            boto3.client("sqs").delete_message(
+                QueueUrl=stack.physical["JobsQueue"], ReceiptHandle=record["receiptHandle"]
+            )
+    private = Ledger()
+    result = account_jobs(stack, [kept, dropped], set(), private)
+    assert result == {"done": [], "queued": [kept.request_id], "dead": [], "lost": [dropped.request_id]}
+    assert private.lost_jobs == 1

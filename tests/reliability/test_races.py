@@ -1,103 +1,237 @@
-"""Races against moto: many containers' keepalives with shuffled expiries, and uninstall racing a
-keepalive. The stored token is always the newest; no token survives an uninstall."""
+"""Races, with threads calling the real handlers, each thread its own container (module instance, with
+its own DynamoDB client and token cache):
+
+- many keepalives with shuffled token expiries for one installation: the stored token never goes
+  back in time while they run, and the newest one is stored at the end;
+- uninstall racing a keepalive, a lifecycle event and a UI call, round after round: no token survives;
+- the same product event delivered twice at once (Forge duplicates deliveries): one job, no crash.
+
+moto's in-process DynamoDB checks a condition and then writes without a lock; ``atomic_dynamodb``
+(tests/conftest.py) serialises its requests so that each is atomic, as DynamoDB's are. Every
+interleaving of *requests* stays possible; the tests check the interleavings they get.
+"""
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 from collections.abc import Callable
 from types import ModuleType
+from typing import Any
 
-import boto3
 import jwt
 import pytest
 
-from local.forge_emulator import ForgeEmulator
+from forge_remote import aws
+from forge_remote.installations import InstallationRegistry
+from forge_remote.tokens import TokenStore
+from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
-from tests.conftest import FUNCTIONS, Gateway
-from tests.reliability.conftest import Ledger
+from tests.reliability.harness import (
+    container,
+    event,
+    installation_items,
+    invoke,
+    json_body,
+    queue_messages,
+    stored_tokens,
+)
+from tests.reliability.ledger import Ledger
 
-pytestmark = pytest.mark.reliability
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("atomic_dynamodb")]
 
-
-def containers(stack: LocalStack, count: int) -> list[ModuleType]:
-    """Several independent copies of the triggers function, as Lambda would run side by side."""
-    from local.handlers import load_handler
-
-    return [
-        load_handler(
-            "ForgeTriggersFunction", FUNCTIONS["ForgeTriggersFunction"], stack.environment("ForgeTriggersFunction")
-        )
-        for _ in range(count)
-    ]
+PRINCIPAL = "557058:race-user-0001"
 
 
-def stored_tokens(stack: LocalStack, installation_id: str) -> list[str]:
-    items = boto3.client("dynamodb").query(
-        TableName=stack.physical["TokensTable"],
-        KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": f"INST#{installation_id}"}},
-    )["Items"]
-    return [i["token"]["S"] for i in items]
+def exp_of(token: str) -> int:
+    return int(jwt.decode(token, options={"verify_signature": False})["exp"])
 
 
-@pytest.mark.usefixtures("atomic_dynamodb")
-def test_concurrent_keepalives_leave_the_newest_token(stack: LocalStack, forge: ForgeEmulator, ledger: Ledger) -> None:
-    site = forge.site()
-    lifetimes = [3600 + 97 * i for i in range(48)]
-    random.Random(11).shuffle(lifetimes)
-    tokens = [ledger.secret(forge.app_token(lifetime_s=s)) for s in lifetimes]
-    newest = max(tokens, key=lambda t: jwt.decode(t, options={"verify_signature": False})["exp"])
-    fleet = containers(stack, 6)
-    barrier = threading.Barrier(len(fleet))
-    statuses: list[int] = []
+def run_threads(*targets: Callable[[], Any]) -> None:
+    """Start together (barrier), join all, re-raise the first error a thread hit."""
+    barrier = threading.Barrier(len(targets))
+    errors: list[BaseException] = []
 
-    def run(module: ModuleType, mine: list[str]) -> None:
-        gateway = Gateway(module, module)
-        barrier.wait()
-        for token in mine:
-            statuses.append(gateway("POST", "/forge/keepalive", forge.headers(site, system_token=token))["statusCode"])
+    def run(target: Callable[[], Any]) -> None:
+        try:
+            barrier.wait()
+            target()
+        except BaseException as exc:
+            errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(m, tokens[i :: len(fleet)])) for i, m in enumerate(fleet)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    ledger.tried += len(tokens)
-    assert statuses == [204] * len(tokens)
-    assert stored_tokens(stack, site.installation_id) == [newest]
+    threads = [threading.Thread(target=run, args=(t,)) for t in targets]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
-@pytest.mark.usefixtures("atomic_dynamodb")
-@pytest.mark.parametrize("round_", range(12))
-def test_uninstall_racing_a_keepalive_leaves_no_token(
-    stack: LocalStack, forge: ForgeEmulator, handler: Callable[[str], ModuleType], ledger: Ledger, round_: int
+def keepalive(module: ModuleType, forge: ForgeEmulator, site: Site, token: str, ledger: Ledger) -> int:
+    headers = ledger.headers(forge.headers(site, system_token=token))
+    return int(invoke(module, event("POST", "/forge/keepalive", headers, {}))["statusCode"])
+
+
+def test_concurrent_keepalives_never_step_back_and_leave_the_newest_token(
+    stack: LocalStack, forge: ForgeEmulator, ledger: Ledger
 ) -> None:
     site = forge.site()
-    installer, racer = containers(stack, 2)
-    Gateway(installer, installer)(
-        "POST",
-        "/forge/lifecycle",
-        forge.headers(site, system_token=ledger.secret(forge.app_token())),
-        forge.installed_event(site),
+    lifetimes = [2 * 3600 + 53 * i for i in range(60)]
+    random.Random(11).shuffle(lifetimes)
+    tokens = [ledger.secret(forge.app_token(lifetime_s=s)) for s in lifetimes]
+    tokens += random.Random(12).sample(tokens, 12)  # Forge re-delivers tokens it cached
+    newest = max(tokens, key=exp_of)
+    fleet = [container(stack, "ForgeTriggersFunction") for _ in range(6)]
+    statuses: list[int] = []
+    observed: list[float] = []
+    done = threading.Event()
+    reader = TokenStore(aws.dynamodb(), stack.physical["TokensTable"])
+
+    def sender(module: ModuleType, mine: list[str]) -> Callable[[], None]:
+        def run() -> None:
+            statuses.extend(keepalive(module, forge, site, token, ledger) for token in mine)
+
+        return run
+
+    def watch() -> None:
+        while not done.wait(0.002):  # a pause between reads: the writers share moto's lock with us
+            for state in reader.states(site.installation_id):
+                observed.append(state.expires_at)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run_threads(*(sender(m, tokens[i :: len(fleet)]) for i, m in enumerate(fleet)))
+    finally:
+        done.set()
+        watcher.join()
+    ledger.tried += len(tokens)
+    assert statuses == [204] * len(tokens)
+    assert observed == sorted(observed), "the stored token went back in time"
+    assert stored_tokens(stack, site.installation_id) == {"SYSTEM": newest}
+
+
+def test_control_without_the_condition_the_newest_token_is_lost(
+    stack: LocalStack, forge: ForgeEmulator, monkeypatch: pytest.MonkeyPatch, ledger: Ledger
+) -> None:
+    """The check above can fail: with the "newest wins" condition removed, an older token replaces it."""
+    original = TokenStore._write
+
+    def unconditional(self: TokenStore, put: dict[str, Any], guard: Any) -> Any:
+        put = {k: v for k, v in put.items() if k not in ("ConditionExpression", "ExpressionAttributeValues")}
+        return original(self, put, guard)
+
+    monkeypatch.setattr(TokenStore, "_write", unconditional)
+    site = forge.site()
+    module = container(stack, "ForgeTriggersFunction")
+    newer, older = (ledger.secret(forge.app_token(lifetime_s=s)) for s in (3 * 3600, 2 * 3600))
+    assert keepalive(module, forge, site, newer, ledger) == 204
+    assert keepalive(module, forge, site, older, ledger) == 204
+    assert stored_tokens(stack, site.installation_id) != {"SYSTEM": newer}
+
+
+def test_control_without_the_installed_guard_a_late_keepalive_leaves_a_token(
+    stack: LocalStack, forge: ForgeEmulator, monkeypatch: pytest.MonkeyPatch, ledger: Ledger
+) -> None:
+    """The check below can fail: without the "still installed" guard, a keepalive after the uninstall stores."""
+    monkeypatch.setattr(InstallationRegistry, "active_guard", lambda self, invocation: None)
+    site = forge.site()
+    module = container(stack, "ForgeTriggersFunction")
+    assert (
+        invoke(module, event("POST", "/forge/uninstall", ledger.headers(forge.headers(site)), {}))["statusCode"] == 200
     )
-    barrier = threading.Barrier(2)
-    late_token = ledger.secret(forge.app_token(lifetime_s=4 * 3600))
+    assert keepalive(module, forge, site, ledger.secret(forge.app_token()), ledger) == 204
+    assert stored_tokens(stack, site.installation_id) != {}
 
-    def uninstall() -> None:
-        barrier.wait()
-        Gateway(installer, installer)("POST", "/forge/uninstall", forge.headers(site), {})
 
-    def keepalive() -> None:
-        barrier.wait()
-        if round_ % 2:
-            threading.Event().wait(0.001 * round_)  # vary the interleaving a little
-        Gateway(racer, racer)("POST", "/forge/keepalive", forge.headers(site, system_token=late_token))
+ROUNDS = 20
 
-    threads = [threading.Thread(target=uninstall), threading.Thread(target=keepalive)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    ledger.tried += 1
-    assert stored_tokens(stack, site.installation_id) == []
+
+def test_uninstall_racing_keepalive_lifecycle_and_ui_calls_leaves_no_token(
+    stack: LocalStack, forge: ForgeEmulator, ledger: Ledger
+) -> None:
+    uninstaller, keeper, installer = (container(stack, "ForgeTriggersFunction") for _ in range(3))
+    ui = container(stack, "ForgeCallsFunction")
+
+    def call(module: ModuleType, method: str, path: str, headers: dict[str, str], body: Any, delay: float) -> None:
+        threading.Event().wait(delay)  # shuffles the interleavings a little; nothing asserts on time
+        invoke(module, event(method, path, ledger.headers(headers), body))
+
+    survivors: dict[int, list[str]] = {}
+    for round_ in range(ROUNDS):
+        site = forge.site()
+        installed = forge.headers(site, system_token=forge.app_token())
+        assert (
+            invoke(
+                installer, event("POST", "/forge/lifecycle", ledger.headers(installed), forge.installed_event(site))
+            )["statusCode"]
+            == 200
+        )
+        later = 3 * 3600 + 60 * round_  # newer than the installed token: each racer would store its own
+        newer = [forge.app_token(lifetime_s=later + i) for i in range(3)]
+        ui_headers = forge.headers(
+            site,
+            system_token=newer[2],
+            user_token=forge.app_token(lifetime_s=later, subject=PRINCIPAL),
+            principal=PRINCIPAL,
+        )
+        racers = [
+            (uninstaller, "POST", "/forge/uninstall", forge.headers(site), {}),
+            (keeper, "POST", "/forge/keepalive", forge.headers(site, system_token=newer[0]), {}),
+            (
+                installer,
+                "POST",
+                "/forge/lifecycle",
+                forge.headers(site, system_token=newer[1]),
+                forge.installed_event(site, "avi:forge:upgraded:app"),
+            ),
+            (ui, "GET", "/api/status", ui_headers, None),
+        ]
+        rng = random.Random(round_)
+        run_threads(*(functools.partial(call, *racer, rng.random() * 0.003) for racer in racers))
+        ledger.tried += len(racers)
+        left = stored_tokens(stack, site.installation_id)
+        if left:
+            survivors[round_] = sorted(left)
+        [registry] = installation_items(stack, "AppTable", site.installation_id)
+        assert registry["status"]["S"] == "uninstalled"
+    assert survivors == {}, f"tokens survived the uninstall (round: sort keys): {survivors}"
+
+
+def test_a_product_event_delivered_twice_at_once_queues_one_job_and_answers_both(
+    stack: LocalStack, forge: ForgeEmulator, site: Site, ledger: Ledger
+) -> None:
+    """Forge may deliver an event twice; here the duplicate arrives while the first is putting its job.
+
+    The interleaving is made deterministic: the second delivery runs from inside the first one's
+    PutEvents call (another container, same moment as far as DynamoDB can tell).
+    """
+    first, second = container(stack, "ForgeTriggersFunction"), container(stack, "ForgeTriggersFunction")
+    body = forge.page_event("8080", "ENG")
+    answers: list[Any] = []
+
+    def duplicate(**_: Any) -> None:
+        if answers:
+            return
+        try:
+            answers.append(invoke(second, event("POST", "/forge/events", ledger.headers(forge.headers(site)), body)))
+        except Exception as exc:
+            ledger.seen(repr(exc), "exception")
+            answers.append(exc)
+
+    client = aws.events()
+    client.meta.events.register("before-call.events.PutEvents", duplicate)
+    try:
+        response = invoke(first, event("POST", "/forge/events", ledger.headers(forge.headers(site)), body))
+    finally:
+        client.meta.events.unregister("before-call.events.PutEvents", duplicate)
+    ledger.tried += 2
+    assert response["statusCode"] == 202
+    assert len(queue_messages(stack, "JobsQueue")) == 1  # exactly once
+    [other] = answers
+    assert not isinstance(other, Exception), f"the duplicate delivery crashed the handler: {type(other).__name__}"
+    assert other["statusCode"] < 500, other
+    assert isinstance(json_body(other), dict)
+    ledger.rejected += 1
