@@ -280,3 +280,19 @@ def test_rejection_reasons_never_contain_the_token(forge: ForgeEmulator, verifie
             verifier.verify(bearer(token))
         for part in token.split("."):
             assert part not in str(caught.value)
+
+
+def test_a_container_that_started_during_an_outage_recovers_quickly(forge: ForgeEmulator, site: Site) -> None:
+    now = [1000.0]
+    cache = JwksCache(forge.jwks_url, cooldown_s=300, monotonic=lambda: now[0])
+    verifier = FitVerifier(audience=forge.app_ari, jwks=cache, allowed_api_hosts=["api.atlassian.com"])
+    forge.jwks_available = False
+    try:
+        for _ in range(5):
+            with pytest.raises(InvalidInvocation, match="unknown signing key"):
+                verifier.verify(forge.headers(site))
+        assert cache.fetch_count == 2  # the first fetch and one unknown-kid refetch, not one per call
+    finally:
+        forge.jwks_available = True
+    now[0] += 11  # well before the 300 s cooldown: with no keys at all it retries sooner
+    assert verifier.verify(forge.headers(site)).installation_id == site.installation_id

@@ -23,6 +23,7 @@ from forge_remote.errors import InvalidInvocation
 logger = logging.getLogger(__name__)
 
 Fetch = Callable[[str, float], dict[str, Any]]
+NO_KEYS_RETRY_S = 10.0
 
 
 def fetch_json(url: str, timeout_s: float) -> dict[str, Any]:
@@ -68,7 +69,10 @@ class JwksCache:
         with self._lock:
             now = self._monotonic()
             stale = self._fetched_at is None or now - self._fetched_at >= self._max_age_s
-            if stale and _out_of(self._attempted_at, now, self._cooldown_s):
+            # With no keys at all (the first fetch failed) every call is refused: retry sooner, so a
+            # container that started during an outage recovers by Forge's next retry (60 s apart).
+            cooldown = self._cooldown_s if self._keys else min(self._cooldown_s, NO_KEYS_RETRY_S)
+            if stale and _out_of(self._attempted_at, now, cooldown):
                 self._refresh(now)
             # A rotated key may appear at any time: one extra fetch per cooldown, however many
             # unknown kids arrive (forged tokens cannot make us hammer the JWKS endpoint).
