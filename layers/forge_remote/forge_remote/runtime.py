@@ -13,7 +13,7 @@ from forge_remote.config import Settings
 from forge_remote.fit import FitVerifier, Invocation
 from forge_remote.installations import InstallationRegistry
 from forge_remote.jwks import JwksCache
-from forge_remote.tokens import PutOutcome, TokenStore
+from forge_remote.tokens import TokenStore
 
 
 @dataclass
@@ -61,6 +61,3 @@ class Runtime:
             )
             outcomes["user"] = outcome.value
         return outcomes
-
-
-__all__ = ["PutOutcome", "Runtime"]
