@@ -40,6 +40,7 @@ FUNCTIONS = {
 }
 
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
+DYNAMODB_READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})
 
 
 # -- results -----------------------------------------------------------------------------------------
@@ -175,6 +176,10 @@ class RequestCounter:
     @property
     def writes(self) -> int:
         return sum(n for op, n in self.calls.items() if op in DYNAMODB_WRITES)
+
+    @property
+    def reads(self) -> int:
+        return sum(n for op, n in self.calls.items() if op in DYNAMODB_READS)
 
     def snapshot(self) -> dict[str, int]:
         return dict(sorted(self.calls.items()))

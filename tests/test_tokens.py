@@ -84,8 +84,19 @@ def test_redelivered_token_costs_no_write(forge: ForgeEmulator, store: TokenStor
     token = forge.app_token()
     outcomes = [store.put_if_newer(installation, token) for _ in range(50)]
     assert outcomes[0] is PutOutcome.STORED
-    assert set(outcomes[1:]) == {PutOutcome.ALREADY_SEEN}
+    assert set(outcomes[1:]) == {PutOutcome.ALREADY_STORED}
     assert store.write_count == 1
+    assert store.read_count == 50  # one small read per delivery is what keeps the answer true
+
+
+def test_older_redelivered_token_costs_no_write(forge: ForgeEmulator, store: TokenStore) -> None:
+    installation = new_installation_id()
+    older, newer = forge.app_token(lifetime_s=3600), forge.app_token(lifetime_s=3 * 3600)
+    store.put_if_newer(installation, older)
+    store.put_if_newer(installation, newer)
+    writes = store.write_count
+    assert [store.put_if_newer(installation, older) for _ in range(5)] == [PutOutcome.NOT_NEWER] * 5
+    assert store.write_count == writes
 
 
 @pytest.mark.usefixtures("atomic_dynamodb")

@@ -7,15 +7,15 @@ with ``token``, ``tokenSha256``, ``expiresAt`` (epoch s, from the token's own ``
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 import hashlib
+import json
 import logging
-import threading
-from collections import OrderedDict
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-
-import jwt
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
@@ -31,12 +31,14 @@ MAX_TOKEN_LIFETIME_S = 4 * 3600  # Forge's documented maximum
 FALLBACK_LIFETIME_S = 3600  # for a token whose exp cannot be read: well under the ~2 h Forge guarantees
 TTL_GRACE_S = 3600
 SYSTEM_SK = "SYSTEM"
+MAX_PAYLOAD_CHARS = 16 * 1024  # a token's payload segment; Forge's are a few hundred characters
+SANE_EXP_RANGE = (1.0e9, 4.1e9)  # 2001 to 2099: anything else is not an expiry Forge would send
 
 
 class PutOutcome(enum.Enum):
     STORED = "stored"
     NOT_NEWER = "not_newer"  # the store already holds a token expiring no earlier
-    ALREADY_SEEN = "already_seen"  # this container saw this exact token: no write
+    ALREADY_STORED = "already_stored"  # the store holds this exact token: no write
     EXPIRED = "expired"  # arrived already expired: never stored
     INSTALLATION_GONE = "installation_gone"  # uninstalled: tokens are not kept
 
@@ -65,19 +67,42 @@ def token_sha256(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a number")  # NaN and Infinity are not JSON numbers
+
+
+def _unverified_exp(token: str) -> float | None:
+    """The ``exp`` claim of a JWT read without verification, or None if it is not a sane epoch time.
+
+    Anything odd (not three segments, bad base64, not a JSON object, NaN, 10**400, a string, a
+    boolean, a time before 2001 or past 2100) is None: the caller falls back, it never raises.
+    """
+    segments = token.split(".")
+    if len(segments) != 3 or len(segments[1]) > MAX_PAYLOAD_CHARS:
+        return None
+    try:
+        payload = json.loads(
+            base64.urlsafe_b64decode(segments[1] + "=" * (-len(segments[1]) % 4)), parse_constant=_no_constants
+        )
+        exp = payload.get("exp") if isinstance(payload, dict) else None
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return None
+        value = float(exp)  # OverflowError for huge ints
+    except (ValueError, TypeError, OverflowError, RecursionError, binascii.Error):
+        return None
+    return value if math.isfinite(value) and SANE_EXP_RANGE[0] <= value <= SANE_EXP_RANGE[1] else None
+
+
 def token_expiry(token: str, received_at: float) -> tuple[float, str]:
     """Expiry from the token's own ``exp`` (read unverified: we are not its audience), else a fallback.
 
-    Clamped to Forge's 4 h maximum so a malformed claim can never make a token live forever.
+    Clamped to Forge's 4 h maximum so a malformed claim can never make a token live forever; a claim
+    that is not a sane number gets the conservative fallback lifetime, never an exception.
     """
-    try:
-        exp = jwt.decode(token, options={"verify_signature": False}).get("exp")
-    except jwt.PyJWTError:
-        exp = None
-    latest = received_at + MAX_TOKEN_LIFETIME_S
-    if isinstance(exp, int | float) and not isinstance(exp, bool):
-        return min(float(exp), latest), "exp"
-    return received_at + FALLBACK_LIFETIME_S, "fallback"
+    exp = _unverified_exp(token)
+    if exp is None:
+        return received_at + FALLBACK_LIFETIME_S, "fallback"
+    return min(exp, received_at + MAX_TOKEN_LIFETIME_S), "exp"
 
 
 def _sort_key(account_id: str | None) -> str:
@@ -85,38 +110,34 @@ def _sort_key(account_id: str | None) -> str:
 
 
 class TokenStore:
-    """DynamoDB-backed tokens. One instance per container; safe to share across threads."""
+    """DynamoDB-backed tokens. One instance per container; safe to share across threads.
 
-    def __init__(self, client: DynamoDBClient, table_name: str, *, seen_cache_size: int = 4096) -> None:
+    The store itself is the only memory of which token is held: a delivery is compared with what the
+    table holds now (one small consistent read), so a token that was invalidated or deleted in any
+    container is stored again when Forge delivers it again, and a re-delivered token costs no write.
+    """
+
+    def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._client = client
         self.table_name = table_name
-        self._seen: OrderedDict[tuple[str, str, str], None] = OrderedDict()
-        self._seen_size = seen_cache_size
-        self._lock = threading.Lock()
         self.write_count = 0  # DynamoDB write requests made, for benchmarks and tests
-
-    # -- per-container memory of delivered tokens (rule 2: a re-delivered token costs no write)
-    def _was_seen(self, key: tuple[str, str, str]) -> bool:
-        with self._lock:
-            if key in self._seen:
-                self._seen.move_to_end(key)
-                return True
-            return False
-
-    def _remember(self, key: tuple[str, str, str]) -> None:
-        with self._lock:
-            self._seen[key] = None
-            self._seen.move_to_end(key)
-            while len(self._seen) > self._seen_size:
-                self._seen.popitem(last=False)
-
-    def _forget(self, installation_id: str, sk: str | None = None) -> None:
-        with self._lock:
-            for key in [k for k in self._seen if k[0] == installation_id and (sk is None or k[1] == sk)]:
-                del self._seen[key]
+        self.read_count = 0  # DynamoDB read requests made by put_if_newer, for benchmarks and tests
 
     def _key(self, installation_id: str, sk: str) -> dict[str, Any]:
         return {"pk": {"S": installation_pk(installation_id)}, "sk": {"S": sk}}
+
+    def _held(self, installation_id: str, sk: str) -> tuple[str | None, float | None]:
+        """Digest and expiry of the token stored now, if any (never the token itself)."""
+        self.read_count += 1
+        item = self._client.get_item(
+            TableName=self.table_name,
+            Key=self._key(installation_id, sk),
+            ProjectionExpression="tokenSha256, expiresAt",
+            ConsistentRead=True,
+        ).get("Item")
+        if not item:
+            return None, None
+        return item.get("tokenSha256", {}).get("S"), float(item.get("expiresAt", {}).get("N", "0"))
 
     def put_if_newer(
         self,
@@ -133,15 +154,16 @@ class TokenStore:
         """
         sk = _sort_key(account_id)
         digest = token_sha256(token)
-        seen_key = (installation_id, sk, digest)
-        if self._was_seen(seen_key):
-            return PutOutcome.ALREADY_SEEN
         now = clock.now()
         expires_at, source = token_expiry(token, now)
         if expires_at <= now:
             logger.warning("received an already-expired %s token; not stored", "user" if account_id else "app")
-            self._remember(seen_key)
             return PutOutcome.EXPIRED
+        held_digest, held_expiry = self._held(installation_id, sk)
+        if held_digest == digest:
+            return PutOutcome.ALREADY_STORED
+        if held_expiry is not None and held_expiry >= expires_at:
+            return PutOutcome.NOT_NEWER
         item: dict[str, Any] = {
             **self._key(installation_id, sk),
             "installationId": {"S": installation_id},
@@ -156,12 +178,11 @@ class TokenStore:
         put: dict[str, Any] = {
             "TableName": self.table_name,
             "Item": item,
+            # The read above saves writes; this condition is what makes "newest wins" hold under races.
             "ConditionExpression": "attribute_not_exists(pk) OR expiresAt < :exp",
             "ExpressionAttributeValues": {":exp": item["expiresAt"]},
         }
-        outcome = self._write(put, guard)
-        self._remember(seen_key)
-        return outcome
+        return self._write(put, guard)
 
     def _write(self, put: dict[str, Any], guard: TransactWriteItemTypeDef | None) -> PutOutcome:
         self.write_count += 1
@@ -215,10 +236,8 @@ class TokenStore:
             )
         except self._client.exceptions.ConditionalCheckFailedException:
             return False
-        finally:
-            # If Forge delivers this token again (it may have been refused only while the app user was
-            # being provisioned), it may be stored again.
-            self._forget(installation_id, sk)
+        # If Forge delivers this token again (it may have been refused only while the app user was being
+        # provisioned), put_if_newer finds the store without it and stores it again.
         return True
 
     def states(self, installation_id: str, *, account_id: str | None = None) -> list[TokenState]:
@@ -243,7 +262,6 @@ class TokenStore:
 
     def delete_installation(self, installation_id: str) -> int:
         """Delete every token of an installation (uninstall). Returns how many items were deleted."""
-        self._forget(installation_id)
         keys: list[dict[str, Any]] = []
         paginator = self._client.get_paginator("query")
         for page in paginator.paginate(
