@@ -2,8 +2,11 @@
 
 Why not ``jwt.PyJWKClient``: its cache forgets the key set when a refresh fails, and Forge must
 keep verifying through a JWKS outage. Rules here: keys are fetched once and reused; an unknown
-``kid`` triggers at most one refetch per ``cooldown_s``; a periodic refresh (``max_age_s``)
-picks up rotations; a failed fetch keeps the keys already known. Parsing is pyjwt's.
+``kid`` triggers at most one refetch per ``unknown_kid_interval_s`` (15 s: a key Forge starts
+using is accepted within seconds whatever junk ``kid``s arrived before it, and junk cannot make a
+container fetch more than four times a minute); a periodic refresh (``max_age_s``) picks up
+rotations; a failed fetch keeps the keys already known and is retried after ``cooldown_s``.
+Only RSA signing keys of at least 2048 bits are kept. Parsing is pyjwt's.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 Fetch = Callable[[str, float], dict[str, Any]]
 NO_KEYS_RETRY_S = 10.0
+UNKNOWN_KID_INTERVAL_S = 15.0
+MIN_RSA_BITS = 2048
 
 
 def fetch_json(url: str, timeout_s: float) -> dict[str, Any]:
@@ -47,6 +52,7 @@ class JwksCache:
         *,
         max_age_s: float = 3600.0,
         cooldown_s: float = 300.0,
+        unknown_kid_interval_s: float = UNKNOWN_KID_INTERVAL_S,
         timeout_s: float = 2.0,
         fetch: Fetch = fetch_json,
         monotonic: Callable[[], float] = time.monotonic,
@@ -54,6 +60,7 @@ class JwksCache:
         self.url = url
         self._max_age_s = max_age_s
         self._cooldown_s = cooldown_s
+        self._unknown_kid_interval_s = unknown_kid_interval_s
         self._timeout_s = timeout_s
         self._fetch = fetch
         self._monotonic = monotonic
@@ -61,6 +68,7 @@ class JwksCache:
         self._fetched_at: float | None = None  # last successful fetch
         self._attempted_at: float | None = None  # last attempt, successful or not
         self._unknown_kid_at: float | None = None  # last refetch caused by an unknown kid
+        self._ignored: set[str] = set()  # kids of unusable keys, logged once each
         self._lock = threading.Lock()
         self.fetch_count = 0  # attempts, for benchmarks and tests
 
@@ -74,14 +82,16 @@ class JwksCache:
             cooldown = self._cooldown_s if self._keys else min(self._cooldown_s, NO_KEYS_RETRY_S)
             if stale and _out_of(self._attempted_at, now, cooldown):
                 self._refresh(now)
-            # A rotated key may appear at any time: one extra fetch per cooldown, however many
-            # unknown kids arrive (forged tokens cannot make us hammer the JWKS endpoint).
-            if kid not in self._keys and _out_of(self._unknown_kid_at, now, self._cooldown_s):
+            # A rotated key may appear at any time. An unknown kid needs no valid signature, so the
+            # refetch is rate-limited, but by a short interval: a long one would let a single junk kid
+            # lock out a real new key for longer than Forge keeps retrying (4 times, 60 s apart).
+            if kid not in self._keys and _out_of(self._unknown_kid_at, now, self._unknown_kid_interval_s):
                 self._unknown_kid_at = now
                 self._refresh(now)
             found = self._keys.get(kid)
+            have_keys = bool(self._keys)
         if found is None:
-            raise InvalidInvocation("unknown signing key")
+            raise InvalidInvocation("unknown signing key" if have_keys else "signing keys could not be fetched")
         return found
 
     def _refresh(self, now: float) -> None:
@@ -89,11 +99,7 @@ class JwksCache:
         self.fetch_count += 1
         try:
             document = self._fetch(self.url, self._timeout_s)
-            keys = {
-                k.key_id: k
-                for k in jwt.PyJWKSet.from_dict(document).keys
-                if k.key_id and k.key_type == "RSA" and k.public_key_use in (None, "sig")
-            }
+            keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(document).keys if k.key_id and self._usable(k)}
         except Exception as exc:  # any failure (network, JSON, key parsing) keeps the keys we have
             error = type(exc).__name__
             logger.warning("JWKS fetch failed (%s); keeping %d cached keys", error, len(self._keys))
@@ -103,3 +109,21 @@ class JwksCache:
             return
         self._keys = keys
         self._fetched_at = now
+
+    def _usable(self, key: jwt.PyJWK) -> bool:
+        """An RS256 signing key of at least 2048 bits; anything else is ignored (and logged once)."""
+        if not key.key_id or key.public_key_use not in (None, "sig"):
+            return False
+        if key.key_type == "RSA" and getattr(key.key, "key_size", 0) >= MIN_RSA_BITS:
+            return True
+        if key.key_id not in self._ignored:
+            self._ignored.add(key.key_id)
+            size = getattr(key.key, "key_size", None)
+            logger.warning(
+                "JWKS key %s ignored: %s%s is not an RSA key of >= %d bits",
+                key.key_id[:64],
+                key.key_type,
+                f" {size}-bit" if size else "",
+                MIN_RSA_BITS,
+            )
+        return False
