@@ -10,8 +10,10 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from urllib.parse import urlsplit
 
 from forge_remote.errors import ConfigurationError
+from forge_remote.urls import is_loopback_host
 
 PRODUCTION_JWKS_URL = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
@@ -28,6 +30,28 @@ def app_ari(app_id: str) -> str:
     if not _UUID.fullmatch(bare):
         raise ConfigurationError("FORGE_APP_ID must be an app uuid or ari:cloud:ecosystem::app/<uuid>")
     return APP_ARI_PREFIX + bare.lower()
+
+
+def jwks_url_setting(url: str) -> str:
+    """``FORGE_JWKS_URL``, parsed: https, or plain http on a real loopback host (the local stack).
+
+    The JWKS is the root of trust, so this is checked on the parsed URL, not by prefix:
+    ``http://localhost@attacker.example/`` and ``http://127.0.0.1.attacker.example/`` are refused.
+    """
+    problem = "FORGE_JWKS_URL must be https (or http on a loopback host for the local stack), without userinfo"
+    if not url.isascii() or any(c.isspace() or ord(c) < 32 for c in url):
+        raise ConfigurationError(problem)
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        parts.port  # noqa: B018 (raises ValueError on a bad port)
+    except ValueError as exc:
+        raise ConfigurationError(problem) from exc
+    if not host or "@" in parts.netloc or parts.fragment:
+        raise ConfigurationError(problem)
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host)):
+        return url
+    raise ConfigurationError(problem)
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -58,9 +82,7 @@ class Settings:
             raise ConfigurationError("TOKEN_MIN_VALIDITY_S must be a whole number of seconds") from exc
         if not 0 <= validity <= 4 * 3600:
             raise ConfigurationError("TOKEN_MIN_VALIDITY_S must be between 0 and 14400")
-        jwks_url = env.get("FORGE_JWKS_URL", "").strip() or PRODUCTION_JWKS_URL
-        if not jwks_url.startswith(("https://", "http://127.0.0.1", "http://localhost")):
-            raise ConfigurationError("FORGE_JWKS_URL must be https (or http on loopback for the local stack)")
+        jwks_url = jwks_url_setting(env.get("FORGE_JWKS_URL", "").strip() or PRODUCTION_JWKS_URL)
         return cls(
             app_ari=app_ari(_required(env, "FORGE_APP_ID")),
             tokens_table=_required(env, "TOKENS_TABLE"),

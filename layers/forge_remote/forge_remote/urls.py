@@ -4,18 +4,34 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Collection
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from forge_remote.errors import DisallowedApiBaseUrl
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback IP literal (``127.0.0.0/8``, ``::1``); never a name that merely starts so."""
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _split(url: str, what: str) -> tuple[SplitResult, str, int | None]:
+    """``urlsplit`` plus host and port, with every parsing failure as ``DisallowedApiBaseUrl``.
+
+    ``urlsplit`` raises ``ValueError`` on unbalanced brackets and on characters that NFKC-normalise
+    to URL delimiters (fullwidth solidus U+FF0F, at sign U+FF20...); ``.port`` raises on a bad port.
+    """
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError as exc:
+        raise DisallowedApiBaseUrl(f"{what} is not a valid URL") from exc
+    return parts, host, port
 
 
 def require_allowed_api_base(url: str, allowed_hosts: Collection[str]) -> str:
@@ -32,18 +48,15 @@ def require_allowed_api_base(url: str, allowed_hosts: Collection[str]) -> str:
     # cleaned-up copy and returning the raw string.
     if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
         raise DisallowedApiBaseUrl("apiBaseUrl contains whitespace or control characters")
-    parts = urlsplit(url)
-    host = (parts.hostname or "").lower()
-    try:
-        port = parts.port
-    except ValueError as exc:
-        raise DisallowedApiBaseUrl("apiBaseUrl has an invalid port") from exc
+    if not url.isascii():
+        raise DisallowedApiBaseUrl("apiBaseUrl contains non-ASCII characters")
+    parts, host, port = _split(url, "apiBaseUrl")
     if not host or "@" in parts.netloc or parts.query or parts.fragment:
         raise DisallowedApiBaseUrl("apiBaseUrl is not a plain base URL")
     allowed = {h.strip().lower() for h in allowed_hosts if h.strip()}
     host_port = f"{host}:{port}" if port is not None else host
     if host_port not in allowed and not (port in (None, 443) and host in allowed):
         raise DisallowedApiBaseUrl(f"apiBaseUrl host {host_port!r} is not in ALLOWED_API_HOSTS")
-    if parts.scheme == "https" or (parts.scheme == "http" and _is_loopback(host)):
+    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback_host(host)):
         return url.rstrip("/")
     raise DisallowedApiBaseUrl("apiBaseUrl must use https")
