@@ -77,8 +77,8 @@ def run(quick: bool = False) -> Section:
     forge.start()
     try:
         site = forge.site()
-        # Long-lived so the FIT stays valid for the whole measurement (Forge's are ~25 s).
-        fit = forge.sign(forge.fit_claims(site, lifetime_s=600))
+        # Long-lived so the FIT stays valid for the whole measurement (Forge's are ~25 s; 300 s is the cap).
+        fit = forge.sign(forge.fit_claims(site, lifetime_s=300))
         headers = forge.headers(site, fit=fit, system_token=forge.app_token())
         jwks = JwksCache(forge.jwks_url)
         verifier = FitVerifier(audience=forge.app_ari, jwks=jwks, allowed_api_hosts=("api.atlassian.com",))

@@ -118,10 +118,15 @@ class ForgeEmulator:
         self,
         site: Site,
         *,
-        module_key: str = "keepalive-endpoint",
+        module_key: str | None = None,
         principal: str | None = None,
         lifetime_s: int = 25,
     ) -> dict[str, Any]:
+        """A FIT's claims. ``module_key`` names the invoking module as Forge does; left out, a user's
+        call names ``ui-endpoint`` and any other call carries only the module type."""
+        module: dict[str, str] = {"type": "core:endpoint"}
+        if module_key or principal:
+            module["key"] = module_key or "ui-endpoint"
         now = int(time.time())  # FITs live on wall time: the backend verifies them with pyjwt
         claims: dict[str, Any] = {
             "iss": FIT_ISSUER,
@@ -136,7 +141,7 @@ class ForgeEmulator:
                 "installationId": site.installation_id,
                 "apiBaseUrl": site.api_base_url,
                 "environment": {"type": site.environment_type, "id": site.environment_id},
-                "module": {"type": "core:endpoint", "key": module_key},
+                "module": module,
                 "installation": {
                     "id": site.installation_id,
                     "contexts": [f"ari:cloud:confluence::site/{site.cloud_id}"],
@@ -145,7 +150,7 @@ class ForgeEmulator:
         }
         if principal:
             claims["principal"] = principal
-            claims["context"] = {"cloudId": site.cloud_id, "siteUrl": site.site_url, "moduleKey": module_key}
+            claims["context"] = {"cloudId": site.cloud_id, "siteUrl": site.site_url, "moduleKey": module["key"]}
         return claims
 
     def sign(
@@ -163,7 +168,7 @@ class ForgeEmulator:
         user_token: str | None = None,
         principal: str | None = None,
         fit: str | None = None,
-        module_key: str = "keepalive-endpoint",
+        module_key: str | None = None,
     ) -> dict[str, str]:
         """The headers of one Forge call to the remote (lower-cased, as API Gateway delivers them)."""
         fit = fit or self.sign(self.fit_claims(site, module_key=module_key, principal=principal))

@@ -359,3 +359,31 @@ def test_remote_base_url_is_an_https_origin_like_the_stack_output(manifest: dict
     stack_url = urlsplit(sub if isinstance(sub, str) else sub[0])
     assert stack_url.scheme == "https"
     assert stack_url.path in ("", "/"), "RemoteBaseUrl has a path: paste would silently drop it"
+
+
+# -- the call-kind binding (forge_remote.call_kinds) agrees with the manifest
+def _modules_calling(manifest: dict[str, Any]) -> dict[str, set[str]]:
+    """Route path -> the keys of the endpoint serving it and of every module that invokes that endpoint."""
+    endpoints = _endpoints(manifest)
+    found: dict[str, set[str]] = {}
+    for key, endpoint in endpoints.items():
+        path = endpoint.get("route", {}).get("path")
+        if path:
+            found.setdefault(path, set()).add(key)
+    for module_type in ("trigger", "scheduledTrigger", "preUninstall"):
+        for module in _modules(manifest, module_type):
+            path = endpoints[module["endpoint"]].get("route", {}).get("path")
+            if path:
+                found.setdefault(path, set()).add(module["key"])
+    return found
+
+
+def test_trigger_routes_accept_exactly_the_modules_the_manifest_routes_there(manifest: dict[str, Any]) -> None:
+    from forge_remote.call_kinds import TRIGGER_ROUTE_MODULES, UI_ROUTE_PREFIX
+
+    expected = _modules_calling(manifest)
+    assert {path: set(keys) for path, keys in TRIGGER_ROUTE_MODULES.items()} == expected
+    assert not any(path.startswith(UI_ROUTE_PREFIX) for path in expected)
+    ui_keys = _ui_endpoint_keys(manifest)
+    assert ui_keys
+    assert not ui_keys & set().union(*TRIGGER_ROUTE_MODULES.values())

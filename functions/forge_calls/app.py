@@ -6,27 +6,22 @@ and stores the tokens the call delivered; the installation comes only from the v
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools import Logger
-from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from botocore.exceptions import BotoCoreError, ClientError
 
 from forge_remote import clock
-from forge_remote.fit import Invocation
-from forge_remote.http_api import verify_then_route
+from forge_remote.http_api import invocation, register_error_handlers, require_fit
 from forge_remote.runtime import Runtime
 
 logger = Logger()
-app = APIGatewayHttpResolver()
 runtime = Runtime.from_env()
-
-
-def _json(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response[str]:
-    return Response(status_code=status, content_type="application/json", body=json.dumps(body), headers=headers)
+app = APIGatewayHttpResolver()
+app.use([require_fit(runtime.verifier)])
+register_error_handlers(app, retry_after_s=5)  # a person is waiting: retry soon
 
 
 def _iso(epoch_s: float | None) -> str | None:
@@ -34,10 +29,10 @@ def _iso(epoch_s: float | None) -> str | None:
 
 
 @app.get("/api/status")
-def status() -> Response[str]:
+def status() -> dict[str, Any]:
     """The calling installation's token state: until when a job can run. Never the token itself."""
-    invocation: Invocation = app.context["invocation"]
-    captured = runtime.capture_tokens(invocation)
+    call = invocation(app)
+    captured = runtime.capture_tokens(call)
     now = clock.now()
     min_validity = runtime.settings.token_min_validity_s
     tokens = [
@@ -48,36 +43,21 @@ def status() -> Response[str]:
             "usableByJobs": state.expires_at - now >= min_validity,
             "expirySource": state.expiry_source,
         }
-        for state in runtime.tokens.states(invocation.installation_id, account_id=invocation.principal)
+        for state in runtime.tokens.states(call.installation_id, account_id=call.principal)
     ]
-    installation = runtime.installations.get(invocation.installation_id)
-    return _json(
-        200,
-        {
-            "installationId": invocation.installation_id,
-            "installation": {
-                "status": installation.status if installation else "unknown",
-                "installedAt": _iso(installation.installed_at) if installation else None,
-            },
-            "tokens": tokens,
-            "captured": captured,
-            "tokenMinValiditySeconds": min_validity,
+    installation = runtime.installations.get(call.installation_id)
+    return {
+        "installationId": call.installation_id,
+        "installation": {
+            "status": installation.status if installation else "unknown",
+            "installedAt": _iso(installation.installed_at) if installation else None,
         },
-    )
-
-
-@app.exception_handler([BotoCoreError, ClientError])
-def aws_unavailable(exc: Exception) -> Response[str]:
-    logger.error("AWS dependency failed", extra={"error": type(exc).__name__})
-    body = {"error": "unavailable", "message": "storage temporarily unavailable; retry later"}
-    return _json(503, body, {"Retry-After": "5"})
-
-
-@app.not_found
-def not_found(_: Exception) -> Response[str]:
-    return _json(404, {"error": "not_found", "message": "no such route"})
+        "tokens": tokens,
+        "captured": captured,
+        "tokenMinValiditySeconds": min_validity,
+    }
 
 
 @logger.inject_lambda_context(correlation_id_path='headers."x-b3-traceid"')
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return verify_then_route(event, context, runtime.verifier, app)
+    return app.resolve(event, context)

@@ -19,6 +19,14 @@ class InvalidInvocation(ForgeRemoteError):
         self.reason = reason
 
 
+class WrongCallKind(ForgeRemoteError):
+    """A verified FIT of a kind this route does not accept, e.g. a user's UI call on a trigger route (403)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
 class ConfigurationError(ForgeRemoteError):
     """A required setting is missing or malformed."""
 

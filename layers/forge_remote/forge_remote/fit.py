@@ -28,6 +28,9 @@ USER_TOKEN_HEADER = "x-forge-oauth-user"  # noqa: S105 (a header name)
 _INSTALLATION_ID = re.compile(r"^[A-Za-z0-9:/._-]{1,200}$")
 _ACCOUNT_ID = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
 _IC_LABEL = re.compile(r"^[a-z0-9_-]{1,50}$")
+UI_CONTEXT_CLAIMS = ("localId", "moduleKey", "extension")
+HEADER_MEMO_SIZE = 16
+MAX_FIT_LIFETIME_S = 300  # Forge's FITs live about 25 s: one valid for longer is not Forge's
 _CLOUD_ID_IN_URL = re.compile(r"/ex/confluence/([0-9A-Za-z-]{1,64})(?:/|$)")
 
 _PYJWT_REASONS: tuple[tuple[type[Exception], str], ...] = (
@@ -57,6 +60,7 @@ class Invocation:
     module_type: str | None = None
     module_key: str | None = None
     principal: str | None = None
+    ui_context: bool = False  # the FIT carries a UI module's context (localId, moduleKey, extension)
     license_active: bool | None = None
     system_token: str | None = field(default=None, repr=False, compare=False)
     user_token: str | None = field(default=None, repr=False, compare=False)
@@ -105,20 +109,12 @@ class FitVerifier:
         self._jwks = jwks
         self._allowed_api_hosts = tuple(allowed_api_hosts)
         self._leeway_s = leeway_s
+        self._header_kids: dict[str, str] = {}
 
     def claims(self, authorization: str | None) -> dict[str, Any]:
         """Verify the Authorization header's FIT and return its claims, or raise InvalidInvocation."""
         token = _bearer(authorization)
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as exc:
-            raise InvalidInvocation("malformed token") from exc
-        if header.get("alg") != ALGORITHM:
-            raise InvalidInvocation("algorithm not allowed")
-        kid = header.get("kid")
-        if not isinstance(kid, str) or not kid:
-            raise InvalidInvocation("token has no key id")
-        key = self._jwks.key(kid)
+        key = self._jwks.key(self._kid(token))
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
@@ -134,7 +130,36 @@ class FitVerifier:
         except jwt.PyJWTError as exc:
             reason = next((r for t, r in _PYJWT_REASONS if isinstance(exc, t)), "malformed token")
             raise InvalidInvocation(reason) from exc
+        # pyjwt has checked that exp and iat are integers, and that iat is not in the future.
+        if int(claims["exp"]) - int(claims["iat"]) > MAX_FIT_LIFETIME_S:
+            raise InvalidInvocation("token lifetime too long")
         return claims
+
+    def _kid(self, token: str) -> str:
+        """The ``kid`` of an RS256 token's header, remembered per header segment.
+
+        Forge signs every FIT with the same header while a key is in use, so parsing it once per
+        container (pyjwt checks every base64url byte in Python) saves half of a verification. Only
+        headers that passed the checks below are remembered, and at most ``HEADER_MEMO_SIZE`` of them:
+        junk cannot grow the memo.
+        """
+        segment = token.partition(".")[0]
+        kid = self._header_kids.get(segment)
+        if kid is not None:
+            return kid
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise InvalidInvocation("malformed token") from exc
+        if header.get("alg") != ALGORITHM:
+            raise InvalidInvocation("algorithm not allowed")
+        kid = header.get("kid")
+        if not isinstance(kid, str) or not kid:
+            raise InvalidInvocation("token has no key id")
+        if len(self._header_kids) >= HEADER_MEMO_SIZE:
+            self._header_kids.clear()
+        self._header_kids[segment] = kid
+        return kid
 
     def verify(self, headers: Mapping[str, str]) -> Invocation:
         """Verify a request's headers (lower-cased names, as API Gateway v2 gives them)."""
@@ -187,6 +212,7 @@ class FitVerifier:
             module_type=_opt_str(module.get("type")),
             module_key=_opt_str(module.get("key")),
             principal=principal,
+            ui_context=any(name in context for name in UI_CONTEXT_CLAIMS),
             license_active=active if isinstance(active, bool) else None,
             system_token=_token_header(headers, SYSTEM_TOKEN_HEADER),
             user_token=_token_header(headers, USER_TOKEN_HEADER) if principal else None,

@@ -1,30 +1,38 @@
-"""API Gateway HTTP API (payload v2) glue shared by the HTTP handlers: FIT first, JSON errors.
+"""The HTTP kit shared by the HTTP functions (Powertools' ``APIGatewayHttpResolver``, payload v2).
 
-Every route verifies the FIT before anything else runs; a bad or missing FIT is a 401 with a JSON
-body and nothing is stored. Responses and logs name the reason, never the token.
+- ``require_fit(verifier)``: a global middleware (``app.use([require_fit(...)])``). The FIT is
+  verified before any route runs, and the call must be the kind Forge makes to that route
+  (``call_kinds``); a bad FIT is a 401, a call of the wrong kind a 403, both with a JSON body and
+  nothing stored. A route reads the verified call with ``invocation(app)``.
+- ``register_error_handlers(app)``: one JSON error shape (``{"error": code, "message": text}``) for
+  400, 401, 404, 409 and 503, the same in every function.
+Responses and logs name the reason, never the token.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Mapping
-from typing import Any, Protocol
+from typing import Any
 
-from forge_remote.errors import InvalidInvocation
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response, content_types
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from botocore.exceptions import BotoCoreError, ClientError
+
+from forge_remote.call_kinds import check_call_kind
+from forge_remote.errors import (
+    DeliveryInProgress,
+    InvalidInvocation,
+    MalformedEvent,
+    ServiceUnavailable,
+    WrongCallKind,
+)
 from forge_remote.fit import FitVerifier, Invocation
 
 logger = logging.getLogger(__name__)
 
-Resolve = Callable[[Invocation], dict[str, Any]]
-
-
-class Resolver(Protocol):
-    """What we use of Powertools' ``APIGatewayHttpResolver`` (kept out of the layer's imports)."""
-
-    def append_context(self, **kwargs: Any) -> None: ...
-    def clear_context(self) -> None: ...
-    def resolve(self, event: dict[str, Any], context: Any) -> dict[str, Any]: ...
+Middleware = Callable[[APIGatewayHttpResolver, NextMiddleware], Response[Any]]
+STORAGE_RETRY_AFTER_S = 30
 
 
 def lower_headers(event: Mapping[str, Any]) -> dict[str, str]:
@@ -35,38 +43,78 @@ def lower_headers(event: Mapping[str, Any]) -> dict[str, str]:
     return {str(k).lower(): v for k, v in headers.items() if isinstance(v, str)}
 
 
-def json_response(status: int, body: Any = None, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-    response: dict[str, Any] = {
-        "statusCode": status,
-        "headers": {"Content-Type": "application/json", **(headers or {})},
-    }
-    if body is not None:
-        response["body"] = json.dumps(body, separators=(",", ":"), default=str)
-    return response
+def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> Response[Any]:
+    """The one error shape every route and handler answers with."""
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body={"error": code, "message": message},
+        headers=dict(headers or {}),
+    )
 
 
-def error_response(status: int, code: str, message: str, headers: Mapping[str, str] | None = None) -> dict[str, Any]:
-    return json_response(status, {"error": code, "message": message}, headers)
+def require_fit(verifier: FitVerifier) -> Middleware:
+    """Verify the FIT and the kind of call before the route runs; put the ``Invocation`` in ``app.context``."""
 
-
-def verify_then(event: Mapping[str, Any], verifier: FitVerifier, resolve: Resolve) -> dict[str, Any]:
-    """Verify the request's FIT, then ``resolve`` it; 401 JSON (and no side effect) if the FIT fails."""
-    try:
-        invocation = verifier.verify(lower_headers(event))
-    except InvalidInvocation as exc:
-        logger.warning("Forge invocation rejected: %s", exc.reason)
-        return error_response(401, "unauthorized", f"Forge invocation token rejected: {exc.reason}")
-    return resolve(invocation)
-
-
-def verify_then_route(event: dict[str, Any], context: Any, verifier: FitVerifier, resolver: Resolver) -> dict[str, Any]:
-    """Verify the FIT, then route the request with the ``Invocation`` in ``resolver.context``."""
-
-    def route(invocation: Invocation) -> dict[str, Any]:
-        resolver.append_context(invocation=invocation, lambda_context=context)
+    def verify_fit(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
+        path = app.current_event.path
         try:
-            return resolver.resolve(event, context)
-        finally:
-            resolver.clear_context()
+            found = verifier.verify(lower_headers(app.current_event.raw_event))
+        except InvalidInvocation as exc:
+            logger.warning("Forge invocation rejected: %s", exc.reason, extra={"reason": exc.reason, "path": path})
+            return error_response(401, "unauthorized", f"Forge invocation token rejected: {exc.reason}")
+        try:
+            check_call_kind(path, found)
+        except WrongCallKind as exc:
+            logger.warning(
+                "Forge invocation refused on this route: %s",
+                exc.reason,
+                extra={
+                    "reason": exc.reason,
+                    "path": path,
+                    "module_key": found.module_key,
+                    "user_call": bool(found.principal),
+                },
+            )
+            return error_response(403, "wrong_call_kind", f"this route does not accept this call: {exc.reason}")
+        app.append_context(invocation=found)
+        return next_middleware(app)
 
-    return verify_then(event, verifier, route)
+    return verify_fit
+
+
+def invocation(app: APIGatewayHttpResolver) -> Invocation:
+    """The verified call of the request being handled (set by ``require_fit``)."""
+    found: Invocation = app.context["invocation"]
+    return found
+
+
+def register_error_handlers(app: APIGatewayHttpResolver, *, retry_after_s: int = STORAGE_RETRY_AFTER_S) -> None:
+    """400, 401, 404, 409 and 503 as JSON, for every route of ``app``."""
+
+    @app.exception_handler(MalformedEvent)
+    def bad_request(exc: MalformedEvent) -> Response[Any]:
+        logger.warning("malformed request body", extra={"reason": str(exc)})
+        return error_response(400, "bad_request", str(exc))
+
+    @app.exception_handler(InvalidInvocation)
+    def unauthorized(exc: InvalidInvocation) -> Response[Any]:
+        logger.warning("request refused: %s", exc.reason, extra={"reason": exc.reason})
+        return error_response(401, "unauthorized", exc.reason)
+
+    @app.exception_handler(DeliveryInProgress)
+    def in_progress(exc: DeliveryInProgress) -> Response[Any]:
+        # Forge retries non-2xx deliveries: the retry finds the first one finished and answers its result.
+        logger.info("duplicate delivery while the first is in progress")
+        return error_response(409, "in_progress", str(exc), {"Retry-After": "60"})
+
+    @app.exception_handler([BotoCoreError, ClientError, ServiceUnavailable])
+    def unavailable(exc: Exception) -> Response[Any]:
+        # After botocore's own retries: tell the caller to retry later instead of crashing with a 500.
+        logger.error("AWS dependency failed", extra={"error": type(exc).__name__})
+        message = "storage temporarily unavailable; retry later"
+        return error_response(503, "unavailable", message, {"Retry-After": str(retry_after_s)})
+
+    @app.not_found
+    def not_found(_: Exception) -> Response[Any]:
+        return error_response(404, "not_found", "no such route")

@@ -23,6 +23,8 @@ INSTALLATION_SK = "INSTALLATION"
 ACTIVE_INDEX = "ActiveInstallations"
 ACTIVE = "active"
 UNINSTALLED = "uninstalled"
+ONCE_SK_PREFIX = "FIT#"  # a FIT that acted on a destructive route (its jti), kept until ONCE_TTL_S
+ONCE_TTL_S = 3600  # far beyond a FIT's lifetime (at most 5 min, plus clock leeway)
 
 
 def installation_pk(installation_id: str) -> str:
@@ -133,6 +135,36 @@ class InstallationRegistry:
                 ":uninstalled": {"S": UNINSTALLED},
                 ":now": {"N": str(int(clock.now()))},
             },
+        )
+
+    def act_once(self, installation_id: str, invocation_id: str, *, ttl_s: int = ONCE_TTL_S) -> bool:
+        """Record that the call with this FIT ``jti`` acted; False if it already did (a replay).
+
+        For destructive routes: a FIT captured in transit must not act twice. The record expires
+        (DynamoDB TTL) well after the FIT itself has, so replays are refused for as long as they
+        could verify at all.
+        """
+        now = int(clock.now())
+        try:
+            self._client.put_item(
+                TableName=self.table_name,
+                Item={
+                    "pk": {"S": installation_pk(installation_id)},
+                    "sk": {"S": f"{ONCE_SK_PREFIX}{invocation_id[:200]}"},
+                    "createdAt": {"N": str(now)},
+                    "ttl": {"N": str(now + ttl_s)},
+                },
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
+
+    def release_once(self, installation_id: str, invocation_id: str) -> None:
+        """Undo ``act_once`` after the action failed, so that Forge's retry of the same call can act."""
+        self._client.delete_item(
+            TableName=self.table_name,
+            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": f"{ONCE_SK_PREFIX}{invocation_id[:200]}"}},
         )
 
     def get(self, installation_id: str) -> Installation | None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from forge_remote.errors import BadJobRequest, ServiceUnavailable
+from forge_remote.payloads import MAX_JSON_DEPTH, json_depth
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
@@ -89,6 +90,9 @@ class JobRequest:
             document = json.loads(body)
         except (json.JSONDecodeError, RecursionError) as exc:
             raise BadJobRequest("job request is not valid JSON") from exc
+        if json_depth(document) > MAX_JSON_DEPTH:
+            # It would pass here and break json.dumps when the message is re-sent or dead-lettered.
+            raise BadJobRequest(f"job request is nested more than {MAX_JSON_DEPTH} levels deep")
         if isinstance(document, dict) and "detail" in document and document.get("source") == JOB_SOURCE:
             document = document["detail"]
         return cls.from_detail(document)

@@ -16,6 +16,7 @@ from typing import Any
 
 from forge_remote.errors import MalformedEvent
 
+MAX_JSON_DEPTH = 64  # Forge's bodies nest a few levels; deeper ones would break json.dumps later
 MAX_BODY_BYTES = 512 * 1024  # Forge caps UI requests at 500 KB; events are far smaller
 PAGE_EVENTS = frozenset({"avi:confluence:created:page", "avi:confluence:updated:page"})
 LIFECYCLE_EVENTS = frozenset({"avi:forge:installed:app", "avi:forge:upgraded:app"})
@@ -57,6 +58,19 @@ def decode_body(body: str | None, is_base64: bool = False) -> bytes:
     return raw
 
 
+def json_depth(value: Any) -> int:
+    """How deeply containers nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            depth += 1
+            deepest = max(deepest, depth)
+            stack.extend((child, depth) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
     """A JSON object from bytes; an empty body is ``{}`` unless ``required``."""
     if not raw.strip():
@@ -65,8 +79,12 @@ def json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
         return {}
     try:
         value = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except RecursionError as exc:
+        raise MalformedEvent(f"body is nested more than {MAX_JSON_DEPTH} levels deep") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise MalformedEvent("body is not valid JSON") from exc
+    if json_depth(value) > MAX_JSON_DEPTH:
+        raise MalformedEvent(f"body is nested more than {MAX_JSON_DEPTH} levels deep")
     if not isinstance(value, dict):
         raise MalformedEvent("body is not a JSON object")
     return value
