@@ -482,11 +482,11 @@ def test_a_job_that_raises_fails_alone_and_is_redelivered(
     real_put = worker.runner.results.put
     failures: list[str] = []
 
-    def flaky_put(installation_id: str, kind: str, key: str, record: dict[str, Any], **kwargs: Any) -> None:
+    def flaky_put(installation_id: str, kind: str, key: str, record: dict[str, Any], **kwargs: Any) -> Any:
         if record.get("requestId") == unlucky and not failures:
             failures.append(unlucky)
             raise RuntimeError("an unexpected bug in a job")
-        real_put(installation_id, kind, key, record, **kwargs)
+        return real_put(installation_id, kind, key, record, **kwargs)
 
     worker.runner.results.put = flaky_put
     batch, response = run_worker(worker, stack)

@@ -1,5 +1,12 @@
 """``space-digest``: pages modified in the last day, per space, across every cursor page,
-stored as one digest record per space and day. Requested daily by the job scheduler."""
+stored as one digest record per space and day. Requested daily by the job scheduler.
+
+A digest lists at most ``MAX_PAGES_PER_RECORD`` pages (``truncated`` says the list was capped;
+``count`` is always the full number). The result store may cut the list further to fit DynamoDB's
+item size limit (a few hundred long non-ASCII titles do not fit), keeping its first pages: the stored
+record then says so in ``_truncated`` (``{"/pages": {"kept": n, "total": m}}``), and the job's summary
+lists the spaces whose stored digest lacks pages it counted, for either reason.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +23,10 @@ from forge_remote.jobs import JobContext, JobResult
 
 DIGEST = "DIGEST"
 MAX_SPACES = 100
-MAX_PAGES_PER_RECORD = 500  # keeps a digest item well under DynamoDB's 400 KB item limit
+MAX_SPACES_IN_SUMMARY = 20  # the summary is logged: a short list, the store's own warnings name every cut
+# Bounds a digest's record; its size in bytes is bounded by the result store, as 500 titles of 255
+# characters can take 500 KB in UTF-8 (3 bytes a CJK character, 4 an emoji) with nothing else counted.
+MAX_PAGES_PER_RECORD = 500
 
 
 @dataclass(frozen=True)
@@ -60,14 +70,25 @@ def space_digest(ctx: JobContext, args: DigestArgs) -> JobResult:
             }
         )
     day = now.date().isoformat()
+    cut: list[str] = []  # spaces whose stored digest lists fewer pages than it counted
     for space_key, pages in by_space.items():
+        capped = len(pages) > MAX_PAGES_PER_RECORD
         record = {
             "spaceKey": space_key,
             "day": day,
             "since": since.isoformat(timespec="minutes"),
             "count": len(pages),
             "pages": pages[:MAX_PAGES_PER_RECORD],
-            "truncated": len(pages) > MAX_PAGES_PER_RECORD,
+            "truncated": capped,
         }
-        ctx.results.put(ctx.installation_id, DIGEST, f"{day}#{space_key}", record)
-    return JobResult({"spaces": len(by_space), "pages": sum(len(p) for p in by_space.values())})
+        stored = ctx.results.put(ctx.installation_id, DIGEST, f"{day}#{space_key}", record)
+        if capped or stored.truncated:
+            cut.append(space_key)
+    return JobResult(
+        {
+            "spaces": len(by_space),
+            "pages": sum(len(p) for p in by_space.values()),
+            "truncated": len(cut),
+            "truncatedSpaces": sorted(cut)[:MAX_SPACES_IN_SUMMARY],
+        }
+    )
