@@ -56,7 +56,8 @@ def recorder(worker: ModuleType) -> Recorder:
 def pages(
     triggers: Gateway, forge: ForgeEmulator, confluence: ConfluenceEmulator, site: Site, ledger: Ledger, count: int
 ) -> list[JobRequest]:
-    ledger.secret(install(triggers, forge, site))
+    token = ledger.secret(install(triggers, forge, site))
+    assert len(token) > 450  # a real RS256 app token: the secrecy scan must see secrets of real size
     confluence.add_space("ENG", "Engineering")
     return [snapshot_request(site, str(confluence.add_page("ENG", f"Page {i}")["id"])) for i in range(count)]
 

@@ -1,8 +1,11 @@
 """The Confluence client: a ``requests`` session per container, base ``<apiBaseUrl>/wiki``.
 
 Every request re-reads the token (``token()`` re-checks expiry and may raise ``TokenUnavailable``),
-sends it only to the allowed apiBaseUrl (redirects and foreign ``next`` links are not followed) and
-never logs it. Only idempotent requests are retried: 429/503 honour ``Retry-After`` (clamped), else
+sends it only to the allowed apiBaseUrl (redirects are not followed; a ``next`` link is followed only
+if the path requests will send stays under ``<apiBaseUrl>/wiki/``) and never logs it; error text a
+server sends back is stripped of every piece of the token before it is shortened. A listing that
+repeats a page, or runs past ``MAX_PAGES_PER_LISTING`` pages, fails for good instead of looping.
+Only idempotent requests are retried: 429/503 honour ``Retry-After`` (clamped), else
 ``X-RateLimit-Reset``, else exponential backoff with full jitter; other 5xx and connection errors
 back off too. Attempts are bounded and no sleep runs past the Lambda's remaining time: the job is
 deferred (``RetryLater``) instead.
@@ -10,16 +13,18 @@ deferred (``RetryLater``) instead.
 
 from __future__ import annotations
 
+import html
 import logging
 import math
 import random
 import re
+import string
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 
@@ -47,6 +52,19 @@ INCONCLUSIVE_PROBE_DELAY_S = 60.0
 V2_BODY_FORMATS = frozenset({"storage", "atlas_doc_format", "view", "export_view", "anonymous_export_view"})
 MAX_KEYS_PER_REQUEST = 250  # v2 /spaces ``keys`` maxItems
 _WIKI_PATH = re.compile(r"(?:/[A-Za-z0-9_~:@,=+-][A-Za-z0-9._~:@,=+-]*)+/?")  # no "." or ".." segments
+# A cursor loop the visited set cannot see (a fresh cursor every time) ends here: at 250 results a
+# page that is 2.5 million results, far beyond any listing a job should stream in one invocation.
+MAX_PAGES_PER_LISTING = 10_000
+MAX_ERROR_CHARS = 300  # of Atlassian's error text, in exceptions, DLQ reasons and logs
+# Redaction reads this much of an error body (a 10 MB HTML page need not be scanned whole): only the
+# first MAX_ERROR_CHARS of what is left survive, so nothing past the scan can reach the message.
+MAX_ERROR_SCAN_CHARS = 20_000
+# Any run of this many characters of the token is removed from error text, wherever it was cut.
+REDACT_MIN_RUN = 12
+REDACTED = "[redacted]"
+_UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
+_PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 
 _session: requests.Session | None = None
 
@@ -112,13 +130,28 @@ def ratelimit_reset_s(value: str | None, now: float) -> float | None:
     return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
-def error_message(response: requests.Response) -> str:
-    """Atlassian's message from a v1, v2, gateway, empty or plain-text error body (at most 300 chars)."""
+def error_message(response: requests.Response, token: str = "") -> str:
+    """Atlassian's message from a v1, v2, gateway, empty or plain-text error body (at most 300 chars).
+
+    ``token`` (every run of ``REDACT_MIN_RUN`` of its characters) is removed from the whole text
+    *before* it is cut: cut first, a token split at the limit has no whole copy or segment left to
+    find, and its head survives. Text that still shows the token once decoded (percent-encoded, JSON
+    or HTML escapes) is withheld entirely.
+    """
+    message = _redact(_error_text(response)[:MAX_ERROR_SCAN_CHARS], token)[:MAX_ERROR_CHARS]
+    if token and _token_spans(_decoded(message), token):
+        return f"{REDACTED} (the error text echoed the token in an encoded form)"
+    return message
+
+
+def _error_text(response: requests.Response) -> str:
+    """The message of an error body, in whichever shape it came: whole, or the first
+    ``MAX_ERROR_SCAN_CHARS`` of a plain-text body (not yet cut to ``MAX_ERROR_CHARS``)."""
     try:
         document = response.json()
     except ValueError:
-        text = " ".join((response.text or "").split())
-        return text[:300] or response.reason or f"HTTP {response.status_code}"
+        text = " ".join((response.text or "")[:MAX_ERROR_SCAN_CHARS].split())
+        return text or response.reason or f"HTTP {response.status_code}"
     message = None
     if isinstance(document, dict):
         errors = document.get("errors")
@@ -128,7 +161,89 @@ def error_message(response: requests.Response) -> str:
             message = ": ".join(parts) or (str(first["code"]) if first.get("code") else None)
         elif document.get("message"):  # v1 {"statusCode", "message", "data"}, gateway {"code", "message"}
             message = str(document["message"])
-    return (message or response.reason or f"HTTP {response.status_code}")[:300]
+    return message or response.reason or f"HTTP {response.status_code}"
+
+
+def _next_link_refused(why: str) -> ConfluenceError:
+    """Permanent (the job goes to the DLQ); names no part of the link, which may carry anything."""
+    return ConfluenceError(0, f"next link leaves the site ({why}); not followed")
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 section 5.2.4 on an absolute path: what urllib3 does to it before sending."""
+    segments = path.split("/")[1:]
+    output: list[str] = []
+    for segment in segments:
+        if segment == "..":
+            if output:
+                output.pop()
+        elif segment != ".":
+            output.append(segment)
+    if segments and segments[-1] in (".", ".."):
+        output.append("")  # "/a/b/.." is "/a/", not "/a"
+    return "/" + "/".join(output)
+
+
+def _normalise_path(path: str) -> str:
+    """The path as the server will read it: unreserved escapes decoded (requests does that, turning
+    ``%2e%2e`` into ``..``), then dot segments removed. Other escapes (``%2f``, ``%5c``, ``%25``) stay."""
+
+    def decode(match: re.Match[str]) -> str:
+        char = chr(int(match.group(1), 16))
+        return char if char in _UNRESERVED else match.group(0)
+
+    return _remove_dot_segments(_PERCENT_ESCAPE.sub(decode, path))
+
+
+def resolve_next_link(link: str, base_url: str) -> str:
+    """The URL requests will send for a ``_links.next`` of the site at ``base_url`` (an apiBaseUrl).
+
+    v1 links lack ``/wiki``, v2 links include it; absolute links must be on the base's scheme, host
+    and port. The check runs on the normalised path, not on the text: a link with dot segments
+    (literal or percent-encoded) that reads as "under the base" would otherwise take the token to
+    another cloud id or another API on the same host. Raises ``ConfluenceError`` when refused.
+    """
+    # urlsplit drops tabs and newlines, WHATWG parsers read "\" as "/", and non-ASCII may normalise
+    # to a delimiter: refuse them rather than check a cleaned-up copy. Atlassian's links are encoded.
+    if "\\" in link or "#" in link or not all("!" <= c <= "~" for c in link):
+        raise _next_link_refused("a backslash, fragment, space, control or non-ASCII character")
+    base = urlsplit(base_url)
+    try:
+        parts = urlsplit(link)
+    except ValueError:  # e.g. an unbalanced "[" in the authority
+        raise _next_link_refused("not a valid URL") from None
+    if parts.scheme or parts.netloc:
+        if (parts.scheme.lower(), parts.netloc.lower()) != (base.scheme.lower(), base.netloc.lower()):
+            raise _next_link_refused("another scheme, host, port or user")
+        path = parts.path
+    elif parts.path.startswith("/"):
+        path = base.path + ("" if parts.path.startswith("/wiki/") else "/wiki") + parts.path
+    else:
+        raise _next_link_refused("not an absolute path")
+    path = _normalise_path(path)
+    if "%" in path:
+        raise _next_link_refused("an encoded slash, backslash or other escape in its path")
+    if not (path.startswith(base.path + "/wiki/") and _WIKI_PATH.fullmatch(path)):
+        raise _next_link_refused("its path is not under the apiBaseUrl's /wiki/")
+    url = urlunsplit((base.scheme, base.netloc, path, parts.query, ""))
+    # Belt and braces: let requests prepare it, and send only what it would put on the wire if that
+    # is still exactly the path checked above.
+    prepared = requests.PreparedRequest()
+    try:
+        prepared.prepare_url(url, None)
+        sent = urlsplit(prepared.url or "")
+    except ValueError:  # requests' InvalidURL, urllib3's LocationParseError
+        raise _next_link_refused("not a valid URL") from None
+    if (sent.scheme, sent.netloc.lower(), sent.path) != (base.scheme.lower(), base.netloc.lower(), path):
+        raise _next_link_refused("requests would send another path")
+    return str(prepared.url)
+
+
+def _prepared_url(url: str, params: Mapping[str, str] | None) -> str:
+    """``url`` with ``params`` as requests encodes them: one spelling per page for the visited set."""
+    prepared = requests.PreparedRequest()
+    prepared.prepare_url(url, dict(params) if params else None)
+    return str(prepared.url)
 
 
 class ConfluenceClient:
@@ -147,12 +262,15 @@ class ConfluenceClient:
         timeout_s: tuple[float, float] = (3.05, 10.0),
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
+        max_pages_per_listing: int = MAX_PAGES_PER_LISTING,
     ) -> None:
         # Token rule 8: checked before any token can be sent anywhere.
         self.base_url = require_allowed_api_base(api_base_url, allowed_hosts)
         self.wiki_url = self.base_url + "/wiki"
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
+        if max_pages_per_listing < 1:
+            raise ValueError("max_pages_per_listing must be at least 1")
         self._token = token
         self._session = session
         self._remaining_ms = remaining_ms
@@ -161,6 +279,7 @@ class ConfluenceClient:
         self._timeout_s = timeout_s
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
+        self._max_pages = max_pages_per_listing
         self.request_count = 0
 
     # -- what the jobs call
@@ -204,8 +323,14 @@ class ConfluenceClient:
 
     # -- machinery
     def _paginate(self, url: str, params: Mapping[str, str] | None) -> Iterator[dict[str, Any]]:
+        """Every result of a listing, page after page. A cursor cycle (A -> B -> A) would otherwise run
+        until the Lambda times out and the whole batch comes back: a page seen before, or more than
+        ``max_pages_per_listing`` pages, fails the listing for good."""
+        visited = {_prepared_url(url, params)}
+        pages = 0
         while True:
             document = self._get(url, params)
+            pages += 1
             results = document.get("results")
             if not isinstance(results, list):
                 raise ConfluenceError(200, "response has no results list")
@@ -215,23 +340,18 @@ class ConfluenceClient:
             if not link:
                 return
             next_url = self._next_url(link)
-            if next_url == url:
-                raise ConfluenceError(200, "next link repeats the current page")
+            if next_url in visited:
+                raise ConfluenceError(200, f"pagination cycle: page {pages + 1} repeats an earlier page; stopped")
+            if pages >= self._max_pages:
+                raise ConfluenceError(200, f"listing has more than {self._max_pages} pages; stopped (a cursor loop?)")
+            visited.add(next_url)
             url, params = next_url, None
 
     def _next_url(self, link: object) -> str:
-        """The URL of a ``_links.next``: v1's lacks ``/wiki``, v2's includes it; never another host."""
+        """The URL of a ``_links.next`` (see ``resolve_next_link``); never another site."""
         if not isinstance(link, str):
             raise ConfluenceError(0, "next link is not a string")
-        parts = urlsplit(link)
-        if parts.scheme or parts.netloc:
-            # An absolute link must stay under this installation's apiBaseUrl: the token goes with it.
-            if not link.startswith(self.base_url + "/"):
-                raise ConfluenceError(0, "next link points to another host or site; not followed")
-            return link
-        if not link.startswith("/"):
-            raise ConfluenceError(0, "next link is not an absolute path")
-        return (self.base_url if link.startswith("/wiki/") else self.wiki_url) + link
+        return resolve_next_link(link, self.base_url)
 
     def _get(self, url: str, params: Mapping[str, str] | None) -> dict[str, Any]:
         response = self._request("GET", url, params)
@@ -273,7 +393,7 @@ class ConfluenceClient:
                 self._wait(self._backoff(attempt) if hint is None else hint, reason, attempt)
             elif status in SERVER_ERRORS:
                 if last:
-                    message = _redact(error_message(response), token)
+                    message = error_message(response, token)
                     raise ConfluenceError(status, f"{message} (after {attempt} attempts)", _trace_id(response))
                 self._wait(self._backoff(attempt), f"Confluence HTTP {status}", attempt)
             else:
@@ -303,7 +423,7 @@ class ConfluenceClient:
         status, trace = response.status_code, _trace_id(response)
         if status == 401:
             return TokenRejected(401, trace)
-        message = _redact(error_message(response), token)
+        message = error_message(response, token)
         if status in (403, 404):
             # Expired OAuth tokens are sometimes answered 403 (v1) or 404 (v2): ask a question any
             # valid token can answer before blaming the content.
@@ -359,13 +479,51 @@ def _trace_id(response: requests.Response) -> str | None:
     return response.headers.get("atl-traceid") or response.headers.get("atl-request-id")
 
 
+def _token_spans(text: str, token: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds runs of ``REDACT_MIN_RUN`` or more characters of ``token`` (merged spans).
+
+    Pieces count, not only whole copies or JWT segments: a signature cut at a length limit, wrapped
+    over lines or interrupted by an escape is still a secret.
+    """
+    if len(token) < REDACT_MIN_RUN:
+        return [(m.start(), m.end()) for m in re.finditer(re.escape(token), text)] if token else []
+    grams = {token[i : i + REDACT_MIN_RUN] for i in range(len(token) - REDACT_MIN_RUN + 1)}
+    # Only runs of the token's own characters can hold a piece of it: most text is skipped at once.
+    runs = re.compile(f"[{re.escape(''.join(sorted(set(token))))}]{{{REDACT_MIN_RUN},}}")
+    spans: list[tuple[int, int]] = []
+    for run in runs.finditer(text):
+        for i in range(run.start(), run.end() - REDACT_MIN_RUN + 1):
+            if text[i : i + REDACT_MIN_RUN] in grams:
+                end = i + REDACT_MIN_RUN
+                if spans and spans[-1][1] >= i:
+                    spans[-1] = (spans[-1][0], end)
+                else:
+                    spans.append((i, end))
+    return spans
+
+
 def _redact(text: str, token: str) -> str:
-    """Remove the token, and any long piece of it, from text a server sent back."""
-    if token:
-        text = text.replace(token, "[redacted]")
-    for piece in token.split("."):
-        if len(piece) >= 16:  # a JWT's payload or signature alone is still a secret
-            text = text.replace(piece, "[redacted]")
+    """Replace every piece of the token (see ``_token_spans``) in text a server sent back."""
+    spans = _token_spans(text, token)
+    if not spans:
+        return text
+    kept, start = [], 0
+    for begin, end in spans:
+        kept.append(text[start:begin])
+        start = end
+    kept.append(text[start:])
+    return REDACTED.join(kept)
+
+
+def _decoded(text: str) -> str:
+    """``text`` with percent, JSON (``\\uXXXX``, ``\\/``) and HTML escapes undone, a few rounds deep:
+    only used to ask whether the token hides in it."""
+    for _ in range(3):
+        decoded = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text).replace("\\/", "/")
+        decoded = html.unescape(unquote(decoded))
+        if decoded == text:
+            break
+        text = decoded
     return text
 
 
