@@ -276,7 +276,7 @@ def test_a_token_whose_exp_is_not_a_sane_number_gets_the_fallback_lifetime(
         ledger.tried += 1
 
 
-# -- defect 9: apiBaseUrl values that make urllib.parse raise ------------------------------------------
+# -- defect 9: apiBaseUrl values that make urllib.parse raise, or that requests would rewrite -----------------------------------------
 ODD_API_BASES = [
     "https://[api.atlassian.com/ex/confluence/x",
     "https://api.atlassian.com]/ex/confluence/x",
@@ -291,6 +291,10 @@ ODD_API_BASES = [
     "https://api.atlassian.com:4 43/ex",
     "https://api.atlassian.com:0x1bb/ex",
     "https://[v1.fe80::a+en1]/ex",
+    # parse fine, but requests would normalise the path (or a server decode it) to another site or API
+    "https://api.atlassian.com/ex/confluence/x/../../jira/x",
+    "https://api.atlassian.com/ex/confluence/%2e%2e/y",
+    "https://api.atlassian.com//ex/confluence/x",
 ]
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Collection
 from urllib.parse import SplitResult, urlsplit
 
 from forge_remote.errors import DisallowedApiBaseUrl
+
+_PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9_~:@,=+-][A-Za-z0-9._~:@,=+-]*)*/?")  # no ".", "..", "%", "//"
 
 
 def is_loopback_host(host: str) -> bool:
@@ -53,6 +56,9 @@ def require_allowed_api_base(url: str, allowed_hosts: Collection[str]) -> str:
     parts, host, port = _split(url, "apiBaseUrl")
     if not host or "@" in parts.netloc or parts.query or parts.fragment:
         raise DisallowedApiBaseUrl("apiBaseUrl is not a plain base URL")
+    if not _PLAIN_PATH.fullmatch(parts.path):
+        # requests would normalise "..", and a server may decode "%2e%2e": the token would go elsewhere.
+        raise DisallowedApiBaseUrl("apiBaseUrl path has dot segments, escapes or empty segments")
     allowed = {h.strip().lower() for h in allowed_hosts if h.strip()}
     host_port = f"{host}:{port}" if port is not None else host
     if host_port not in allowed and not (port in (None, 443) and host in allowed):
