@@ -278,3 +278,32 @@ def test_no_token_or_fit_in_logs_or_responses(
         for part in secret.split(".")[1:] or [secret]:
             assert part not in logs
             assert all(part not in body for body in bodies)
+
+
+def test_library_log_lines_are_json_with_the_correlation_id(
+    handler: Callable, forge: ForgeEmulator, site: Site
+) -> None:
+    """forge_remote's own lines (here the FIT rejection) go out as the function's JSON, correlation id included."""
+    import io
+    import logging
+
+    triggers = handler("ForgeTriggersFunction")
+    library = logging.getLogger("forge_remote")
+    assert library.handlers, "use_function_logger did not give the library the function's handler"
+    assert not library.propagate  # else the Lambda runtime's root handler prints it again, as plain text
+    captured = io.StringIO()
+    tap = logging.StreamHandler(captured)
+    tap.setFormatter(library.handlers[0].formatter)
+    library.addHandler(tap)
+    headers = forge.headers(site)
+    headers["authorization"] = "Bearer not-a-jwt"
+    try:
+        response = Gateway(triggers, triggers)("POST", "/forge/keepalive", headers, {})
+    finally:
+        library.removeHandler(tap)
+    assert response["statusCode"] == 401
+    [line] = [json.loads(text) for text in captured.getvalue().splitlines() if "rejected" in text]
+    assert line["message"] == "Forge invocation rejected: malformed token"
+    assert line["correlation_id"] == headers["x-b3-traceid"]
+    assert line["reason"] == "malformed token"
+    assert line["service"] == "forge-triggers"

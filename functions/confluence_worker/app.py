@@ -23,11 +23,13 @@ from forge_remote.config import Settings
 from forge_remote.errors import BadJobRequest
 from forge_remote.installations import InstallationRegistry
 from forge_remote.jobs import JobRequest
+from forge_remote.logs import use_function_logger
 from forge_remote.results import ResultStore
 from forge_remote.tokens import TokenStore
 from forge_remote.worker import JobRunner, Outcome
 
 logger = Logger()
+use_function_logger(logger)
 metrics = Metrics()
 # A batch of only deferred jobs is a normal answer, not a Lambda error (that would page someone).
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)

@@ -15,9 +15,11 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forge_remote import clock
 from forge_remote.http_api import invocation, register_error_handlers, require_fit
+from forge_remote.logs import use_function_logger
 from forge_remote.runtime import Runtime
 
 logger = Logger()
+use_function_logger(logger)
 runtime = Runtime.from_env()
 app = APIGatewayHttpResolver()
 app.use([require_fit(runtime.verifier)])

@@ -17,10 +17,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from forge_remote.events_intake import EventIntake
 from forge_remote.fit import Invocation
 from forge_remote.http_api import invocation, register_error_handlers, require_fit
+from forge_remote.logs import use_function_logger
 from forge_remote.payloads import LIFECYCLE_EVENTS, decode_body, json_object, parse_event
 from forge_remote.runtime import Runtime
 
 logger = Logger()
+use_function_logger(logger)
 metrics = Metrics()
 runtime = Runtime.from_env()
 intake = EventIntake(runtime.settings)

@@ -17,9 +17,11 @@ from forge_remote import aws
 from forge_remote.config import Settings
 from forge_remote.errors import ConfigurationError
 from forge_remote.installations import InstallationRegistry
+from forge_remote.logs import use_function_logger
 from forge_remote.scheduling import schedule_for_all
 
 logger = Logger()
+use_function_logger(logger)
 metrics = Metrics()
 settings = Settings.from_env()
 installations = InstallationRegistry(aws.dynamodb(), settings.app_table)

@@ -2,8 +2,9 @@
 the one-line summary (``reliability: N cases tried, M rejected as expected, L lost jobs``).
 
 Capture, for every test under this folder:
-- a logging handler on the root logger (at DEBUG) and on the Powertools service loggers (which do not
-  propagate), keeping each record as Powertools would print it, with its extra fields and traceback;
+- every log record of every logger, taken where ``logging.Logger.handle`` receives it (the Powertools
+  service loggers and the ``forge_remote`` logger they configure do not propagate to the root), kept
+  as Powertools would print it, with its extra fields and traceback;
 - stdout/stderr and pytest's log capture of every phase (what Powertools and the metrics print);
 - failure reports (exception text);
 - after each test, what the functions left in the app table, the job queue and the DLQ.
@@ -36,7 +37,7 @@ from tests.test_worker import (  # noqa: F401 - the worker tests' fixtures, shar
 )
 
 HERE = Path(__file__).resolve().parent
-SERVICE_LOGGERS = ("forge-calls", "forge-triggers", "confluence-worker", "job-scheduler")
+SERVICE_LOGGERS = ("forge-calls", "forge-triggers", "confluence-worker", "job-scheduler", "forge_remote")
 QUIET_LOGGERS = ("moto",)  # the fake AWS, not the code under test: its DEBUG chatter is just cost
 FINAL_CHECK = "test_zz_secrecy.py::test_no_secret_was_logged_returned_or_raised"
 _STATE: dict[str, Any] = {"ran": False, "leaks": None}
@@ -58,26 +59,17 @@ def _collect(record: logging.LogRecord) -> None:
     LEDGER.seen("\n".join(parts), "log")
 
 
-class _Collector(logging.Handler):
-    """On the root logger: everything that propagates."""
+def _handle_and_collect(original: Any) -> Any:
+    """``Logger.handle`` that keeps every record first (whatever the logger's handlers and propagation)."""
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def handle(self: logging.Logger, record: logging.LogRecord) -> Any:
         try:
             _collect(record)
         except Exception:  # never let the collector break the code under test
-            self.handleError(record)
+            traceback.print_exc()
+        return original(self, record)
 
-
-class _ServiceTap(logging.Filter):
-    """On a Powertools service logger (which does not propagate). A filter, not a handler: Powertools
-    takes the logger's first handler for its own formatter, and a handler added before it would break it."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        try:
-            _collect(record)
-        except Exception:
-            logging.getLogger(__name__).exception("collector failed")
-        return True
+    return handle
 
 
 @pytest.fixture
@@ -102,24 +94,18 @@ def world(forge: Any) -> Iterator[World]:
 @pytest.fixture(scope="module", autouse=True)
 def _capture_logs() -> Iterator[None]:
     """For a whole module (its module-scoped fixtures too): every record, at DEBUG."""
-    handler, tap = _Collector(level=logging.DEBUG), _ServiceTap()
-    root = logging.getLogger()
-    services = [logging.getLogger(name) for name in SERVICE_LOGGERS]
-    quiet = [logging.getLogger(name) for name in QUIET_LOGGERS]
-    levels = {lg: lg.level for lg in [root, *services, *quiet]}
-    root.addHandler(handler)
-    for lg in services:
-        lg.addFilter(tap)
-    for lg in [root, *services]:
+    original = logging.Logger.handle
+    loggers = [logging.getLogger(name) for name in ("", *SERVICE_LOGGERS, *QUIET_LOGGERS)]
+    levels = {lg: lg.level for lg in loggers}
+    logging.Logger.handle = _handle_and_collect(original)  # type: ignore[method-assign]
+    for lg in loggers[: 1 + len(SERVICE_LOGGERS)]:
         lg.setLevel(logging.DEBUG)
-    for lg in quiet:
-        lg.setLevel(logging.WARNING)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         yield
     finally:
-        root.removeHandler(handler)
-        for lg in services:
-            lg.removeFilter(tap)
+        logging.Logger.handle = original  # type: ignore[method-assign]
         for lg, level in levels.items():
             lg.setLevel(level)
 

@@ -1,0 +1,26 @@
+"""The library's log lines, written the way the functions' own are: JSON with the correlation id.
+
+Library modules log with ``logging.getLogger(__name__)`` (no Powertools import at module level, so
+they stay usable anywhere). Each function calls ``use_function_logger(logger)`` once, after creating
+its Powertools ``Logger``: the ``forge_remote`` logger then writes through that Logger's handler and
+formatter, so a line such as ``Forge invocation rejected: ...`` carries the service, the Lambda
+request id, the correlation id (Forge's ``x-b3-traceid``) and its ``extra`` fields, and can be found
+in CloudWatch by the same queries as the handler's lines. Powertools' own recipe
+(``copy_config_to_registered_loggers``); it also stops the records reaching the Lambda runtime's
+root handler, which would print them a second time as plain text.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aws_lambda_powertools import Logger
+from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+LIBRARY_LOGGER = "forge_remote"
+
+
+def use_function_logger(logger: Logger) -> None:
+    """Send every ``forge_remote.*`` record through ``logger``'s handler, at ``logger``'s level."""
+    logging.getLogger(LIBRARY_LOGGER)  # registered even before any library module has logged
+    copy_config_to_registered_loggers(source_logger=logger, include={LIBRARY_LOGGER})
