@@ -53,6 +53,17 @@ def _wall_clock() -> Iterator[None]:
     clock.reset()
 
 
+@pytest.fixture(autouse=True)
+def _library_logger_as_imported() -> Iterator[None]:
+    """Each loaded function points the ``forge_remote`` logger at its own Powertools handler (one
+    function per process in Lambda, several here): give every test the library logger as imported."""
+    yield
+    library = logging.getLogger("forge_remote")
+    library.handlers.clear()
+    library.propagate = True
+    library.setLevel(logging.NOTSET)
+
+
 @pytest.fixture
 def site(forge: ForgeEmulator) -> Site:
     return forge.site()

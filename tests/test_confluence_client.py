@@ -22,15 +22,23 @@ from forge_remote import clock
 from forge_remote import confluence as confluence_module
 from forge_remote.confluence import (
     ConfluenceClient,
-    Forbidden,
-    NotFound,
     error_message,
     ratelimit_reset_s,
     retry_after_s,
     shared_session,
 )
 from forge_remote.cql import and_, field_eq, field_in, id_eq
-from forge_remote.errors import ConfluenceError, DisallowedApiBaseUrl, RetryLater, TokenRejected, TokenUnavailable
+from forge_remote.errors import (
+    ConfluenceError,
+    ConfluenceUnavailable,
+    DisallowedApiBaseUrl,
+    Forbidden,
+    NotFound,
+    PermanentFailure,
+    RetryLater,
+    TokenRejected,
+    TokenUnavailable,
+)
 from local.confluence_emulator import ConfluenceEmulator
 from tests.test_confluence_emulator import check_exchange, load_openapi, make_token
 
@@ -240,10 +248,11 @@ def test_other_5xx_back_off_then_fail_with_the_status(confluence: ConfluenceEmul
     assert len(harness.sleeps) == 1
     assert 0 <= harness.sleeps[0] <= 1
     confluence.fail_next(3, status)
-    with pytest.raises(ConfluenceError) as caught:
+    with pytest.raises(ConfluenceUnavailable) as caught:
         search_all(connect(confluence.api_base_url, token, max_attempts=3))
     assert caught.value.status == status
-    assert not isinstance(caught.value, RetryLater)
+    assert isinstance(caught.value, RetryLater)  # the worker defers it; a 4xx is permanent instead
+    assert not isinstance(caught.value, PermanentFailure)
 
 
 @pytest.mark.parametrize(("retry_after", "deferred"), [("10", False), ("11", True), ("999999", True)])
@@ -531,7 +540,7 @@ def every_error_path(confluence: ConfluenceEmulator, token: str) -> list[Excepti
         expect(ConfluenceError, lambda: list(connect(base, token).client.search_content(field_eq("ancestor", "1"))))
     )
     confluence.fail_next(2, 500)
-    errors.append(expect(ConfluenceError, lambda: connect(base, token, max_attempts=2).client.get_page(1)))
+    errors.append(expect(ConfluenceUnavailable, lambda: connect(base, token, max_attempts=2).client.get_page(1)))
     confluence.fail_next(2, 429)
     errors.append(expect(RetryLater, lambda: connect(base, token, max_attempts=2).client.get_page(1)))
     confluence.fail_next(1, 429, retry_after="999999")

@@ -8,7 +8,6 @@ unaffected either way.
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
@@ -20,13 +19,13 @@ from confluence_jobs import registry
 
 from forge_remote import aws
 from forge_remote.config import Settings
-from forge_remote.errors import BadJobRequest
+from forge_remote.errors import BadJobRequest, JobDeferred
 from forge_remote.installations import InstallationRegistry
 from forge_remote.jobs import JobRequest
 from forge_remote.logs import use_function_logger
 from forge_remote.results import ResultStore
 from forge_remote.tokens import TokenStore
-from forge_remote.worker import JobRunner, Outcome
+from forge_remote.worker import JobRunner, JobStatus, Outcome
 
 logger = Logger()
 use_function_logger(logger)
@@ -34,8 +33,8 @@ metrics = Metrics()
 # A batch of only deferred jobs is a normal answer, not a Lambda error (that would page someone).
 processor = BatchProcessor(event_type=EventType.SQS, raise_on_entire_batch_failure=False)
 settings = Settings.from_env()
-QUEUE_URL = os.environ["JOBS_QUEUE_URL"]
-DLQ_URL = os.environ["JOBS_DLQ_URL"]
+QUEUE_URL = settings.required("jobs_queue_url")
+DLQ_URL = settings.required("jobs_dlq_url")
 MIN_REMAINING_MS = 15_000  # don't start a job that cannot finish a request before the timeout
 RESTART_DELAY_S = 5  # such a job is picked up again almost at once, by a fresh invocation
 
@@ -48,10 +47,6 @@ runner = JobRunner(
     allowed_api_hosts=settings.allowed_api_hosts,
     min_validity_s=settings.token_min_validity_s,
 )
-
-
-class JobDeferred(Exception):
-    """Reported to the batch processor as this record's failure: the message stays in the queue."""
 
 
 def _dead_letter(record: SQSRecord, reason: str) -> None:
@@ -68,6 +63,7 @@ def _dead_letter(record: SQSRecord, reason: str) -> None:
 
 
 def _defer(record: SQSRecord, outcome: Outcome) -> None:
+    """Keep the message, visible again after the delay; the batch processor reports it failed."""
     aws.sqs().change_message_visibility(
         QueueUrl=QUEUE_URL,
         ReceiptHandle=record.receipt_handle,
@@ -75,33 +71,37 @@ def _defer(record: SQSRecord, outcome: Outcome) -> None:
     )
     metrics.add_metric(name="JobsDeferred", unit=MetricUnit.Count, value=1)
     logger.warning("job deferred", extra={"reason": outcome.reason, "delay_s": outcome.delay_s})
-    raise JobDeferred(outcome.reason)
+    raise JobDeferred(outcome.reason, outcome.delay_s)
+
+
+def _run(request: JobRequest, receive_count: int, lambda_context: LambdaContext) -> Outcome:
+    if lambda_context.get_remaining_time_in_millis() < MIN_REMAINING_MS:
+        return Outcome(JobStatus.DEFERRED, "too little time left in this invocation", RESTART_DELAY_S)
+    return runner.run(request, receive_count=receive_count, remaining_ms=lambda_context.get_remaining_time_in_millis)
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
+    """One job request. Returning marks the record done; raising ``JobDeferred`` keeps it queued."""
     receive_count = int(record.attributes.approximate_receive_count or 1)
     try:
         request = JobRequest.from_message_body(record.body)
     except BadJobRequest as exc:
-        _dead_letter(record, str(exc))
+        _dead_letter(record, exc.reason)
         return
     logger.append_keys(job=request.job, installation_id=request.installation_id, request_id=request.request_id)
     try:
-        if lambda_context.get_remaining_time_in_millis() < MIN_REMAINING_MS:
-            _defer(record, Outcome("deferred", "too little time left in this invocation", RESTART_DELAY_S))
-        outcome = runner.run(
-            request, receive_count=receive_count, remaining_ms=lambda_context.get_remaining_time_in_millis
-        )
-        if outcome.status == "deferred":
-            _defer(record, outcome)
-        elif outcome.status == "dead":
-            _dead_letter(record, outcome.reason)
-        elif outcome.status == "discarded":
-            metrics.add_metric(name="JobsDiscarded", unit=MetricUnit.Count, value=1)
-            logger.info("job discarded", extra={"reason": outcome.reason})
-        else:
-            metrics.add_metric(name="JobsDone", unit=MetricUnit.Count, value=1)
-            logger.info("job done", extra={"summary": outcome.summary, "receive_count": receive_count})
+        outcome = _run(request, receive_count, lambda_context)
+        match outcome.status:
+            case JobStatus.DEFERRED:
+                _defer(record, outcome)
+            case JobStatus.DEAD:
+                _dead_letter(record, outcome.reason)
+            case JobStatus.DISCARDED:
+                metrics.add_metric(name="JobsDiscarded", unit=MetricUnit.Count, value=1)
+                logger.info("job discarded", extra={"reason": outcome.reason})
+            case JobStatus.DONE:
+                metrics.add_metric(name="JobsDone", unit=MetricUnit.Count, value=1)
+                logger.info("job done", extra={"summary": outcome.summary, "receive_count": receive_count})
     finally:
         logger.remove_keys(["job", "installation_id", "request_id"])
 

@@ -15,7 +15,6 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forge_remote import aws
 from forge_remote.config import Settings
-from forge_remote.errors import ConfigurationError
 from forge_remote.installations import InstallationRegistry
 from forge_remote.logs import use_function_logger
 from forge_remote.scheduling import schedule_for_all
@@ -24,20 +23,19 @@ logger = Logger()
 use_function_logger(logger)
 metrics = Metrics()
 settings = Settings.from_env()
+JOBS_BUS = settings.required("jobs_bus")
 installations = InstallationRegistry(aws.dynamodb(), settings.app_table)
 
 
 @logger.inject_lambda_context
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    if not settings.jobs_bus:
-        raise ConfigurationError("JOBS_BUS is required")
     job = event.get("job") if isinstance(event, dict) else None
     args = event.get("args", {}) if isinstance(event, dict) else {}
     if not isinstance(job, str) or not isinstance(args, dict):
         # A misconfigured schedule: fail loudly (Scheduler retries, then its DLQ/alarms) rather than no-op.
         raise ValueError("schedule input must be {'job': <name>, 'args': {...}}")
-    report = schedule_for_all(installations, aws.events(), settings.jobs_bus, job, args)
+    report = schedule_for_all(installations, aws.events(), JOBS_BUS, job, args)
     metrics.add_metric(name="JobsScheduled", unit=MetricUnit.Count, value=report.requested)
     logger.info("jobs scheduled", extra={"job": job, **report.as_dict()})
     return report.as_dict()

@@ -1,4 +1,4 @@
-"""Configuration from environment variables (the table in DESIGN.md / README).
+"""Configuration from environment variables (the table in the README's "Configure" section).
 
 Read once per container through ``Settings.from_env()``; every value is validated so that a
 misconfigured deployment fails loudly at cold start rather than on the first request.
@@ -19,6 +19,8 @@ PRODUCTION_JWKS_URL = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
 DEFAULT_ALLOWED_API_HOSTS = ("api.atlassian.com",)
 DEFAULT_TOKEN_MIN_VALIDITY_S = 600
+# Settings some functions need and others do not (the template sets each where it is used).
+OPTIONAL_VARIABLES = {"jobs_bus": "JOBS_BUS", "jobs_queue_url": "JOBS_QUEUE_URL", "jobs_dlq_url": "JOBS_DLQ_URL"}
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -68,8 +70,21 @@ class Settings:
     app_table: str
     jwks_url: str = PRODUCTION_JWKS_URL
     jobs_bus: str | None = None
+    jobs_queue_url: str | None = None
+    jobs_dlq_url: str | None = None
     allowed_api_hosts: tuple[str, ...] = field(default=DEFAULT_ALLOWED_API_HOSTS)
     token_min_validity_s: int = DEFAULT_TOKEN_MIN_VALIDITY_S
+
+    def required(self, name: str) -> str:
+        """A setting only some functions need (``jobs_bus``, ``jobs_queue_url``, ``jobs_dlq_url``).
+
+        Call it at cold start, where the function is wired: a missing variable then fails the first
+        invocation loudly, naming the variable, instead of the first request that needs it.
+        """
+        value = getattr(self, name, None)
+        if not isinstance(value, str) or not value:
+            raise ConfigurationError(f"{OPTIONAL_VARIABLES.get(name, name)} is required by this function")
+        return value
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -89,6 +104,8 @@ class Settings:
             app_table=_required(env, "APP_TABLE"),
             jwks_url=jwks_url,
             jobs_bus=env.get("JOBS_BUS", "").strip() or None,
+            jobs_queue_url=env.get("JOBS_QUEUE_URL", "").strip() or None,
+            jobs_dlq_url=env.get("JOBS_DLQ_URL", "").strip() or None,
             allowed_api_hosts=hosts or DEFAULT_ALLOWED_API_HOSTS,
             token_min_validity_s=validity,
         )

@@ -29,7 +29,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 
 from forge_remote.cql import Cql
-from forge_remote.errors import ConfluenceError, RetryLater, TokenRejected
+from forge_remote.errors import ConfluenceError, ConfluenceUnavailable, Forbidden, NotFound, RetryLater, TokenRejected
 from forge_remote.urls import require_allowed_api_base
 
 logger = logging.getLogger(__name__)
@@ -75,14 +75,6 @@ def shared_session() -> requests.Session:
     if _session is None:
         _session = requests.Session()
     return _session
-
-
-class NotFound(ConfluenceError):
-    """404 that a valid token also gets: the content does not exist or the app cannot see it."""
-
-
-class Forbidden(ConfluenceError):
-    """403 that a valid token also gets: the app lacks a permission or scope."""
 
 
 def retry_after_s(value: str | None, now: float) -> float | None:
@@ -394,7 +386,7 @@ class ConfluenceClient:
             elif status in SERVER_ERRORS:
                 if last:
                     message = error_message(response, token)
-                    raise ConfluenceError(status, f"{message} (after {attempt} attempts)", _trace_id(response))
+                    raise ConfluenceUnavailable(status, f"{message} (after {attempt} attempts)", _trace_id(response))
                 self._wait(self._backoff(attempt), f"Confluence HTTP {status}", attempt)
             else:
                 raise self._error(response, token)
@@ -425,19 +417,23 @@ class ConfluenceClient:
             return TokenRejected(401, trace)
         message = error_message(response, token)
         if status in (403, 404):
-            # Expired OAuth tokens are sometimes answered 403 (v1) or 404 (v2): ask a question any
-            # valid token can answer before blaming the content.
-            accepted = self._token_accepted(token)
-            if accepted is False:
-                return TokenRejected(status, trace)
-            if accepted is None:
-                return RetryLater(
-                    f"Confluence HTTP {status} and the token check was inconclusive", INCONCLUSIVE_PROBE_DELAY_S
-                )
-            return (NotFound if status == 404 else Forbidden)(status, message, trace)
+            return self._forbidden_or_expired(status, message, token, trace)
         if 300 <= status < 400:
             return ConfluenceError(status, "redirect not followed (the token stays on the apiBaseUrl)", trace)
+        if status >= 500:
+            return ConfluenceUnavailable(status, message, trace)
         return ConfluenceError(status, message, trace)
+
+    def _forbidden_or_expired(self, status: int, message: str, token: str, trace: str | None) -> Exception:
+        """Expired OAuth tokens are sometimes answered 403 (v1) or 404 (v2): ask a question any valid
+        token can answer before blaming the content."""
+        accepted = self._token_accepted(token)
+        if accepted is False:
+            return TokenRejected(status, trace)
+        if accepted is None:
+            reason = f"Confluence HTTP {status} and the token check was inconclusive"
+            return RetryLater(reason, INCONCLUSIVE_PROBE_DELAY_S)
+        return (NotFound if status == 404 else Forbidden)(status, message, trace)
 
     def _token_accepted(self, token: str) -> bool | None:
         """Probe ``GET /api/v2/spaces?limit=1`` with the same token: None when it cannot tell."""

@@ -1,4 +1,11 @@
-"""Exceptions raised by the library.
+"""Exceptions raised by the library, and what each means for the caller.
+
+Every failure a job can meet is one of two kinds, and the worker handles exactly these two:
+- ``PermanentFailure``: retrying cannot help (unknown job, bad arguments, a 4xx from Confluence, a
+  next link that leaves the site). The job request goes to the dead-letter queue with the reason.
+- ``RetryLater``: the work cannot finish now (no valid token, rate limited, Confluence down, out of
+  time). The job request comes back later, after at least ``delay_s``, with a growing delay.
+The HTTP functions map the same classes to status codes (400, 401, 403, 409, 503).
 
 Messages never contain a token, a FIT or an Authorization header: they are safe to log and to
 return to a caller. Carry identifiers (installation id, status, Atlassian trace id), never secrets.
@@ -11,31 +18,61 @@ class ForgeRemoteError(Exception):
     """Base class of every error this library raises on purpose."""
 
 
-class InvalidInvocation(ForgeRemoteError):
+class PermanentFailure(ForgeRemoteError):
+    """Cannot succeed as asked, however often it is retried."""
+
+    @property
+    def reason(self) -> str:
+        return str(self)
+
+
+class RetryLater(ForgeRemoteError):
+    """Cannot finish now; may succeed after ``delay_s`` seconds or more."""
+
+    def __init__(self, reason: str, delay_s: float = 0.0) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay_s = delay_s
+
+
+# -- the Forge call (HTTP functions) ----------------------------------------------------------------
+class InvalidInvocation(PermanentFailure):
     """The Forge Invocation Token was missing or failed verification (HTTP 401)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason = reason
 
 
-class WrongCallKind(ForgeRemoteError):
+class WrongCallKind(PermanentFailure):
     """A verified FIT of a kind this route does not accept, e.g. a user's UI call on a trigger route (403)."""
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
-        self.reason = reason
 
 
-class ConfigurationError(ForgeRemoteError):
+class MalformedEvent(PermanentFailure):
+    """A request body that cannot be understood (HTTP 400). The message names no secret."""
+
+
+class DeliveryInProgress(RetryLater):
+    """The same Forge delivery is being processed right now: retry later (HTTP 409)."""
+
+
+class ServiceUnavailable(RetryLater):
+    """A dependency still failed after its own retries: the caller should retry later (HTTP 503)."""
+
+
+# -- configuration and trust ------------------------------------------------------------------------
+class ConfigurationError(PermanentFailure):
     """A required setting is missing or malformed."""
 
 
-class DisallowedApiBaseUrl(ForgeRemoteError):
+class DisallowedApiBaseUrl(PermanentFailure):
     """An apiBaseUrl is not https on an allowed host: no token may be sent there."""
 
 
-class TokenUnavailable(ForgeRemoteError):
+# -- tokens -----------------------------------------------------------------------------------------
+class TokenUnavailable(RetryLater):
     """No stored token is valid for long enough. The job must wait for the next Forge call."""
 
     def __init__(self, installation_id: str, detail: str = "no token valid long enough") -> None:
@@ -43,8 +80,12 @@ class TokenUnavailable(ForgeRemoteError):
         self.installation_id = installation_id
 
 
-class TokenRejected(ForgeRemoteError):
-    """Confluence refused the token (401, or a 403/404 that a valid token would not get)."""
+class TokenRejected(RetryLater):
+    """Confluence refused the token (401, or a 403/404 that a valid token would not get).
+
+    The worker invalidates exactly that token and retries once if a newer one is stored; if this
+    escapes, the job waits for the next delivery like any other ``RetryLater``.
+    """
 
     def __init__(self, status: int, trace_id: str | None = None) -> None:
         super().__init__(f"Confluence rejected the token (HTTP {status})")
@@ -52,8 +93,9 @@ class TokenRejected(ForgeRemoteError):
         self.trace_id = trace_id
 
 
-class ConfluenceError(ForgeRemoteError):
-    """Confluence answered with an error that is not about the token."""
+# -- Confluence -------------------------------------------------------------------------------------
+class ConfluenceError(PermanentFailure):
+    """Confluence refused the request for a reason a retry will not change (4xx, a malformed answer)."""
 
     def __init__(self, status: int, message: str, trace_id: str | None = None) -> None:
         super().__init__(f"Confluence HTTP {status}: {message}")
@@ -62,26 +104,29 @@ class ConfluenceError(ForgeRemoteError):
         self.trace_id = trace_id
 
 
-class RetryLater(ForgeRemoteError):
-    """The work cannot finish now (rate limit, outage, time budget): defer it by ``delay_s``."""
-
-    def __init__(self, reason: str, delay_s: float) -> None:
-        super().__init__(f"{reason}; retry in {delay_s:.0f}s")
-        self.reason = reason
-        self.delay_s = delay_s
+class NotFound(ConfluenceError):
+    """404 that a valid token also gets: the content does not exist or the app cannot see it."""
 
 
-class MalformedEvent(ForgeRemoteError):
-    """A request body that cannot be understood (HTTP 400). The message names no secret."""
+class Forbidden(ConfluenceError):
+    """403 that a valid token also gets: the app lacks a permission or scope."""
 
 
-class BadJobRequest(ForgeRemoteError):
+class ConfluenceUnavailable(RetryLater):
+    """Confluence still answered 5xx after the client's own retries."""
+
+    def __init__(self, status: int, message: str, trace_id: str | None = None) -> None:
+        super().__init__(f"Confluence HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+        self.trace_id = trace_id
+
+
+# -- jobs -------------------------------------------------------------------------------------------
+class BadJobRequest(PermanentFailure):
     """A job request that can never succeed (unknown job, bad arguments): goes to the DLQ, not retried."""
 
 
-class ServiceUnavailable(ForgeRemoteError):
-    """A dependency still failed after its own retries: the caller should retry later (HTTP 503)."""
-
-
-class DeliveryInProgress(ForgeRemoteError):
-    """The same Forge delivery is being processed right now: retry later (HTTP 409)."""
+class JobDeferred(RetryLater):
+    """Raised to the SQS batch processor for a deferred job: the record is reported failed and stays
+    in the queue (with the visibility timeout already set to the deferral delay)."""

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from forge_remote import aws
-from forge_remote.config import Settings
-from forge_remote.errors import ConfigurationError, DeliveryInProgress, ServiceUnavailable
+from forge_remote.errors import DeliveryInProgress, ServiceUnavailable
 from forge_remote.fit import Invocation
 from forge_remote.jobs import JobRequest, put_job_requests
 from forge_remote.payloads import ForgeEvent, page_ref
@@ -24,8 +23,9 @@ DEDUP_WINDOW_S = 3600  # Forge retries for ~4 minutes and events lag up to 3: an
 
 
 class EventIntake:
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
+    def __init__(self, *, app_table: str, jobs_bus: str) -> None:
+        self._app_table = app_table
+        self._jobs_bus = jobs_bus
         self._enqueue: Callable[..., dict[str, Any]] | None = None
         self._config: Any = None
 
@@ -58,9 +58,7 @@ class EventIntake:
     def _enqueue_once(self) -> Callable[..., dict[str, Any]]:
         if self._enqueue is not None:
             return self._enqueue
-        bus = self._settings.jobs_bus
-        if not bus:
-            raise ConfigurationError("JOBS_BUS is required to turn product events into jobs")
+        bus = self._jobs_bus
         from aws_lambda_powertools.utilities.idempotency import (
             DynamoDBPersistenceLayer,
             IdempotencyConfig,
@@ -68,7 +66,7 @@ class EventIntake:
         )
 
         store = DynamoDBPersistenceLayer(
-            table_name=self._settings.app_table,
+            table_name=self._app_table,
             key_attr="pk",
             sort_key_attr="sk",
             static_pk_value=IDEMPOTENCY_PK,

@@ -9,6 +9,7 @@ from urllib.parse import SplitResult, urlsplit
 
 from forge_remote.errors import DisallowedApiBaseUrl
 
+_WHITESPACE_OR_CONTROL = re.compile(r"[\s\x00-\x1f\x7f]")
 _PLAIN_PATH = re.compile(r"(?:/[A-Za-z0-9_~:@,=+-][A-Za-z0-9._~:@,=+-]*)*/?")  # no ".", "..", "%", "//"
 
 
@@ -49,7 +50,7 @@ def require_allowed_api_base(url: str, allowed_hosts: Collection[str]) -> str:
         raise DisallowedApiBaseUrl("apiBaseUrl is missing")
     # urlsplit silently drops tabs, newlines and leading spaces: refuse them instead of checking a
     # cleaned-up copy and returning the raw string.
-    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+    if _WHITESPACE_OR_CONTROL.search(url):
         raise DisallowedApiBaseUrl("apiBaseUrl contains whitespace or control characters")
     if not url.isascii():
         raise DisallowedApiBaseUrl("apiBaseUrl contains non-ASCII characters")

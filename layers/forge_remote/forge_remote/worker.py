@@ -8,22 +8,14 @@ the job is retried once if a newer token is stored.
 
 from __future__ import annotations
 
+import enum
 import logging
 import random
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from forge_remote.errors import (
-    BadJobRequest,
-    ConfigurationError,
-    ConfluenceError,
-    DisallowedApiBaseUrl,
-    ForgeRemoteError,
-    RetryLater,
-    TokenRejected,
-    TokenUnavailable,
-)
+from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected, TokenUnavailable
 from forge_remote.installations import InstallationRegistry
 from forge_remote.jobs import Job, JobContext, JobRegistry, JobRequest
 from forge_remote.lease import TokenLease
@@ -47,9 +39,16 @@ def deferral_delay(receive_count: int, *, at_least: float = 0, rng: random.Rando
     return int(min(delay * jitter, 43200))  # SQS caps visibility timeouts at 12 h
 
 
+class JobStatus(enum.StrEnum):
+    DONE = "done"
+    DEFERRED = "deferred"  # comes back later: no valid token, rate limited, out of time
+    DEAD = "dead"  # can never succeed: straight to the DLQ with the reason
+    DISCARDED = "discarded"  # nothing to do any more: the installation is gone
+
+
 @dataclass(frozen=True)
 class Outcome:
-    status: str  # "done" | "deferred" | "dead" | "discarded"
+    status: JobStatus
     reason: str = ""
     delay_s: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
@@ -71,17 +70,23 @@ class JobRunner:
         try:
             job = self.registry.get(request.job)
         except BadJobRequest as exc:
-            return Outcome("dead", str(exc))
+            return Outcome(JobStatus.DEAD, exc.reason)
         installation = self.installations.get(request.installation_id)
         if installation is not None and not installation.active:
-            return Outcome("discarded", "installation is uninstalled")
+            return Outcome(JobStatus.DISCARDED, "installation is uninstalled")
         if installation is None or not installation.api_base_url:
             # Tokens and the installation record are written together: no record means no token yet.
             return self._defer(receive_count, "installation not seen yet")
+        return self._run_with_token(job, request, installation.api_base_url, receive_count, remaining_ms)
+
+    def _run_with_token(
+        self, job: Job[Any], request: JobRequest, api_base_url: str, receive_count: int, remaining_ms: Callable[[], int]
+    ) -> Outcome:
+        """Rules 4-6: a valid token, the rejected one invalidated exactly, one retry with a newer one."""
         lease = TokenLease(self.tokens, request.installation_id, self.min_validity_s)
         for attempt in (1, 2):
             try:
-                return self._execute(job, request, installation.api_base_url, lease, remaining_ms)
+                return self._execute(job, request, api_base_url, lease, remaining_ms)
             except TokenRejected as exc:
                 rejected = lease.current
                 if rejected is not None:
@@ -90,8 +95,10 @@ class JobRunner:
                 if attempt == 1 and self._newer_token_stored(request.installation_id):
                     continue
                 return self._defer(receive_count, f"token rejected (HTTP {exc.status}) and no newer token")
-            except ForgeRemoteError as exc:
-                return self._failure(exc, receive_count)
+            except PermanentFailure as exc:
+                return Outcome(JobStatus.DEAD, exc.reason)
+            except RetryLater as exc:
+                return self._defer(receive_count, exc.reason, at_least=exc.delay_s)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _execute(
@@ -113,17 +120,7 @@ class JobRunner:
             remaining_ms=remaining_ms,
         )
         result = job(context)
-        return Outcome("done", summary=result.summary if result else {})
-
-    def _failure(self, exc: ForgeRemoteError, receive_count: int) -> Outcome:
-        if isinstance(exc, RetryLater):
-            return self._defer(receive_count, exc.reason, at_least=exc.delay_s)
-        if isinstance(exc, ConfluenceError) and exc.status < 500:
-            return Outcome("dead", f"Confluence HTTP {exc.status}: {exc.message}")
-        if isinstance(exc, BadJobRequest | DisallowedApiBaseUrl | ConfigurationError):
-            return Outcome("dead", str(exc))
-        # TokenUnavailable, Confluence 5xx after the client's retries, anything else transient.
-        return self._defer(receive_count, str(exc))
+        return Outcome(JobStatus.DONE, summary=result.summary if result else {})
 
     def _newer_token_stored(self, installation_id: str) -> bool:
         try:
@@ -134,4 +131,4 @@ class JobRunner:
 
     @staticmethod
     def _defer(receive_count: int, reason: str, *, at_least: float = 0) -> Outcome:
-        return Outcome("deferred", reason, deferral_delay(receive_count, at_least=at_least))
+        return Outcome(JobStatus.DEFERRED, reason, deferral_delay(receive_count, at_least=at_least))
