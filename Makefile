@@ -1,5 +1,7 @@
 # A newcomer needs two commands: `make demo` and `make test`. Both build their own virtualenv.
+# `make` alone lists every target: each one's `## ` comment is its line in that list.
 SHELL := /bin/bash
+.DEFAULT_GOAL := help
 # The Lambda runtime is python3.12: use it when this machine has one (pyenv's included), else python3.
 PYTHON ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) python3.12 python3; do \
 	  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo "$$p"; break; }; done)
@@ -10,7 +12,12 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONDONTWRITEBYTECODE := 1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: venv demo local test lint format unit bench sam-validate build clean
+.PHONY: help venv demo local test lint format unit bench sam-validate build clean
+
+# No prerequisites: listing the targets must work before anything is installed.
+help:  ## list these targets (what plain `make` does)
+	@echo "usage: make TARGET   (new here? make demo, then make test: both build .venv themselves)"
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 $(STAMP): requirements-dev.txt layers/forge_remote/requirements.txt
 	@echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
@@ -18,41 +25,41 @@ $(STAMP): requirements-dev.txt layers/forge_remote/requirements.txt
 	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@touch $@
 
-venv: $(STAMP)
+venv: $(STAMP)  ## build .venv from the pinned requirements (the targets below do it themselves)
 
 demo: venv  ## the whole function set on this machine, playing the expired-token story
 	$(BIN)/python -m local.demo
 
-local: venv  ## the same stack left running on 127.0.0.1 (see README "Local development")
+local: venv  ## the same stack left running on 127.0.0.1:8787 for the Forge emulator CLI (ARGS=--help)
 	$(BIN)/python -m local.serve $(ARGS)
 
-lint: venv
+lint: venv  ## ruff, ruff format --check, strict mypy and cfn-lint, no tests
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy layers/forge_remote/forge_remote functions local bench
 	$(BIN)/cfn-lint template.yaml
 
-unit: venv
+unit: venv  ## every test, no lint (PYTEST_ARGS="-k name" picks some)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint unit  ## lint, type-check, template lint, and every test
 
-format: venv
+format: venv  ## ruff --fix and ruff format, in place
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: venv  ## figures and ratios, side by side in one run
+bench: venv  ## figures and ratios, side by side in one run (ARGS=--quick: about 2 min)
 	$(BIN)/python -m bench $(ARGS)
 
 # SAM CLI pins its own boto3, so it lives in a venv of its own.
 .venv-sam/.installed:
 	$(PYTHON) -m venv .venv-sam && .venv-sam/bin/pip install --quiet aws-sam-cli==1.170.0 && touch $@
 
-sam-validate: .venv-sam/.installed
+sam-validate: .venv-sam/.installed  ## sam validate --lint of template.yaml (SAM CLI in .venv-sam)
 	.venv-sam/bin/sam validate --lint --template template.yaml
 
 build: .venv-sam/.installed  ## sam build (needs python3.12 on PATH; no Docker needed)
 	PATH="$(dir $(PYTHON)):$$PATH" .venv-sam/bin/sam build
 
-clean:
+clean:  ## remove .venv, .venv-sam, .aws-sam and every cache
 	rm -rf $(VENV) .venv-sam .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis .cache

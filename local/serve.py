@@ -4,13 +4,16 @@ The same ``LocalRuntime`` as the demo and the tests, plus a poller thread that d
 every second (deferred jobs come back after their real delay here: nothing advances time).
 
 Two ways to call it:
-- The Forge emulator: ``python -m local.forge_cli install|keepalive|page-created|status|uninstall``
+- The Forge emulator: ``.venv/bin/python -m local.forge_cli COMMAND`` (the banner prints each one)
   signs FITs with this process's dev key, read from ``.cache/local-stack.json`` (0600; a throwaway
-  key made for this run, trusted by nothing but this stack; the file is removed on exit).
+  key made for this run, trusted by nothing but this stack; the file is removed on exit). Its ``job``
+  command puts a job request on this stack's bus and reads the worker's outcome back from a journal
+  next to that file (``local.job_outcomes``).
 - A real Forge app: expose the gateway through a tunnel, point the manifest's ``remotes[].baseUrl``
   at the tunnel, and run ``--jwks production --app-id <your app uuid> --allowed-api-hosts
   api.atlassian.com``: FITs are then verified against Atlassian's production JWKS and tokens are sent
-  only to the real Confluence API, exactly as deployed.
+  only to the real Confluence API, exactly as deployed. No state file is written then (there is no
+  dev key to share) and the Confluence emulator plays no part.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +38,20 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 
 from forge_remote.config import PRODUCTION_JWKS_URL  # noqa: E402
 from local.forge_emulator import DEFAULT_APP_ID, Site  # noqa: E402
+from local.job_outcomes import OutcomeJournal, journal_worker_outcomes  # noqa: E402
 from local.runtime import LocalRuntime  # noqa: E402
 
 STATE_FILE = ROOT / ".cache" / "local-stack.json"
 DEFAULT_PORT = 8787
+SEED_SPACE = "ENG"
+DESCRIPTION = (
+    "The whole function set left running on 127.0.0.1, for the Forge emulator CLI or a real Forge app "
+    "through a tunnel. 'make local' runs it, with options given as ARGS: make local ARGS=--port=9000"
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m local.serve", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=".venv/bin/python -m local.serve", description=DESCRIPTION)
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="gateway port on 127.0.0.1 (default 8787)")
     parser.add_argument(
         "--jwks",
@@ -53,9 +64,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--allowed-api-hosts",
         help="hosts tokens may be sent to (default: the Confluence emulator; api.atlassian.com with --jwks production)",
     )
-    parser.add_argument("--poll-interval", type=float, default=1.0, help="seconds between queue drains")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
-    parser.add_argument("--state-file", type=Path, default=STATE_FILE)
+    parser.add_argument(
+        "--poll-interval", type=float, default=1.0, metavar="SECONDS", help="seconds between queue drains"
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="the functions' log level"
+    )
+    parser.add_argument(
+        "--state-file",
+        type=Path,
+        default=STATE_FILE,
+        metavar="PATH",
+        help="where the Forge emulator CLI finds this stack",
+    )
     args = parser.parse_args(argv)
     if args.jwks == "production" and not args.app_id:
         parser.error("--jwks production needs --app-id (the FIT audience is your real app)")
@@ -64,7 +85,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def write_state(path: Path, rt: LocalRuntime, site: Site, page: dict[str, Any]) -> None:
+def journal_path(state_file: Path) -> Path:
+    """The job outcomes journal of the stack that writes ``state_file`` (next to it, so tests can move both)."""
+    return state_file.with_name(f"{state_file.stem}-jobs.jsonl")
+
+
+def write_state(path: Path, rt: LocalRuntime, site: Site, page: dict[str, Any], journal: OutcomeJournal) -> None:
     """What ``forge_cli`` needs to act as Forge for this run. Owner-only: it holds the dev signing key."""
     key = rt.forge.keys[0]
     pem = key.private_key.private_bytes(
@@ -82,7 +108,16 @@ def write_state(path: Path, rt: LocalRuntime, site: Site, page: dict[str, Any]) 
             "apiBaseUrl": site.api_base_url,
             "siteUrl": site.site_url,
         },
-        "page": {"id": str(page["id"]), "spaceKey": "ENG", "title": page.get("title", "")},
+        "page": {"id": str(page["id"]), "spaceKey": SEED_SPACE, "title": page.get("title", "")},
+        # `forge_cli job` puts requests on the bus itself (as the triggers function does) and reads
+        # results from the app table: moto takes any credentials, so only where to find them is shared.
+        "aws": {
+            "endpointUrl": rt.moto.url,
+            "region": rt.moto.region,
+            "jobsBus": rt.stack.physical["JobsBus"],
+            "appTable": rt.stack.physical["AppTable"],
+        },
+        "jobOutcomes": str(journal.path),
     }
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -91,18 +126,84 @@ def write_state(path: Path, rt: LocalRuntime, site: Site, page: dict[str, Any]) 
         json.dump(state, handle, indent=2)
 
 
-def banner(rt: LocalRuntime, args: argparse.Namespace) -> str:
-    production = args.jwks == "production"
-    cli = f"python -m local.forge_cli {{}} --url {rt.gateway_url}"
-    lines = [
-        f"Local stack on {rt.gateway_url}  (Ctrl-C stops it)",
-        f"  gateway (API Gateway HTTP API) {rt.gateway_url}",
-        f"  FIT keys (JWKS)                {PRODUCTION_JWKS_URL if production else rt.forge.jwks_url}",
-        f"  Confluence emulator apiBaseUrl {rt.confluence.start()}",
-        f"  tokens may be sent to          {args.allowed_api_hosts or 'the Confluence emulator only'}",
-        f"  moto (DynamoDB, SQS, EventBridge) {rt.moto.url}",
-        "",
+@dataclass(frozen=True)
+class Shared:
+    """What emulator mode shares with ``forge_cli`` for one run; ``remove()`` on exit."""
+
+    state_file: Path
+    journal: OutcomeJournal
+    page_id: str  # the seeded page, so the banner's page-snapshot command finds something
+
+    def remove(self) -> None:
+        self.state_file.unlink(missing_ok=True)  # the dev key does not outlive the run
+        self.journal.remove()
+
+
+def share_with_forge_cli(rt: LocalRuntime, state_file: Path) -> Shared:
+    """Emulator mode: seed the emulated site, journal the worker's outcomes, then write the state file.
+
+    The state file comes last: its appearance tells the CLI (and the tests) that the stack is ready.
+    """
+    rt.confluence.add_space(SEED_SPACE, "Engineering")
+    page = rt.confluence.add_page(SEED_SPACE, "Release notes", body="<p>hello from the emulator</p>")
+    journal = OutcomeJournal(journal_path(state_file))
+    journal.create()
+    journal_worker_outcomes(rt.functions[rt.poller.source.function].module, journal)
+    write_state(state_file, rt, rt.site(), page, journal)
+    return Shared(state_file=state_file, journal=journal, page_id=str(page["id"]))
+
+
+def shown_path(path: Path) -> str:
+    """``path`` as printed in a command run from the repository root: relative when inside it.
+
+    Not resolved: a venv's ``bin/python`` is a symlink to the base interpreter, which lacks the venv's packages.
+    """
+    absolute = path if path.is_absolute() else Path.cwd() / path
+    try:
+        return str(absolute.relative_to(ROOT))
+    except ValueError:
+        return str(absolute)
+
+
+def cli_command(args: argparse.Namespace, *words: str) -> str:
+    """A ``forge_cli`` command line that works as printed, from the repository root.
+
+    It names this process's interpreter (the venv ``make local`` runs), never a bare ``python``: the
+    system one has none of the dependencies (``No module named 'jwt'``).
+    """
+    argv = [shown_path(Path(sys.executable)), "-m", "local.forge_cli", *words]
+    if args.state_file.resolve() != STATE_FILE.resolve() and "--help" not in words:
+        argv += ["--state-file", shown_path(args.state_file)]
+    return shlex.join(argv)
+
+
+def forge_cli_commands(args: argparse.Namespace, page_id: str) -> list[str]:
+    """The emulator commands the banner offers, in an order that tells the story when run top to bottom."""
+    return [
+        cli_command(args, "install"),
+        cli_command(args, "page-created"),
+        cli_command(args, "status"),
+        cli_command(args, "keepalive"),
+        cli_command(args, "job", "page-snapshot", "--args", json.dumps({"pageId": page_id}), "--wait"),
+        cli_command(args, "job", "space-digest", "--wait"),
+        cli_command(args, "uninstall"),
     ]
+
+
+def banner(rt: LocalRuntime, args: argparse.Namespace, page_id: str = "") -> str:
+    production = args.jwks == "production"
+    parts = [
+        ("gateway (API Gateway HTTP API)", rt.gateway_url),
+        ("FIT keys (JWKS)", PRODUCTION_JWKS_URL if production else rt.forge.jwks_url),
+        # Production mode sends tokens to the real Confluence only: the emulator is not part of it.
+        *([] if production else [("Confluence emulator apiBaseUrl", rt.confluence.start())]),
+        ("tokens may be sent to", args.allowed_api_hosts or "the Confluence emulator only"),
+        ("moto (DynamoDB, SQS, EventBridge)", rt.moto.url),
+    ]
+    width = max(len(label) for label, _ in parts)
+    lines = [f"Local stack on {rt.gateway_url}  (Ctrl-C stops it)"]
+    lines += [f"  {label:<{width}} {value}" for label, value in parts]
+    lines.append("")
     if production:
         lines += [
             "Production JWKS: only FITs signed by Atlassian for app " + rt.forge.app_ari + " are accepted.",
@@ -110,8 +211,9 @@ def banner(rt: LocalRuntime, args: argparse.Namespace) -> str:
             "The Forge emulator CLI cannot call this mode (its dev key is not Atlassian's).",
         ]
     else:
-        lines += ["Act as Forge (state: " + str(args.state_file) + "):"]
-        lines += [f"  {cli.format(c)}" for c in ("install", "page-created", "status", "keepalive", "uninstall")]
+        lines += ["Act as Forge from another terminal, in the repository root (state: " + str(args.state_file) + "):"]
+        lines += [f"  {command}" for command in forge_cli_commands(args, page_id)]
+        lines += [f"  {cli_command(args, '--help')}   # every command"]  # a comment: still runs as printed
         lines += ["Or by hand: curl -i -X POST " + rt.gateway_url + "/forge/keepalive   (401: no FIT)"]
     return "\n".join(lines)
 
@@ -132,22 +234,21 @@ def main(argv: list[str] | None = None) -> int:
         function_logs=sys.stdout,
     )
     with runtime as rt:
-        rt.confluence.add_space("ENG", "Engineering")
-        page = rt.confluence.add_page("ENG", "Release notes", body="<p>hello from the emulator</p>")
-        site = rt.site()
-        wrote_state = args.jwks == "emulator"  # production FITs are Atlassian's: no dev key to share
-        if wrote_state:
-            write_state(args.state_file, rt, site, page)
+        # Production FITs are Atlassian's: no dev key to share, so no state file and no emulated site.
+        shared = share_with_forge_cli(rt, args.state_file) if args.jwks == "emulator" else None
         rt.poller.start(args.poll_interval)
-        print(banner(rt, args), flush=True)
+        print(banner(rt, args, shared.page_id if shared else ""), flush=True)
         try:
-            stop.wait()
+            # Wake up now and then: the kernel may deliver SIGINT to one of the server threads, and
+            # Python runs handlers only in the main thread, which an untimed wait never wakes.
+            while not stop.wait(timeout=0.2):
+                pass
         except KeyboardInterrupt:
             pass
         finally:
             print("\nstopping the local stack", flush=True)
-            if wrote_state:
-                args.state_file.unlink(missing_ok=True)
+            if shared is not None:
+                shared.remove()
     return 0
 
 

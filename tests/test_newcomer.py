@@ -1,0 +1,482 @@
+"""What a new user runs first, run the way they run it: the ``make local`` banner's commands as printed,
+``make`` and ``make help``, ``forge_cli --help``, ``forge_cli job``, and a job module dropped into
+``confluence_jobs/`` without editing an import list. Loopback only."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from forge_remote.config import PRODUCTION_JWKS_URL
+from local import forge_cli, serve
+from local.job_outcomes import JobOutcome, OutcomeJournal
+from local.runtime import LocalRuntime
+
+ROOT = Path(__file__).resolve().parents[1]
+JOBS_PACKAGE = ROOT / "functions" / "confluence_worker" / "confluence_jobs"
+LAYER = ROOT / "layers" / "forge_remote"
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+MAKE_TARGETS = ("demo", "test", "local", "bench", "build", "sam-validate", "format", "clean", "lint", "unit", "help")
+RST_MARKUP = re.compile(r"``|:(func|class|mod|meth|attr|data|exc|obj|ref):`")
+SHIPPED_JOBS = {"page-snapshot", "space-digest"}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def new_user_env() -> dict[str, str]:
+    """A shell as a new user has it: no virtualenv active, so a bare ``python`` lacks the dependencies."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME")}
+    venv_bins = {str(Path(sys.prefix) / "bin"), str(ROOT / ".venv" / "bin")}
+    env["PATH"] = os.pathsep.join(p for p in env.get("PATH", "").split(os.pathsep) if p not in venv_bins)
+    env["COLUMNS"] = "80"
+    return env
+
+
+def run(command: str | list[str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run as typed in a terminal at the repository root (a string goes through bash, quotes and all)."""
+    argv = ["bash", "-c", command] if isinstance(command, str) else command
+    return subprocess.run(  # noqa: S603
+        argv, cwd=ROOT, env=new_user_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+class Serve:
+    """``python -m local.serve`` in a subprocess, its output read line by line without blocking."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "local.serve", "--log-level", "WARNING", *args],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+
+    def banner(self, timeout: float = 60) -> list[str]:
+        """Lines up to the banner's last line (the curl hint, or the production note)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                assert self.process.poll() is None, "\n".join(self.seen)
+                continue
+            self.seen.append(line)
+            if line.startswith(("Or by hand:", "The Forge emulator CLI cannot call this mode")):
+                return self.seen
+        raise AssertionError("no banner within the timeout:\n" + "\n".join(self.seen))
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()  # never leave a stack running behind a failed test
+            raise
+        rest = []
+        while not self.lines.empty():
+            rest.append(self.lines.get())
+        return "\n".join(self.seen + rest)
+
+
+# -- 1. the make local banner
+def banner_commands(lines: list[str]) -> list[str]:
+    return [line.strip() for line in lines if "-m local.forge_cli" in line]
+
+
+def test_every_command_the_banner_prints_works_as_printed(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    stack = Serve("--port", str(free_port()), "--state-file", str(state))
+    try:
+        lines = stack.banner()
+        commands = banner_commands(lines)
+        assert len(commands) >= 8, lines  # five Forge calls, two jobs, --help
+        for command in commands:
+            interpreter = command.split()[0]
+            assert interpreter != "python", command  # the system python has no jwt, requests, boto3
+            assert (ROOT / interpreter).exists(), command
+            assert f"--state-file {state}" in command or "--help" in command  # a non-default state file is passed on
+        if Path(sys.executable).absolute() == VENV_PYTHON:  # make local, make test: the repository's venv
+            assert {c.split()[0] for c in commands} == {".venv/bin/python"}
+
+        # Top to bottom, as a new user would: each one works, none needs anything the shell lacks.
+        outputs = {}
+        for command in commands:
+            result = run(command)
+            assert result.returncode == 0, f"{command}\n{result.stdout}{result.stderr}"
+            assert "No module named" not in result.stderr
+            outputs[command] = result.stdout
+        snapshot = next(out for cmd, out in outputs.items() if " job page-snapshot " in cmd)
+        assert "done: " in snapshot
+        assert "stored result (SNAPSHOT, 1 record)" in snapshot
+        digest = next(out for cmd, out in outputs.items() if " job space-digest " in cmd)
+        assert "stored result (DIGEST, 1 record)" in digest
+        assert '"spaceKey": "ENG"' in digest
+        assert not any("eyJ" in out for out in outputs.values())  # no FIT or token printed
+    finally:
+        output = stack.stop()
+    assert stack.process.returncode == 0, output
+    assert not state.exists()
+    assert not serve.journal_path(state).exists()  # the outcomes journal goes with the state file
+
+
+def test_the_production_banner_lists_no_confluence_emulator_and_no_emulator_cli(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    stack = Serve(
+        "--port",
+        str(free_port()),
+        "--state-file",
+        str(state),
+        "--jwks",
+        "production",
+        "--app-id",
+        "0f1e2d3c-4b5a-4987-8654-3210fedcba98",
+    )
+    try:
+        text = "\n".join(stack.banner())
+        assert not state.exists()  # no dev key to share with Atlassian's FITs
+    finally:
+        stack.stop()
+    assert "Confluence emulator" not in text
+    assert "/ex/confluence/" not in text  # nor its URL under another label
+    assert "local.forge_cli" not in text
+    assert PRODUCTION_JWKS_URL in text
+    assert "tokens may be sent to" in text
+    assert "api.atlassian.com" in text
+
+
+# -- 2. make
+def make(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(  # noqa: S603
+        ["make", "--no-print-directory", *args],  # noqa: S607
+        cwd=cwd,
+        env=new_user_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def help_lines(text: str) -> dict[str, str]:
+    return dict(re.findall(r"^  ([a-z][a-z-]*) +(\S.*)$", text, re.MULTILINE))
+
+
+def test_make_help_lists_every_target_with_a_description() -> None:
+    result = make("help")
+    assert result.returncode == 0, result.stderr
+    listed = help_lines(result.stdout)
+    for target in MAKE_TARGETS:
+        assert target in listed, result.stdout
+        assert len(listed[target]) > 10, listed[target]
+    phony = re.search(r"^\.PHONY:(.*)$", (ROOT / "Makefile").read_text(), re.MULTILINE)
+    assert phony is not None
+    assert set(phony.group(1).split()) <= set(listed)  # a target added later gets a line too
+
+
+def test_plain_make_is_make_help() -> None:
+    plain, helped = make(), make("help")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == helped.stdout
+    assert ".installed" not in plain.stdout + plain.stderr  # not the venv stamp any more
+    assert make("-n").stdout == make("-n", "help").stdout
+
+
+def test_a_fresh_clone_still_builds_its_venv_for_demo_test_and_ci(tmp_path: Path) -> None:
+    """``make demo`` / ``make test`` / ``.ci/run`` in a clone without ``.venv``, as a dry run."""
+    for name in ("Makefile", "requirements-dev.txt", "layers/forge_remote/requirements.txt", ".ci/run"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, tmp_path / name)
+    demo = make("-n", "demo", cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr
+    assert "-m venv .venv" in demo.stdout
+    assert "pip install" in demo.stdout
+    assert ".venv/bin/python -m local.demo" in demo.stdout
+    test = make("-n", "test", cwd=tmp_path)
+    assert test.returncode == 0, test.stderr
+    assert "-m venv .venv" in test.stdout
+    assert ".venv/bin/ruff check ." in test.stdout
+    assert ".venv/bin/python -m pytest" in test.stdout
+    ci_targets = re.findall(r"^make (\S+)", (ROOT / ".ci" / "run").read_text(), re.MULTILINE)
+    assert ci_targets == ["test", "sam-validate", "build"]
+    ci = make("-n", *ci_targets, cwd=tmp_path)
+    assert ci.returncode == 0, ci.stderr
+    assert "sam validate --lint" in ci.stdout
+    assert "sam build" in ci.stdout
+
+
+# -- 3. forge_cli job, against a local stack in this process (as make local wires it)
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[LocalRuntime, serve.Shared]]:
+    with LocalRuntime() as rt:
+        yield rt, serve.share_with_forge_cli(rt, tmp_path / "state.json")
+
+
+def cli(shared: serve.Shared, *args: str) -> int:
+    return forge_cli.main([*args, "--state-file", str(shared.state_file)])
+
+
+def total_messages(rt: LocalRuntime) -> int:
+    return sum(sum(depth) for depth in rt.queue_depths().values())
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["job", "page-snapshot", "--args", "{pageId: 1}"], "--args is not valid JSON"),
+        (["job", "page-snapshot", "--args", '["pageId", 1]'], "--args must be a JSON object"),
+        (["job", "page-snapshot", "--args", "'{}'"], "--args is not valid JSON"),  # quotes the shell did not eat
+        (
+            ["job", "page-snapshots", "--wait"],
+            "unknown job 'page-snapshots': the worker has page-snapshot, space-digest",
+        ),
+        (["job", "space-digest", "--wait", "--timeout", "0"], "--timeout must be a positive number"),
+    ],
+)
+def test_bad_job_requests_exit_2_and_send_nothing(
+    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    rt, shared = served
+    with pytest.raises(SystemExit) as exited:
+        cli(shared, *args)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+    assert total_messages(rt) == 0
+    assert shared.journal.outcomes() == []
+
+
+def test_a_job_before_install_is_deferred_with_its_reason(
+    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rt, shared = served
+    rt.poller.start(0.05)
+    assert cli(shared, "job", "page-snapshot", "--args", json.dumps({"pageId": shared.page_id}), "--wait") == 1
+    out = capsys.readouterr().out
+    assert "deferred: installation not seen yet. It stays in the queue and runs again in about" in out
+    assert "Run install first." in out
+    assert rt.queue_depths() == {"queue": (0, 1), "dlq": (0, 0)}  # waiting for its delay, not lost
+
+
+def test_jobs_after_install_are_done_and_print_what_they_stored(
+    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rt, shared = served
+    rt.poller.start(0.05)
+    assert cli(shared, "install") == 0
+    capsys.readouterr()
+
+    assert cli(shared, "job", "page-snapshot", "--args", json.dumps({"pageId": shared.page_id}), "--wait") == 0
+    out = capsys.readouterr().out
+    request_id = re.search(r"\(request ([0-9a-f]+)\)", out)
+    assert request_id is not None, out
+    assert f'done: {{"pageId": {shared.page_id}, "found": true, "version": 1}}' in out
+    assert "stored result (SNAPSHOT, 1 record):" in out
+    assert f'"requestId": "{request_id.group(1)}"' in out
+    assert '"title": "Release notes"' in out
+
+    assert cli(shared, "job", "space-digest", "--wait") == 0
+    out = capsys.readouterr().out
+    assert 'done: {"spaces": 1, "pages": 1' in out
+    assert "stored result (DIGEST, 1 record):" in out
+    assert '"spaceKey": "ENG"' in out
+    assert rt.queue_depths() == {"queue": (0, 0), "dlq": (0, 0)}
+    assert set(rt.functions[rt.poller.source.function].module.registry.names()) >= SHIPPED_JOBS
+
+
+def test_result_kind_lists_a_kind_for_jobs_the_cli_does_not_know(
+    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rt, shared = served
+    rt.poller.start(0.05)
+    assert cli(shared, "install") == 0
+    args = json.dumps({"pageId": shared.page_id})
+    assert cli(shared, "job", "page-snapshot", "--args", args, "--wait") == 0
+    capsys.readouterr()
+    # A second request for the same page version overwrites its record: the kind still holds one.
+    assert cli(shared, "job", "page-snapshot", "--args", args, "--wait", "--result-kind", "SNAPSHOT") == 0
+    assert "stored result (SNAPSHOT, 1 record):" in capsys.readouterr().out
+    assert cli(shared, "job", "space-digest", "--wait", "--result-kind", "SNAPSHOT") == 0
+    assert "stored result (SNAPSHOT, 1 record):" in capsys.readouterr().out
+
+
+def test_bad_job_arguments_are_dead_lettered_with_the_reason(
+    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rt, shared = served
+    rt.poller.start(0.05)
+    assert cli(shared, "install") == 0
+    assert cli(shared, "job", "page-snapshot", "--args", '{"pageId": "not-a-number"}', "--wait") == 1
+    out = capsys.readouterr().out
+    assert "dead-lettered: bad arguments for job page-snapshot: pageId must be a numeric id." in out
+    assert rt.queue_depths() == {"queue": (0, 0), "dlq": (1, 0)}
+
+
+def test_waiting_is_bounded_and_without_wait_the_request_is_only_sent(
+    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+) -> None:
+    rt, shared = served  # no poller: nothing will run the job
+    started = time.monotonic()
+    assert cli(shared, "job", "space-digest", "--wait", "--timeout", "0.5") == 1
+    assert time.monotonic() - started < 10
+    assert "no outcome within 0.5 s: the request is still queued" in capsys.readouterr().out
+    assert cli(shared, "job", "space-digest") == 0
+    assert "job space-digest requested for" in capsys.readouterr().out
+    assert rt.queue_depths()["queue"] == (2, 0)
+
+
+def test_a_stack_that_is_gone_is_named_not_a_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    state = {
+        "site": {
+            "installationId": "ari:cloud:ecosystem::installation/x",
+            "cloudId": "c",
+            "apiBaseUrl": "",
+            "siteUrl": "",
+        },
+        "aws": {
+            "endpointUrl": f"http://127.0.0.1:{free_port()}",
+            "region": "us-east-1",
+            "jobsBus": "b",
+            "appTable": "t",
+        },
+        "jobOutcomes": str(tmp_path / "jobs.jsonl"),
+    }
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "state.json")]) == 1
+    assert "could not put the job request on the local bus" in capsys.readouterr().err
+    assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "missing.json")]) == 1
+    assert "start the stack first with `make local`" in capsys.readouterr().err
+
+
+def test_the_journal_reads_back_what_the_worker_decided(tmp_path: Path) -> None:
+    journal = OutcomeJournal(tmp_path / "jobs.jsonl")
+    journal.create()
+    assert journal.path.stat().st_mode & 0o777 == 0o600
+    first = JobOutcome("r1", "space-digest", "ari:x", "deferred", "no token stored", 61)
+    journal.record(first)
+    journal.record(JobOutcome("r1", "space-digest", "ari:x", "done", summary={"spaces": 0}))
+    with journal.path.open("a") as handle:
+        handle.write('{"request_id": "half a li')  # a line the stack is still writing
+    assert journal.find("r1") == first  # the first run's outcome, as the CLI waited for it
+    assert len(journal.outcomes()) == 2
+    assert journal.find("r2") is None
+
+
+# -- 4. forge_cli --help
+def test_forge_cli_help_gives_every_command_one_line_of_plain_text() -> None:
+    result = run([sys.executable, "-m", "local.forge_cli", "--help"])
+    assert result.returncode == 0, result.stderr
+    text = result.stdout
+    for command in forge_cli.COMMANDS:
+        line = re.search(rf"^    {re.escape(command)} +(\S.+)$", text, re.MULTILINE)
+        assert line is not None, f"{command} has no description on its line:\n{text}"
+    assert not RST_MARKUP.search(text), text
+    assert "usage: .venv/bin/python -m local.forge_cli" in text  # the usage line works as printed
+
+
+@pytest.mark.parametrize("command", forge_cli.COMMANDS)
+def test_each_command_help_describes_it_in_plain_text(command: str) -> None:
+    result = run([sys.executable, "-m", "local.forge_cli", command, "--help"])
+    assert result.returncode == 0, result.stderr
+    usage, _, rest = result.stdout.partition("\n\n")
+    description = rest.split("\n\n")[0]
+    assert usage.startswith(f"usage: .venv/bin/python -m local.forge_cli {command}")
+    assert not description.startswith("options:"), result.stdout
+    assert len(description) > 40, result.stdout
+    assert not RST_MARKUP.search(result.stdout), result.stdout
+    assert re.search(r"--state-file PATH +\S", result.stdout)
+
+
+def test_serve_help_is_plain_text_too() -> None:
+    result = run([sys.executable, "-m", "local.serve", "--help"])
+    assert result.returncode == 0, result.stderr
+    assert not RST_MARKUP.search(result.stdout), result.stdout
+    assert "make local ARGS=" in result.stdout
+
+
+# -- 5. jobs are found without an import list
+def test_the_shipped_jobs_are_registered() -> None:
+    import confluence_jobs
+
+    assert set(confluence_jobs.registry.names()) >= SHIPPED_JOBS
+    assert {"page_snapshot", "space_digest"} <= set(confluence_jobs.JOB_MODULES)
+
+
+LABEL_AUDIT = '''\
+"""The README's example job."""
+from collections.abc import Mapping
+from typing import Any
+
+from confluence_jobs import registry
+from forge_remote.jobs import JobContext, JobResult
+
+
+def parse_args(args: Mapping[str, Any]) -> str:
+    return str(args["label"])
+
+
+@registry.job("label-audit", parse_args)
+def label_audit(ctx: JobContext, label: str) -> JobResult:
+    return JobResult({"label": label})
+'''
+
+IMPORT_AND_REPORT = """
+import json, sys
+import confluence_jobs
+print(json.dumps({
+    "jobs": confluence_jobs.registry.names(),
+    "modules": sorted(m for m in sys.modules if m.split(".")[0] == "confluence_jobs"),
+    "heavy": sorted(m for m in ("requests", "boto3", "forge_remote.confluence") if m in sys.modules),
+}))
+"""
+
+
+def test_a_job_module_dropped_into_the_package_is_registered_without_editing_init(tmp_path: Path) -> None:
+    package = tmp_path / "confluence_jobs"
+    shutil.copytree(JOBS_PACKAGE, package, ignore=shutil.ignore_patterns("__pycache__"))
+    (package / "label_audit.py").write_text(LABEL_AUDIT)
+    assert (package / "__init__.py").read_bytes() == (JOBS_PACKAGE / "__init__.py").read_bytes()
+
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", IMPORT_AND_REPORT],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(LAYER)])},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert set(report["jobs"]) == {*SHIPPED_JOBS, "label-audit"}
+    # Cold start stays lean: the package's own modules, nothing that waits for the first job.
+    shipped = {f"confluence_jobs.{p.stem}" for p in JOBS_PACKAGE.glob("*.py") if p.stem != "__init__"}
+    assert set(report["modules"]) == {"confluence_jobs", "confluence_jobs.label_audit", *shipped}
+    assert report["heavy"] == []
