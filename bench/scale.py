@@ -87,18 +87,20 @@ class MotoProcess:
 
 def register(client: Any, table: str, count: int) -> list[str]:
     """Active installation items, as the registry writes them (the GSI keys), in batches of 25."""
+    from forge_remote.keys import ACTIVE_PK, INSTALLATION_SK, installation_pk
+
     ids = [f"ari:cloud:ecosystem::installation/{uuid.uuid4()}" for _ in range(count)]
     for start in range(0, count, 25):
         pending: list[Any] = [
             {
                 "PutRequest": {
                     "Item": {
-                        "pk": {"S": f"INST#{i}"},
-                        "sk": {"S": "INSTALLATION"},
+                        "pk": {"S": installation_pk(i)},
+                        "sk": {"S": INSTALLATION_SK},
                         "installationId": {"S": i},
                         "status": {"S": "active"},
                         "apiBaseUrl": {"S": "https://api.atlassian.com/ex/confluence/bench"},
-                        "activePk": {"S": "ACTIVE"},
+                        "activePk": {"S": ACTIVE_PK},
                         "activeSk": {"S": i},
                     }
                 }

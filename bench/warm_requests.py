@@ -109,8 +109,8 @@ def run(quick: bool = False) -> Section:
                 for side in (ours, anchor) if segment % 2 == 0 else (anchor, ours):
                     for event in chunk:
                         side.call(event, lambda: forge.jwks_fetches)
-            section.figures["token_store_write_count"] = triggers.runtime.tokens.write_count
-            section.figures["jwks_cache_fetch_count"] = triggers.runtime.verifier._jwks.fetch_count
+            section.figures["token_store_write_count"] = triggers.wiring.tokens.write_count
+            section.figures["jwks_cache_fetch_count"] = triggers.wiring.verifier._jwks.fetch_count
     finally:
         forge.stop()
     report(section, ours, anchor, len(tokens))

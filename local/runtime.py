@@ -24,7 +24,7 @@ import requests
 
 from forge_remote import clock
 from forge_remote.config import PRODUCTION_JWKS_URL
-from forge_remote.installations import installation_pk
+from forge_remote.keys import installation_pk
 from local.cfn_yaml import http_routes
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import DEFAULT_APP_ID, ForgeEmulator, Site, new_installation_id

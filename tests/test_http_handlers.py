@@ -11,6 +11,7 @@ import boto3
 import pytest
 
 from forge_remote import clock
+from forge_remote.keys import INSTALLATION_SK, installation_pk
 from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
 from tests.conftest import Gateway, body_of, token_items
@@ -27,7 +28,7 @@ def installation_item(stack: LocalStack, installation_id: str) -> dict[str, Any]
         boto3.client("dynamodb")
         .get_item(
             TableName=stack.physical["AppTable"],
-            Key={"pk": {"S": f"INST#{installation_id}"}, "sk": {"S": "INSTALLATION"}},
+            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": INSTALLATION_SK}},
         )
         .get("Item")
     )
@@ -89,7 +90,7 @@ def test_redelivered_token_is_written_once(
     token = forge.app_token()
     for _ in range(20):
         assert gateway("POST", "/forge/keepalive", forge.headers(site, system_token=token))["statusCode"] == 204
-    assert triggers.runtime.tokens.write_count == 1
+    assert triggers.wiring.tokens.write_count == 1
 
 
 def test_lifecycle_installed_records_the_installation(
@@ -201,6 +202,7 @@ def test_status_reports_expiry_never_the_token(gateway: Gateway, forge: ForgeEmu
     assert by_subject["system"]["usableByJobs"] is True
     assert 7100 < by_subject["system"]["validForSeconds"] <= 7200
     assert 2900 < by_subject["user"]["validForSeconds"] <= 3000
+    assert "usableByJobs" not in by_subject["user"]  # jobs act as the app, never with a user's token
     assert system not in response["body"]
     assert user not in response["body"]
     clock.advance(6800)
@@ -228,7 +230,7 @@ def test_installation_comes_only_from_the_verified_fit(
     assert status_a["installationId"] == a.installation_id
     assert status_a["tokens"][0]["validForSeconds"] <= 3600
     items = {i["pk"]["S"]: i["token"]["S"] for i in token_items(stack)}
-    assert items == {f"INST#{a.installation_id}": token_a, f"INST#{b.installation_id}": token_b}
+    assert items == {installation_pk(a.installation_id): token_a, installation_pk(b.installation_id): token_b}
 
 
 def test_storage_failure_is_503_json_not_a_crash(
@@ -307,3 +309,29 @@ def test_library_log_lines_are_json_with_the_correlation_id(
     assert line["correlation_id"] == headers["x-b3-traceid"]
     assert line["reason"] == "malformed token"
     assert line["service"] == "forge-triggers"
+
+
+def test_a_rejected_call_prints_no_powertools_metrics_warning(
+    handler: Callable, forge: ForgeEmulator, site: Site
+) -> None:
+    import warnings
+
+    triggers = handler("ForgeTriggersFunction")
+    headers = forge.headers(site)
+    headers["authorization"] = "Bearer not-a-jwt"
+    with warnings.catch_warnings(record=True) as caught:
+        assert Gateway(triggers, triggers)("POST", "/forge/keepalive", headers, {})["statusCode"] == 401
+    assert [str(w.message) for w in caught if "metrics" in str(w.message)] == []
+
+
+def test_a_stored_token_is_published_as_a_metric(
+    handler: Callable, forge: ForgeEmulator, site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    triggers = handler("ForgeTriggersFunction")
+    gateway = Gateway(triggers, triggers)
+    token = forge.app_token()
+    capsys.readouterr()
+    for _ in range(2):  # the second delivery stores nothing: no metric, and no warning about it
+        assert gateway("POST", "/forge/keepalive", forge.headers(site, system_token=token))["statusCode"] == 204
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [line["TokensStored"] for line in lines] == [[1.0]]

@@ -443,7 +443,7 @@ def test_production_jwks_mode_wires_atlassian_keys_and_the_real_api_host() -> No
     app_id = "0f1e2d3c-4b5a-4987-8654-3210fedcba98"
     before = dict(os.environ)
     with LocalRuntime(production_jwks=True, app_id=app_id, allowed_api_hosts="api.atlassian.com") as runtime:
-        settings = runtime.functions["ForgeTriggersFunction"].module.runtime.settings
+        settings = runtime.functions["ForgeTriggersFunction"].module.wiring.settings
         assert settings.jwks_url == PRODUCTION_JWKS_URL
         assert settings.app_ari == f"ari:cloud:ecosystem::app/{app_id}"
         assert settings.allowed_api_hosts == ("api.atlassian.com",)

@@ -12,9 +12,9 @@ from botocore.stub import ANY
 
 from forge_remote import aws
 from forge_remote.errors import ServiceUnavailable
-from forge_remote.fit import Invocation
-from forge_remote.installations import InstallationRegistry
+from forge_remote.installations import InstallationFacts, InstallationRegistry
 from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest, put_job_requests
+from forge_remote.keys import ACTIVE_PK, INSTALLATION_SK, installation_pk
 from forge_remote.scheduling import schedule_for_all
 from local.forge_emulator import new_installation_id
 from local.lambda_context import LocalLambdaContext
@@ -26,10 +26,8 @@ def register(registry: InstallationRegistry, count: int) -> list[str]:
     for _ in range(count):
         installation_id = new_installation_id()
         registry.record_lifecycle(
-            Invocation(
-                installation_id=installation_id,
-                api_base_url="https://api.atlassian.com/ex/confluence/c",
-                invocation_id="j",
+            InstallationFacts(
+                installation_id=installation_id, api_base_url="https://api.atlassian.com/ex/confluence/c"
             ),
             "avi:forge:installed:app",
         )
@@ -48,10 +46,10 @@ def register_fast(stack: LocalStack, count: int) -> list[str]:
                     {
                         "PutRequest": {
                             "Item": {
-                                "pk": {"S": f"INST#{i}"},
-                                "sk": {"S": "INSTALLATION"},
+                                "pk": {"S": installation_pk(i)},
+                                "sk": {"S": INSTALLATION_SK},
                                 "status": {"S": "active"},
-                                "activePk": {"S": "ACTIVE"},
+                                "activePk": {"S": ACTIVE_PK},
                                 "activeSk": {"S": i},
                             }
                         }

@@ -1,5 +1,5 @@
 """The token store against moto: newest wins, no write for re-deliveries, expiry from the token,
-TTL, exact invalidation, uninstall, isolation (DESIGN token rules 1-5, 8)."""
+TTL, exact invalidation, uninstall, isolation (docs/token-rules.md, rules 1-5 and 8)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import pytest
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
+from forge_remote.keys import SYSTEM_TOKEN_SK, installation_pk
 from forge_remote.tokens import FALLBACK_LIFETIME_S, MAX_TOKEN_LIFETIME_S, TTL_GRACE_S, PutOutcome, TokenStore
 from local.forge_emulator import ForgeEmulator, new_installation_id
 from local.stack import LocalStack
@@ -22,11 +23,12 @@ def store(stack: LocalStack) -> TokenStore:
     return TokenStore(boto3.client("dynamodb"), stack.physical["TokensTable"])
 
 
-def raw_item(stack: LocalStack, installation_id: str, sk: str = "SYSTEM") -> dict | None:
+def raw_item(stack: LocalStack, installation_id: str, sk: str = SYSTEM_TOKEN_SK) -> dict | None:
     return (
         boto3.client("dynamodb")
         .get_item(
-            TableName=stack.physical["TokensTable"], Key={"pk": {"S": f"INST#{installation_id}"}, "sk": {"S": sk}}
+            TableName=stack.physical["TokensTable"],
+            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": sk}},
         )
         .get("Item")
     )

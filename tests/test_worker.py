@@ -15,6 +15,7 @@ import pytest
 
 from forge_remote import clock
 from forge_remote.jobs import JobRequest
+from forge_remote.keys import installation_pk, result_sk_prefix
 from forge_remote.tokens import TokenStore
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site, new_installation_id
@@ -126,7 +127,10 @@ def snapshots(stack: LocalStack, installation_id: str) -> list[dict[str, Any]]:
     items = boto3.client("dynamodb").query(
         TableName=stack.physical["AppTable"],
         KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
-        ExpressionAttributeValues={":pk": {"S": f"INST#{installation_id}"}, ":s": {"S": "SNAPSHOT#"}},
+        ExpressionAttributeValues={
+            ":pk": {"S": installation_pk(installation_id)},
+            ":s": {"S": result_sk_prefix("SNAPSHOT")},
+        },
     )["Items"]
     return [json.loads(i["data"]["S"]) for i in items]
 
@@ -357,7 +361,10 @@ def test_space_digest_follows_every_cursor_page(
     items = boto3.client("dynamodb").query(
         TableName=stack.physical["AppTable"],
         KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
-        ExpressionAttributeValues={":pk": {"S": f"INST#{confluence_site.installation_id}"}, ":s": {"S": "DIGEST#"}},
+        ExpressionAttributeValues={
+            ":pk": {"S": installation_pk(confluence_site.installation_id)},
+            ":s": {"S": result_sk_prefix("DIGEST")},
+        },
     )["Items"]
     digests = {d["spaceKey"]: d for d in (json.loads(i["data"]["S"]) for i in items)}
     assert digests["ENG"]["count"] == 40

@@ -15,14 +15,14 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forge_remote import clock
 from forge_remote.http_api import invocation, register_error_handlers, require_fit
+from forge_remote.http_wiring import HttpWiring
 from forge_remote.logs import use_function_logger
-from forge_remote.runtime import Runtime
 
 logger = Logger()
 use_function_logger(logger)
-runtime = Runtime.from_env()
+wiring = HttpWiring.from_env()
 app = APIGatewayHttpResolver()
-app.use([require_fit(runtime.verifier)])
+app.use([require_fit(wiring.verifier)])
 register_error_handlers(app, retry_after_s=5)  # a person is waiting: retry soon
 
 
@@ -34,20 +34,21 @@ def _iso(epoch_s: float | None) -> str | None:
 def status() -> dict[str, Any]:
     """The calling installation's token state: until when a job can run. Never the token itself."""
     call = invocation(app)
-    captured = runtime.capture_tokens(call)
+    captured = wiring.capture_tokens(call)
     now = clock.now()
-    min_validity = runtime.settings.token_min_validity_s
+    min_validity = wiring.settings.token_min_validity_s
     tokens = [
         {
             "subject": state.subject,
             "expiresAt": _iso(state.expires_at),
             "validForSeconds": max(0, int(state.expires_at - now)),
-            "usableByJobs": state.expires_at - now >= min_validity,
             "expirySource": state.expiry_source,
+            # Background jobs act as the app: only the app token can make them runnable.
+            **({"usableByJobs": state.expires_at - now >= min_validity} if state.subject == "system" else {}),
         }
-        for state in runtime.tokens.states(call.installation_id, account_id=call.principal)
+        for state in wiring.tokens.states(call.installation_id, account_id=call.principal)
     ]
-    installation = runtime.installations.get(call.installation_id)
+    installation = wiring.installations.get(call.installation_id)
     return {
         "installationId": call.installation_id,
         "installation": {

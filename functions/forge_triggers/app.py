@@ -17,17 +17,17 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from forge_remote.events_intake import EventIntake
 from forge_remote.fit import Invocation
 from forge_remote.http_api import invocation, register_error_handlers, require_fit
+from forge_remote.http_wiring import HttpWiring
 from forge_remote.logs import use_function_logger
 from forge_remote.payloads import LIFECYCLE_EVENTS, decode_body, json_object, parse_event
-from forge_remote.runtime import Runtime
 
 logger = Logger()
 use_function_logger(logger)
 metrics = Metrics()
-runtime = Runtime.from_env()
-intake = EventIntake(app_table=runtime.settings.app_table, jobs_bus=runtime.settings.required("jobs_bus"))
+wiring = HttpWiring.from_env()
+intake = EventIntake(app_table=wiring.settings.app_table, jobs_bus=wiring.settings.required("jobs_bus"))
 app = APIGatewayHttpResolver()
-app.use([require_fit(runtime.verifier)])
+app.use([require_fit(wiring.verifier)])
 register_error_handlers(app)
 
 
@@ -37,7 +37,7 @@ def _event_body() -> dict[str, Any]:
 
 
 def _capture(call: Invocation) -> dict[str, str]:
-    outcomes = runtime.capture_tokens(call)
+    outcomes = wiring.capture_tokens(call)
     if outcomes.get("system") == "stored":
         metrics.add_metric(name="TokensStored", unit=MetricUnit.Count, value=1)
     return outcomes
@@ -50,7 +50,7 @@ def lifecycle() -> dict[str, Any]:
     if event.event_type not in LIFECYCLE_EVENTS:
         logger.warning("ignoring non-lifecycle event on /forge/lifecycle", extra={"event_type": event.event_type})
         return {"ignored": event.event_type, "tokens": _capture(call)}
-    if not runtime.installations.record_lifecycle(call, event.event_type):
+    if not wiring.record_lifecycle(call, event.event_type):
         logger.warning("lifecycle event for an uninstalled installation ignored")
         return {"installation": "uninstalled", "ignored": event.event_type}
     logger.info("installation recorded", extra={"event_type": event.event_type})
@@ -60,17 +60,17 @@ def lifecycle() -> dict[str, Any]:
 @app.post("/forge/uninstall")
 def uninstall() -> dict[str, Any]:
     call = invocation(app)
-    if not runtime.installations.act_once(call.installation_id, call.invocation_id):
+    if not wiring.installations.act_once(call.installation_id, call.invocation_id):
         logger.warning("uninstall FIT replayed; nothing done")
         return {"installation": "unchanged", "replayed": True}
     try:
         # Mark first, then delete: a token write racing us either lands before the mark (and is deleted
         # below) or fails its "still installed" condition.
-        runtime.installations.mark_uninstalled(call.installation_id)
-        deleted = runtime.tokens.delete_installation(call.installation_id)
+        wiring.installations.mark_uninstalled(call.installation_id)
+        deleted = wiring.tokens.delete_installation(call.installation_id)
     except Exception:
         with contextlib.suppress(Exception):  # best effort: the error below is what Forge must see
-            runtime.installations.release_once(call.installation_id, call.invocation_id)
+            wiring.installations.release_once(call.installation_id, call.invocation_id)
         raise
     logger.info("installation uninstalled", extra={"tokens_deleted": deleted})
     metrics.add_metric(name="Uninstalls", unit=MetricUnit.Count, value=1)
@@ -88,7 +88,7 @@ def keepalive() -> Response[str]:
 def product_event() -> tuple[dict[str, Any], int]:
     call = invocation(app)
     event = parse_event(_event_body())
-    installation = runtime.installations.get(call.installation_id)
+    installation = wiring.installations.get(call.installation_id)
     if installation is not None and not installation.active:
         # Acknowledged, so Forge stops retrying, but no job: nothing may run for an uninstalled site.
         logger.info("product event for an uninstalled installation ignored", extra={"event_type": event.event_type})
@@ -103,6 +103,11 @@ def product_event() -> tuple[dict[str, Any], int]:
 
 
 @logger.inject_lambda_context(correlation_id_path='headers."x-b3-traceid"')
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    try:
+        return app.resolve(event, context)
+    finally:
+        # Publish what the route recorded. Not log_metrics: a rejected call records nothing, and it
+        # would print a UserWarning (with a site-packages path) for every one of them.
+        if metrics.metric_set:
+            metrics.flush_metrics()

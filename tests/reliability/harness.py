@@ -27,6 +27,7 @@ from moto.sqs.models import sqs_backends
 from forge_remote import aws
 from forge_remote.errors import BadJobRequest
 from forge_remote.jobs import JobRequest
+from forge_remote.keys import installation_pk, result_sk_prefix
 from local.apigw import http_api_event
 from local.forge_emulator import ForgeEmulator, Site
 from local.handlers import load_handler
@@ -109,7 +110,7 @@ def installation_items(stack: LocalStack, logical_id: str, installation_id: str)
     items: list[dict[str, Any]] = client("dynamodb").query(
         TableName=stack.physical[logical_id],
         KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": f"INST#{installation_id}"}},
+        ExpressionAttributeValues={":pk": {"S": installation_pk(installation_id)}},
         ConsistentRead=True,
     )["Items"]
     return items
@@ -164,7 +165,10 @@ def snapshot_request_ids(stack: LocalStack, installation_id: str) -> list[str]:
     items = client("dynamodb").query(
         TableName=stack.physical["AppTable"],
         KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
-        ExpressionAttributeValues={":pk": {"S": f"INST#{installation_id}"}, ":s": {"S": "SNAPSHOT#"}},
+        ExpressionAttributeValues={
+            ":pk": {"S": installation_pk(installation_id)},
+            ":s": {"S": result_sk_prefix("SNAPSHOT")},
+        },
         ConsistentRead=True,
     )["Items"]
     return [json.loads(i["data"]["S"])["requestId"] for i in items]

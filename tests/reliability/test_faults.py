@@ -23,6 +23,7 @@ from moto.core.botocore_stubber import BotocoreStubber
 
 from forge_remote import aws
 from forge_remote.jobs import JobRequest
+from forge_remote.keys import SYSTEM_TOKEN_SK
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext
@@ -166,7 +167,7 @@ def test_jwks_outage_on_a_cold_container_fails_closed_then_recovers_after_the_co
     forge.jwks_available = False
     triggers = handler("ForgeTriggersFunction")
     clock = FakeMonotonic()
-    jwks = triggers.runtime.verifier._jwks
+    jwks = triggers.wiring.verifier._jwks
     jwks._monotonic = clock
     gateway = Gateway(triggers, triggers)
     before = state(stack)
@@ -182,7 +183,7 @@ def test_jwks_outage_on_a_cold_container_fails_closed_then_recovers_after_the_co
     clock.now += 301  # past the refetch cooldown: the key set is fetched again
     assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, site))["statusCode"] == 204
     assert jwks.fetch_count > fetches
-    assert set(stored_tokens(stack, site.installation_id)) == {"SYSTEM"}
+    assert set(stored_tokens(stack, site.installation_id)) == {SYSTEM_TOKEN_SK}
 
 
 def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_closed_on_new_ones(
@@ -190,7 +191,7 @@ def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_cl
 ) -> None:
     triggers = handler("ForgeTriggersFunction")
     clock = FakeMonotonic()
-    jwks = triggers.runtime.verifier._jwks
+    jwks = triggers.wiring.verifier._jwks
     jwks._monotonic = clock
     gateway = Gateway(triggers, triggers)
     site = forge.site()
@@ -202,7 +203,7 @@ def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_cl
         other = forge.site()
         ledger.tried += 2
         assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, other))["statusCode"] == 204
-        assert "SYSTEM" in stored_tokens(stack, other.installation_id)
+        assert SYSTEM_TOKEN_SK in stored_tokens(stack, other.installation_id)
 
         forge.rotate_key()  # a key this container never saw, published while the JWKS is down
         rotated = forge.site()
@@ -329,7 +330,7 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
         == 200
     )
     module = http.calls if case.ui else http.triggers
-    clients = [module.runtime.tokens._client, aws.dynamodb()] if case.fault.service == "dynamodb" else [aws.events()]
+    clients = [module.wiring.tokens._client, aws.dynamodb()] if case.fault.service == "dynamodb" else [aws.events()]
     headers = genuine(forge, site, ui=case.ui, lifetime_s=3.5 * 3600)
     body = route_body(forge, site, case.path)
     ledger.tried += 1
@@ -340,7 +341,7 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
     ledger.rejected += 1
     if case.fault.operation == "TransactWriteItems":
         # The token write failed as a whole: the stored token is still the installed one.
-        assert stored_tokens(stack, site.installation_id)["SYSTEM"] != headers["x-forge-oauth-system"]
+        assert stored_tokens(stack, site.installation_id)[SYSTEM_TOKEN_SK] != headers["x-forge-oauth-system"]
     # Nothing was left half-done in a way that blocks Forge's retry: once the fault clears, it succeeds.
     retried = send(http, ledger, case.method, case.path, headers, body)
     assert 200 <= retried["statusCode"] < 300, retried
@@ -368,7 +369,7 @@ def test_product_event_whose_job_request_failed_is_queued_once_when_forge_retrie
 ) -> None:
     """Forge retries a failed event delivery (the body then carries retryContext): one job results."""
     triggers = handler("ForgeTriggersFunction")
-    clients = [triggers.runtime.tokens._client, aws.dynamodb()] if fault.service == "dynamodb" else [aws.events()]
+    clients = [triggers.wiring.tokens._client, aws.dynamodb()] if fault.service == "dynamodb" else [aws.events()]
     ledger.tried += 1
     with fault.active(*clients) as attempts:
         try:

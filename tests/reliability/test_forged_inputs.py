@@ -21,6 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from forge_remote.keys import SYSTEM_TOKEN_SK, user_token_sk
 from local.forge_emulator import ForgeEmulator, SigningKey, Site, _rsa_key
 from local.loopback import LoopbackServer
 from tests.reliability import jwt_forge
@@ -332,7 +333,7 @@ def request_headers(world: World, site: Site, route: Route, authorization: str |
 def victim(world: World) -> Site:
     site = world.forge.site()
     world.install(site, principal=PRINCIPAL)
-    assert set(installation_items_sk(world, site)) == {"SYSTEM", f"USER#{PRINCIPAL}"}
+    assert set(installation_items_sk(world, site)) == {SYSTEM_TOKEN_SK, user_token_sk(PRINCIPAL)}
     return site
 
 

@@ -25,6 +25,7 @@ import pytest
 
 from forge_remote import aws
 from forge_remote.installations import InstallationRegistry
+from forge_remote.keys import INSTALLATION_SK, SYSTEM_TOKEN_SK
 from forge_remote.tokens import TokenStore
 from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
@@ -39,7 +40,27 @@ from tests.reliability.harness import (
 )
 from tests.reliability.ledger import Ledger
 
-pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("atomic_dynamodb")]
+pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("atomic_dynamodb", "one_metric_set_at_a_time")]
+
+
+@pytest.fixture
+def one_metric_set_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads stand in for containers here, but Powertools keeps one metric set per process, shared by
+    every ``Metrics``: a flush in one thread can empty it between another's check and serialisation
+    (``Must contain at least one metric``). Lambda never runs two invocations in one process, so
+    adding and flushing metrics are made atomic; the token writes still race freely."""
+    from aws_lambda_powertools.metrics.provider.cloudwatch_emf.cloudwatch import AmazonCloudWatchEMFProvider
+
+    lock = threading.RLock()
+    for name in ("add_metric", "flush_metrics"):
+        original = getattr(AmazonCloudWatchEMFProvider, name)
+
+        def locked(self: Any, *args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(AmazonCloudWatchEMFProvider, name, locked)
+
 
 PRINCIPAL = "557058:race-user-0001"
 
@@ -110,7 +131,7 @@ def test_concurrent_keepalives_never_step_back_and_leave_the_newest_token(
     ledger.tried += len(tokens)
     assert statuses == [204] * len(tokens)
     assert observed == sorted(observed), "the stored token went back in time"
-    assert stored_tokens(stack, site.installation_id) == {"SYSTEM": newest}
+    assert stored_tokens(stack, site.installation_id) == {SYSTEM_TOKEN_SK: newest}
 
 
 def test_control_without_the_condition_the_newest_token_is_lost(
@@ -131,7 +152,7 @@ def test_control_without_the_condition_the_newest_token_is_lost(
     newer, older = (ledger.secret(forge.app_token(lifetime_s=s)) for s in (3 * 3600, 2 * 3600))
     assert keepalive(module, forge, site, newer, ledger) == 204
     assert keepalive(module, forge, site, older, ledger) == 204
-    assert stored_tokens(stack, site.installation_id) != {"SYSTEM": newer}
+    assert stored_tokens(stack, site.installation_id) != {SYSTEM_TOKEN_SK: newer}
 
 
 def test_control_without_the_installed_guard_a_late_keepalive_leaves_a_token(
@@ -198,7 +219,7 @@ def test_uninstall_racing_keepalive_lifecycle_and_ui_calls_leaves_no_token(
         if left:
             survivors[round_] = sorted(left)
         [registry] = [
-            i for i in installation_items(stack, "AppTable", site.installation_id) if i["sk"]["S"] == "INSTALLATION"
+            i for i in installation_items(stack, "AppTable", site.installation_id) if i["sk"]["S"] == INSTALLATION_SK
         ]
         assert registry["status"]["S"] == "uninstalled"
     assert survivors == {}, f"tokens survived the uninstall (round: sort keys): {survivors}"

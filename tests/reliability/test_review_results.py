@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 
 from forge_remote import aws, clock
 from forge_remote.jobs import JobRequest
+from forge_remote.keys import installation_pk, result_sk
 from forge_remote.results import ResultStore
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site
@@ -89,7 +90,7 @@ def store(stack: LocalStack, **options: Any) -> ResultStore:
 def raw_item(stack: LocalStack, kind: str, key: str) -> dict[str, Any]:
     item: dict[str, Any] = aws.dynamodb().get_item(
         TableName=stack.physical["AppTable"],
-        Key={"pk": {"S": f"INST#{INSTALLATION}"}, "sk": {"S": f"{kind}#{key}"}},
+        Key={"pk": {"S": installation_pk(INSTALLATION)}, "sk": {"S": result_sk(kind, key)}},
         ConsistentRead=True,
     )["Item"]
     return item

@@ -30,6 +30,7 @@ from forge_remote.errors import ConfigurationError, InvalidInvocation
 from forge_remote.fit import FitVerifier
 from forge_remote.jobs import JobRequest
 from forge_remote.jwks import JwksCache
+from forge_remote.keys import ONCE_SK_PREFIX, SYSTEM_TOKEN_SK, installation_pk, user_token_sk
 from forge_remote.tokens import FALLBACK_LIFETIME_S, TokenStore
 from local.forge_emulator import ForgeEmulator, Site
 from tests.reliability import jwt_forge
@@ -119,7 +120,7 @@ def test_trigger_routes_refuse_calls_of_another_kind(world: World, installed: Si
         assert json_body(response)["error"] == "wrong_call_kind", name
         ledger.refused()
     # The installation is untouched: still active, still holding its token.
-    assert "SYSTEM" in stored_tokens(world.stack, installed.installation_id)
+    assert SYSTEM_TOKEN_SK in stored_tokens(world.stack, installed.installation_id)
 
 
 @pytest.mark.parametrize("path", sorted(TRIGGER_ROUTES))
@@ -152,14 +153,14 @@ def test_a_user_fit_cannot_uninstall_and_the_site_keeps_working(world: World, in
     keepalive = world.forge.headers(installed, module_key="token-keepalive")
     keepalive["x-forge-oauth-system"] = token = LEDGER.secret(world.forge.app_token(lifetime_s=3.95 * 3600))
     assert world.send("POST", "/forge/keepalive", keepalive, {})["statusCode"] == 204
-    assert stored_tokens(world.stack, installed.installation_id)["SYSTEM"] == token
+    assert stored_tokens(world.stack, installed.installation_id)[SYSTEM_TOKEN_SK] == token
 
 
 def test_the_same_uninstall_fit_acts_at_most_once(world: World, installed: Site, ledger: Ledger) -> None:
     headers = world.forge.headers(installed, module_key="pre-uninstall")
     first = world.send("POST", "/forge/uninstall", headers, {})
     assert json_body(first)["installation"] == "uninstalled"
-    writes = world.triggers.runtime.tokens.write_count
+    writes = world.triggers.wiring.tokens.write_count
     before = world.state
     for _ in range(3):
         replay = world.send("POST", "/forge/uninstall", headers, {})
@@ -167,9 +168,13 @@ def test_the_same_uninstall_fit_acts_at_most_once(world: World, installed: Site,
         assert json_body(replay)["replayed"] is True
         ledger.refused()
     assert world.state == before
-    assert world.triggers.runtime.tokens.write_count == writes
+    assert world.triggers.wiring.tokens.write_count == writes
     # The record of the FIT expires with DynamoDB's TTL: it does not accumulate.
-    once = [i for i in installation_items(world.stack, "AppTable", installed.installation_id) if "FIT#" in i["sk"]["S"]]
+    once = [
+        i
+        for i in installation_items(world.stack, "AppTable", installed.installation_id)
+        if i["sk"]["S"].startswith(ONCE_SK_PREFIX)
+    ]
     assert len(once) == 1
     assert int(once[0]["ttl"]["N"]) > clock.now()
 
@@ -195,7 +200,7 @@ def test_a_token_invalidated_by_the_worker_is_stored_again_on_redelivery(world: 
         assert stored_tokens(world.stack, site.installation_id) == {}
         # ...and Forge delivers the same token again, to whichever container.
         assert keepalive(world, module, site, token)["statusCode"] == 204
-        assert stored_tokens(world.stack, site.installation_id) == {"SYSTEM": token}
+        assert stored_tokens(world.stack, site.installation_id) == {SYSTEM_TOKEN_SK: token}
 
 
 def test_a_token_removed_by_ttl_or_by_hand_is_stored_again(world: World) -> None:
@@ -205,10 +210,10 @@ def test_a_token_removed_by_ttl_or_by_hand_is_stored_again(world: World) -> None
     assert keepalive(world, world.triggers, site, token)["statusCode"] == 204
     boto3.client("dynamodb").delete_item(
         TableName=world.stack.physical["TokensTable"],
-        Key={"pk": {"S": f"INST#{site.installation_id}"}, "sk": {"S": "SYSTEM"}},
+        Key={"pk": {"S": installation_pk(site.installation_id)}, "sk": {"S": SYSTEM_TOKEN_SK}},
     )
     assert keepalive(world, world.triggers, site, token)["statusCode"] == 204
-    assert stored_tokens(world.stack, site.installation_id) == {"SYSTEM": token}
+    assert stored_tokens(world.stack, site.installation_id) == {SYSTEM_TOKEN_SK: token}
 
 
 def test_a_user_token_invalidated_is_stored_again_on_the_next_ui_call(world: World) -> None:
@@ -221,7 +226,7 @@ def test_a_user_token_invalidated_is_stored_again_on_the_next_ui_call(world: Wor
     assert worker_store.invalidate(site.installation_id, user_token, account_id=USER)
     headers = world.forge.headers(site, user_token=user_token, principal=USER)
     assert world.send("GET", "/api/status", headers)["statusCode"] == 200
-    assert stored_tokens(world.stack, site.installation_id)[f"USER#{USER}"] == user_token
+    assert stored_tokens(world.stack, site.installation_id)[user_token_sk(USER)] == user_token
 
 
 # -- defect 6: an exp that is not a sane number --------------------------------------------------------

@@ -15,10 +15,10 @@ from forge_remote import aws
 from forge_remote.errors import DeliveryInProgress, ServiceUnavailable
 from forge_remote.fit import Invocation
 from forge_remote.jobs import JobRequest, put_job_requests
+from forge_remote.keys import EVENTS_IDEMPOTENCY_PK
 from forge_remote.payloads import ForgeEvent, page_ref
 
 PAGE_SNAPSHOT_JOB = "page-snapshot"
-IDEMPOTENCY_PK = "IDEMPOTENCY#forge-events"
 DEDUP_WINDOW_S = 3600  # Forge retries for ~4 minutes and events lag up to 3: an hour is ample
 
 
@@ -69,7 +69,7 @@ class EventIntake:
             table_name=self._app_table,
             key_attr="pk",
             sort_key_attr="sk",
-            static_pk_value=IDEMPOTENCY_PK,
+            static_pk_value=EVENTS_IDEMPOTENCY_PK,
             expiry_attr="ttl",
             boto3_client=aws.dynamodb(),
         )

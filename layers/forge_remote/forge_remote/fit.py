@@ -17,6 +17,7 @@ import jwt
 
 from forge_remote.errors import DisallowedApiBaseUrl, InvalidInvocation
 from forge_remote.jwks import JwksCache
+from forge_remote.keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
 from forge_remote.urls import require_allowed_api_base
 
 FIT_ISSUER = "forge/invocation-token"
@@ -25,8 +26,6 @@ MAX_AUTHORIZATION_LENGTH = 16 * 1024
 SYSTEM_TOKEN_HEADER = "x-forge-oauth-system"  # noqa: S105 (a header name)
 USER_TOKEN_HEADER = "x-forge-oauth-user"  # noqa: S105 (a header name)
 
-_INSTALLATION_ID = re.compile(r"^[A-Za-z0-9:/._-]{1,200}$")
-_ACCOUNT_ID = re.compile(r"^[A-Za-z0-9:_-]{1,128}$")
 _IC_LABEL = re.compile(r"^[a-z0-9_-]{1,50}$")
 UI_CONTEXT_CLAIMS = ("localId", "moduleKey", "extension")
 HEADER_MEMO_SIZE = 16
@@ -171,7 +170,7 @@ class FitVerifier:
         if not isinstance(app, dict):
             raise InvalidInvocation("missing claim app")
         installation_id = app.get("installationId")
-        if not isinstance(installation_id, str) or not _INSTALLATION_ID.fullmatch(installation_id):
+        if not isinstance(installation_id, str) or not INSTALLATION_ID_PATTERN.fullmatch(installation_id):
             raise InvalidInvocation("missing or invalid claim app.installationId")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
@@ -188,7 +187,7 @@ class FitVerifier:
         if ic_label is not None and not (isinstance(ic_label, str) and _IC_LABEL.fullmatch(ic_label)):
             raise InvalidInvocation("invalid claim icLabel")
         principal = claims.get("principal")
-        if principal is not None and not (isinstance(principal, str) and _ACCOUNT_ID.fullmatch(principal)):
+        if principal is not None and not (isinstance(principal, str) and ACCOUNT_ID_PATTERN.fullmatch(principal)):
             raise InvalidInvocation("invalid claim principal")
 
         context = _obj(claims.get("context"))

@@ -1,40 +1,57 @@
 """The installation registry (app table): who is installed, where, and since when.
 
-Items: ``pk = INST#<installationId>``, ``sk = INSTALLATION``. Active installations also carry
-``activePk = "ACTIVE"`` and ``activeSk = <installationId>``, a sparse GSI (``ActiveInstallations``)
-that the scheduler pages through without reading any token item. Uninstalled is terminal: an
-installation id changes on reinstall, so nothing revives it.
+Items (keys from ``keys.py``): ``pk = INST#<installationId>``, ``sk = INSTALLATION``. Active
+installations also carry ``activePk = "ACTIVE"`` and ``activeSk = <installationId>``, a sparse GSI
+(``ActiveInstallations``) that the scheduler pages through without reading any token item.
+Uninstalled is terminal: an installation id changes on reinstall, so nothing revives it. A FIT that
+acted on a destructive route is recorded under ``sk = FIT#<jti>`` until ``ONCE_TTL_S`` has passed.
+
+The registry takes plain values (``InstallationFacts``), not a verified ``Invocation``: storage knows
+nothing of FITs, and the caller (``http_wiring.py``) says which facts of a call are recorded.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
-from forge_remote.fit import Invocation
+from forge_remote.keys import ACTIVE_PK, INSTALLATION_SK, installation_pk, once_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
-INSTALLATION_SK = "INSTALLATION"
 ACTIVE_INDEX = "ActiveInstallations"
-ACTIVE = "active"
-UNINSTALLED = "uninstalled"
-ONCE_SK_PREFIX = "FIT#"  # a FIT that acted on a destructive route (its jti), kept until ONCE_TTL_S
+
+
+class InstallationStatus(enum.StrEnum):
+    ACTIVE = "active"
+    UNINSTALLED = "uninstalled"  # terminal: an installation id changes on reinstall, so nothing revives it
+
+
 ONCE_TTL_S = 3600  # far beyond a FIT's lifetime (at most 5 min, plus clock leeway)
 
 
-def installation_pk(installation_id: str) -> str:
-    return f"INST#{installation_id}"
+@dataclass(frozen=True)
+class InstallationFacts:
+    """What a verified call tells the registry about its installation (the optional ones when known)."""
+
+    installation_id: str
+    api_base_url: str
+    cloud_id: str | None = None
+    site_url: str | None = None
+    environment_type: str | None = None
+    environment_id: str | None = None
+    app_version: str | None = None
 
 
 @dataclass(frozen=True)
 class Installation:
     installation_id: str
-    status: str
+    status: InstallationStatus
     api_base_url: str | None = None
     cloud_id: str | None = None
     environment_type: str | None = None
@@ -43,7 +60,7 @@ class Installation:
 
     @property
     def active(self) -> bool:
-        return self.status == ACTIVE
+        return self.status == InstallationStatus.ACTIVE
 
 
 def _s(item: dict[str, Any], name: str) -> str | None:
@@ -64,16 +81,16 @@ class InstallationRegistry:
     def _key(self, installation_id: str) -> dict[str, Any]:
         return {"pk": {"S": installation_pk(installation_id)}, "sk": {"S": INSTALLATION_SK}}
 
-    def _active_update(self, invocation: Invocation, extra_set: str = "") -> dict[str, Any]:
+    def _active_update(self, facts: InstallationFacts, extra_set: str = "") -> dict[str, Any]:
         """An UpdateItem that marks the installation seen and active unless it was uninstalled."""
         now = {"N": str(int(clock.now()))}
         values: dict[str, Any] = {
-            ":id": {"S": invocation.installation_id},
-            ":url": {"S": invocation.api_base_url},
+            ":id": {"S": facts.installation_id},
+            ":url": {"S": facts.api_base_url},
             ":now": now,
-            ":active": {"S": ACTIVE},
-            ":activePk": {"S": "ACTIVE"},
-            ":uninstalled": {"S": UNINSTALLED},
+            ":active": {"S": InstallationStatus.ACTIVE.value},
+            ":activePk": {"S": ACTIVE_PK},
+            ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
         }
         sets = [
             "installationId = :id",
@@ -85,11 +102,11 @@ class InstallationRegistry:
             "activeSk = :id",
         ]
         optional = {
-            "cloudId": invocation.cloud_id,
-            "siteUrl": invocation.site_url,
-            "environmentType": invocation.environment_type,
-            "environmentId": invocation.environment_id,
-            "appVersion": invocation.app_version,
+            "cloudId": facts.cloud_id,
+            "siteUrl": facts.site_url,
+            "environmentType": facts.environment_type,
+            "environmentId": facts.environment_id,
+            "appVersion": facts.app_version,
         }
         for name, value in optional.items():
             if value:
@@ -99,21 +116,21 @@ class InstallationRegistry:
             sets.append(extra_set)
         return {
             "TableName": self.table_name,
-            "Key": self._key(invocation.installation_id),
+            "Key": self._key(facts.installation_id),
             "UpdateExpression": "SET " + ", ".join(sets),
             "ConditionExpression": "attribute_not_exists(#status) OR #status <> :uninstalled",
             "ExpressionAttributeNames": {"#status": "status"},
             "ExpressionAttributeValues": values,
         }
 
-    def active_guard(self, invocation: Invocation) -> TransactWriteItemTypeDef:
+    def active_guard(self, facts: InstallationFacts) -> TransactWriteItemTypeDef:
         """The transaction item a token write is bundled with: fails if the installation is gone."""
-        return {"Update": self._active_update(invocation)}  # type: ignore[typeddict-item]
+        return {"Update": self._active_update(facts)}  # type: ignore[typeddict-item]
 
-    def record_lifecycle(self, invocation: Invocation, event_type: str) -> bool:
+    def record_lifecycle(self, facts: InstallationFacts, event_type: str) -> bool:
         """Record installed/upgraded. False if the installation was already uninstalled."""
         field = "upgradedAt" if event_type.endswith(":upgraded:app") else "installedAt"
-        update = self._active_update(invocation, f"{field} = :now, lastLifecycleEvent = :event")
+        update = self._active_update(facts, f"{field} = :now, lastLifecycleEvent = :event")
         update["ExpressionAttributeValues"][":event"] = {"S": event_type[:100]}
         try:
             self._client.update_item(**update)
@@ -132,7 +149,7 @@ class InstallationRegistry:
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues={
                 ":id": {"S": installation_id},
-                ":uninstalled": {"S": UNINSTALLED},
+                ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
                 ":now": {"N": str(int(clock.now()))},
             },
         )
@@ -150,7 +167,7 @@ class InstallationRegistry:
                 TableName=self.table_name,
                 Item={
                     "pk": {"S": installation_pk(installation_id)},
-                    "sk": {"S": f"{ONCE_SK_PREFIX}{invocation_id[:200]}"},
+                    "sk": {"S": once_sk(invocation_id)},
                     "createdAt": {"N": str(now)},
                     "ttl": {"N": str(now + ttl_s)},
                 },
@@ -164,7 +181,7 @@ class InstallationRegistry:
         """Undo ``act_once`` after the action failed, so that Forge's retry of the same call can act."""
         self._client.delete_item(
             TableName=self.table_name,
-            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": f"{ONCE_SK_PREFIX}{invocation_id[:200]}"}},
+            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": once_sk(invocation_id)}},
         )
 
     def get(self, installation_id: str) -> Installation | None:
@@ -175,7 +192,7 @@ class InstallationRegistry:
             return None
         return Installation(
             installation_id=installation_id,
-            status=_s(item, "status") or ACTIVE,
+            status=InstallationStatus(_s(item, "status") or InstallationStatus.ACTIVE),
             api_base_url=_s(item, "apiBaseUrl"),
             cloud_id=_s(item, "cloudId"),
             environment_type=_s(item, "environmentType"),
@@ -190,7 +207,7 @@ class InstallationRegistry:
             TableName=self.table_name,
             IndexName=ACTIVE_INDEX,
             KeyConditionExpression="activePk = :active",
-            ExpressionAttributeValues={":active": {"S": "ACTIVE"}},
+            ExpressionAttributeValues={":active": {"S": ACTIVE_PK}},
             ProjectionExpression="activeSk",
             PaginationConfig={"PageSize": page_size},
         )

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from forge_remote.errors import BadJobRequest, ServiceUnavailable
+from forge_remote.keys import INSTALLATION_ID_PATTERN
 from forge_remote.payloads import MAX_JSON_DEPTH, json_depth
 
 if TYPE_CHECKING:
@@ -36,7 +37,6 @@ JOB_SOURCE = "forge-remote.jobs"
 JOB_DETAIL_TYPE = "JobRequest"
 MAX_REQUEST_BYTES = 64 * 1024
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
-_INSTALLATION_ID = re.compile(r"^[A-Za-z0-9:/._-]{1,200}$")
 
 A = TypeVar("A")
 
@@ -67,7 +67,7 @@ class JobRequest:
         args, request_id, attempt = detail.get("args", {}), detail.get("requestId"), detail.get("attempt", 0)
         if not isinstance(job, str) or not _JOB_NAME.fullmatch(job):
             raise BadJobRequest("job request has no valid job name")
-        if not isinstance(installation_id, str) or not _INSTALLATION_ID.fullmatch(installation_id):
+        if not isinstance(installation_id, str) or not INSTALLATION_ID_PATTERN.fullmatch(installation_id):
             raise BadJobRequest("job request has no valid installationId")
         if not isinstance(args, dict):
             raise BadJobRequest("job request args is not an object")

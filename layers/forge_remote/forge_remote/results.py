@@ -1,4 +1,4 @@
-"""Job results in the app table: ``pk = INST#<installationId>``, ``sk = <kind>#<key>``.
+"""Job results in the app table: ``pk = INST#<installationId>``, ``sk = <KIND>#<key>`` (keys from ``keys.py``).
 
 Records are JSON documents (``data``) so a job can store what it likes without a schema change;
 ``put`` is an upsert, which makes a re-run of the same job idempotent.
@@ -42,7 +42,7 @@ from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
-from forge_remote.installations import installation_pk
+from forge_remote.keys import installation_pk, result_sk, result_sk_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -55,7 +55,6 @@ MIN_ITEM_BUDGET_BYTES = 1024  # room for the keys and a last-resort marker
 NUMBER_BYTES = 21  # DynamoDB stores a number in at most 21 bytes
 TRUNCATED = "_truncated"
 
-_KIND_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ_")
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")  # a str holds astral characters whole: any surrogate is lone
 _LOGGED_CUTS = 10  # a warning names at most this many cut paths
 
@@ -271,12 +270,6 @@ class ResultStore:
         self.table_name = table_name
         self.item_budget_bytes = item_budget_bytes
 
-    @staticmethod
-    def _sk(kind: str, key: str) -> str:
-        if not kind or not set(kind) <= _KIND_CHARS:
-            raise ValueError("result kind must be UPPER_CASE letters and underscores")
-        return f"{kind}#{key}"
-
     def put(
         self, installation_id: str, kind: str, key: str, record: dict[str, Any], *, ttl_s: int | None = None
     ) -> StoredResult:
@@ -292,7 +285,7 @@ class ResultStore:
         now = clock.now()
         item: dict[str, Any] = {
             "pk": {"S": installation_pk(installation_id)},
-            "sk": {"S": self._sk(kind, key)},
+            "sk": {"S": result_sk(kind, key)},
             "updatedAt": {"N": str(int(now))},
         }
         if ttl_s is not None:
@@ -319,7 +312,7 @@ class ResultStore:
     def get(self, installation_id: str, kind: str, key: str) -> dict[str, Any] | None:
         item = self._client.get_item(
             TableName=self.table_name,
-            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": self._sk(kind, key)}},
+            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": result_sk(kind, key)}},
             ConsistentRead=True,
         ).get("Item")
         if not item:
@@ -335,7 +328,7 @@ class ResultStore:
             KeyConditionExpression="pk = :pk AND begins_with(sk, :prefix)",
             ExpressionAttributeValues={
                 ":pk": {"S": installation_pk(installation_id)},
-                ":prefix": {"S": self._sk(kind, "")},
+                ":prefix": {"S": result_sk_prefix(kind)},
             },
             ConsistentRead=True,
         ):

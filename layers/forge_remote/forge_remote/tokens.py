@@ -1,8 +1,9 @@
 """The token store: every Forge app token with its expiry, newest wins, never an expired one out.
 
-Items (tokens table): ``pk = INST#<installationId>``, ``sk = SYSTEM`` or ``USER#<accountId>``,
-with ``token``, ``tokenSha256``, ``expiresAt`` (epoch s, from the token's own ``exp``), and
-``ttl`` (expiry + grace) for DynamoDB's lazy TTL deletion. Reads check ``expiresAt`` themselves.
+Items (tokens table, keys from ``keys.py``): ``pk = INST#<installationId>``, ``sk = SYSTEM`` or
+``USER#<accountId>``, with ``token``, ``tokenSha256``, ``expiresAt`` (epoch s, from the token's own
+``exp``), and ``ttl`` (expiry + grace) for DynamoDB's lazy TTL deletion. Reads check ``expiresAt``
+themselves.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
-from forge_remote.installations import installation_pk
+from forge_remote.keys import SYSTEM_TOKEN_SK, installation_pk, token_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -30,7 +31,6 @@ logger = logging.getLogger(__name__)
 MAX_TOKEN_LIFETIME_S = 4 * 3600  # Forge's documented maximum
 FALLBACK_LIFETIME_S = 3600  # for a token whose exp cannot be read: well under the ~2 h Forge guarantees
 TTL_GRACE_S = 3600
-SYSTEM_SK = "SYSTEM"
 MAX_PAYLOAD_CHARS = 16 * 1024  # a token's payload segment; Forge's are a few hundred characters
 SANE_EXP_RANGE = (1.0e9, 4.1e9)  # 2001 to 2099: anything else is not an expiry Forge would send
 
@@ -105,10 +105,6 @@ def token_expiry(token: str, received_at: float) -> tuple[float, str]:
     return min(exp, received_at + MAX_TOKEN_LIFETIME_S), "exp"
 
 
-def _sort_key(account_id: str | None) -> str:
-    return f"USER#{account_id}" if account_id else SYSTEM_SK
-
-
 class TokenStore:
     """DynamoDB-backed tokens. One instance per container; safe to share across threads.
 
@@ -152,7 +148,7 @@ class TokenStore:
         ``guard`` is a transaction item written atomically with the token (the installation
         registry's "still installed" update), so a token can never be stored after uninstall.
         """
-        sk = _sort_key(account_id)
+        sk = token_sk(account_id)
         digest = token_sha256(token)
         now = clock.now()
         expires_at, source = token_expiry(token, now)
@@ -207,7 +203,7 @@ class TokenStore:
         """A token valid for at least ``min_validity_s`` more seconds, or ``TokenUnavailable`` (rule 4)."""
         item = self._client.get_item(
             TableName=self.table_name,
-            Key=self._key(installation_id, _sort_key(account_id)),
+            Key=self._key(installation_id, token_sk(account_id)),
             ConsistentRead=True,
         ).get("Item")
         if not item:
@@ -225,7 +221,7 @@ class TokenStore:
 
     def invalidate(self, installation_id: str, token: str, *, account_id: str | None = None) -> bool:
         """Remove exactly this token (rule 5). False if the store already holds another one."""
-        sk = _sort_key(account_id)
+        sk = token_sk(account_id)
         self.write_count += 1
         try:
             self._client.delete_item(
@@ -243,7 +239,7 @@ class TokenStore:
     def states(self, installation_id: str, *, account_id: str | None = None) -> list[TokenState]:
         """Expiry of the app token and, if given, this user's token: for status pages, never the token."""
         states = []
-        for sk in [SYSTEM_SK] + ([_sort_key(account_id)] if account_id else []):
+        for sk in [SYSTEM_TOKEN_SK] + ([token_sk(account_id)] if account_id else []):
             item = self._client.get_item(
                 TableName=self.table_name,
                 Key=self._key(installation_id, sk),
@@ -253,7 +249,7 @@ class TokenStore:
             if item:
                 states.append(
                     TokenState(
-                        subject="system" if sk == SYSTEM_SK else "user",
+                        subject="system" if sk == SYSTEM_TOKEN_SK else "user",
                         expires_at=float(item["expiresAt"]["N"]),
                         expiry_source=item.get("expirySource", {}).get("S", "exp"),
                     )
