@@ -1,4 +1,4 @@
-"""Part 4, the anchor: the naive pattern of atlassian-connect-express 11.5.3 (FORGE-FACTS section 5),
+"""Part 4, the anchor: the naive pattern of atlassian-connect-express 11.5.3 (docs/protocol-facts.md, section 2),
 and a simulated day in which background jobs use "the token".
 
 ``NaiveRemote`` does what ``getForgeAppToken`` and its request middleware do, per request: build a new

@@ -1,5 +1,5 @@
 """A Forge emulator: signs Forge Invocation Tokens with a dev key, serves its JWKS on loopback, and
-issues app tokens as JWTs with an ``exp``, the way Forge does (FORGE-FACTS sections 1 and 2).
+issues app tokens as JWTs with an ``exp``, the way Forge does (docs/protocol-facts.md, sections 1 and 2).
 
 Used by the tests, the local stack (``make demo`` / ``make local``) and the benchmarks, so all three
 exercise the same protocol. Nothing here is imported by the deployed functions.

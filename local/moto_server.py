@@ -1,7 +1,7 @@
 """moto in server mode, in this process, on 127.0.0.1: DynamoDB, SQS and EventBridge for the local stack.
 
 Server mode (rather than ``mock_aws``) because the handlers must reach AWS the way they do on Lambda:
-over HTTP, through boto3's own ``AWS_ENDPOINT_URL`` (DESIGN: no custom endpoint knob). ``start()``
+over HTTP, through boto3's own ``AWS_ENDPOINT_URL`` (no custom endpoint knob of our own). ``start()``
 points this process's environment at the server with fake credentials; ``stop()`` puts it back.
 """
 

@@ -66,7 +66,9 @@ def test_the_motivating_query_is_one_line() -> None:
 
 def test_the_tokenizer_sees_a_naive_interpolation_break_out() -> None:
     """The check below means something: pasting the value into a string does change the structure."""
-    attack = 'x" OR type = "page'  # the FORGE-FACTS attack, closed so the naive query still parses
+    attack = (
+        'x" OR type = "page'  # the injection docs/protocol-facts.md describes, closed so the naive query still parses
+    )
     naive = tokenize(f'space = "{attack}"')
     assert ("word", "OR") in naive
     assert [t for t in naive if t[0] == "str"] == [("str", "x"), ("str", "page")]

@@ -1,4 +1,4 @@
-"""FIT verification: every rejection reason, key rotation, JWKS outage (DESIGN token rules 1, 8)."""
+"""FIT verification: every rejection reason, key rotation, JWKS outage (docs/token-rules.md, rules 1 and 8)."""
 
 from __future__ import annotations
 

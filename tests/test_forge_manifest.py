@@ -38,7 +38,7 @@ TEMPLATE = REPO / "template.yaml"
 # Versioned directory: bumping the pin installs afresh instead of trusting an old cache.
 CACHE = REPO / ".cache" / f"forge-manifest-{FORGE_MANIFEST_VERSION}"
 
-# Which SAM function must serve which kind of Forge call (DESIGN.md, "Shape").
+# Which SAM function must serve which kind of Forge call (docs/architecture.md, "Shape").
 TRIGGERS_FUNCTION = "ForgeTriggersFunction"
 UI_FUNCTION = "ForgeCallsFunction"
 TRIGGER_MODULE_TYPES = ("trigger", "scheduledTrigger", "preUninstall")
@@ -260,7 +260,7 @@ def test_scopes_are_known_and_not_deprecated(forge_manifest_package: Path, manif
     assert len(declared) == len(set(declared)), "a scope is listed twice"
     assert not set(declared) - known, f"not Forge scopes: {sorted(set(declared) - known)}"
     assert not set(declared) & deprecated, f"deprecated scopes: {sorted(set(declared) & deprecated)}"
-    # Without these Forge sends no token headers at all (FORGE-FACTS.md section 2).
+    # Without these Forge sends no token headers at all (docs/protocol-facts.md, section 2).
     assert {"read:app-system-token", "read:app-user-token"} <= set(declared)
 
 
@@ -283,7 +283,7 @@ def test_trigger_routes_are_served_by_the_triggers_function(
     for key in sorted(_trigger_endpoint_keys(manifest)):
         path = (endpoints[key].get("route") or {}).get("path")
         assert path, f"trigger endpoint {key} has no route.path (Forge needs one to call it)"
-        # Triggers, schedules and preUninstall are POSTs (FORGE-FACTS.md section 3).
+        # Triggers, schedules and preUninstall are POSTs (docs/protocol-facts.md, section 3).
         assert _serving(routes, "POST", path) == {TRIGGERS_FUNCTION}, (
             f"POST {path} (endpoint {key}) is served by {sorted(_serving(routes, 'POST', path))} in template.yaml"
         )
@@ -308,7 +308,7 @@ def test_ui_paths_are_served_by_the_calls_function(
 
 
 def test_the_expected_forge_routes_are_all_wired(manifest: dict[str, Any]) -> None:
-    """The routes DESIGN.md names, each reached by the module that should reach it."""
+    """The routes docs/architecture.md names, each reached by the module that should reach it."""
     endpoints = _endpoints(manifest)
 
     def path_of(key: str) -> str:

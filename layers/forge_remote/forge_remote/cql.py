@@ -1,7 +1,7 @@
 """A CQL builder in which no value can change the query's structure.
 
 Every value is quoted (backslash escaped first, then the double quote, then wrapped in double quotes:
-FORGE-FACTS section 4); content ids are validated integers emitted bare; field names must be plain
+docs/protocol-facts.md, section 5); content ids are validated integers emitted bare; field names must be plain
 identifiers and not CQL keywords. No function takes a raw CQL fragment, and ``Cql`` cannot be
 constructed from a string, so user input can never be interpolated::
 

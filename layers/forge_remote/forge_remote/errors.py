@@ -95,10 +95,14 @@ class TokenRejected(RetryLater):
 
 # -- Confluence -------------------------------------------------------------------------------------
 class ConfluenceError(PermanentFailure):
-    """Confluence refused the request for a reason a retry will not change (4xx, a malformed answer)."""
+    """Confluence refused the request for a reason a retry will not change (4xx, a malformed answer).
+
+    ``status`` is the HTTP status, 200 for a well-formed exchange whose content is unusable (a
+    pagination cycle, no results list), or 0 when nothing was sent (a next link that leaves the site).
+    """
 
     def __init__(self, status: int, message: str, trace_id: str | None = None) -> None:
-        super().__init__(f"Confluence HTTP {status}: {message}")
+        super().__init__(f"Confluence HTTP {status}: {message}" if status >= 300 else f"Confluence: {message}")
         self.status = status
         self.message = message
         self.trace_id = trace_id

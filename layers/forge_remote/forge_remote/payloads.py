@@ -1,7 +1,7 @@
 """Forge event bodies, parsed leniently.
 
 Forge sends trigger bodies either flat or wrapped as ``{"payload": {..., "retryContext": {...}}}``
-(FORGE-FACTS section 3); both are accepted. Unknown fields are kept; only what the backend acts on
+(docs/protocol-facts.md, section 4); both are accepted. Unknown fields are kept; only what the backend acts on
 is typed. Errors name the problem, never the body's values.
 """
 
