@@ -281,7 +281,7 @@ def test_garbage_retry_after_falls_back_to_backoff(confluence: ConfluenceEmulato
     assert 0 <= harness.sleeps[0] <= 1
 
 
-@pytest.mark.parametrize(("remaining_ms", "slept"), [(18_000, True), (17_999, False), (1_000, False)])
+@pytest.mark.parametrize(("remaining_ms", "slept"), [(18_000, True), (17_999, False), (4_000, False)])
 def test_never_sleeps_past_the_remaining_time(
     confluence: ConfluenceEmulator, token: str, remaining_ms: int, slept: bool
 ) -> None:
@@ -296,6 +296,24 @@ def test_never_sleeps_past_the_remaining_time(
         search_all(harness)
     assert harness.sleeps == []
     assert caught.value.delay_s == 5.0
+
+
+@pytest.mark.parametrize("remaining_ms", [3_999, 3_000, 0])
+def test_no_request_is_sent_without_a_second_left_for_it(
+    confluence: ConfluenceEmulator, token: str, remaining_ms: int
+) -> None:
+    # 3 s margin + 1 s for the request itself: with less left, nothing goes out (it could not finish).
+    harness = connect(confluence.api_base_url, token, remaining_ms=lambda: remaining_ms)
+    with pytest.raises(RetryLater, match="not enough time"):
+        search_all(harness)
+    assert confluence.requests_seen == []
+
+
+def test_a_request_never_waits_longer_than_the_time_left(confluence: ConfluenceEmulator, token: str) -> None:
+    confluence.delay_s = 2.0  # slower than the 1.5 s this invocation has left for it
+    harness = connect(confluence.api_base_url, token, remaining_ms=lambda: 4_500, timeout_s=(3.05, 10.0))
+    with pytest.raises(RetryLater, match="unreachable"):
+        search_all(harness)
 
 
 def test_timeouts_are_retried_then_deferred(confluence: ConfluenceEmulator, token: str) -> None:

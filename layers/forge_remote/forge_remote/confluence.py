@@ -48,6 +48,7 @@ LOGGED_HEADERS = (
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
 SAFETY_MARGIN_S = 3.0  # left for the caller to record the deferral after we give up
+MIN_REQUEST_S = 1.0  # a request with less time than this left is not worth sending
 INCONCLUSIVE_PROBE_DELAY_S = 60.0
 V2_BODY_FORMATS = frozenset({"storage", "atlas_doc_format", "view", "export_view", "anonymous_export_view"})
 MAX_KEYS_PER_REQUEST = 250  # v2 /spaces ``keys`` maxItems
@@ -251,6 +252,7 @@ class ConfluenceClient:
         remaining_ms: Callable[[], int] | None = None,
         max_attempts: int = 4,
         max_retry_after_s: float = 120.0,
+        safety_margin_s: float = SAFETY_MARGIN_S,
         timeout_s: tuple[float, float] = (3.05, 10.0),
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
@@ -268,6 +270,7 @@ class ConfluenceClient:
         self._remaining_ms = remaining_ms
         self._max_attempts = max_attempts
         self._max_retry_after_s = max_retry_after_s
+        self._safety_margin_s = safety_margin_s
         self._timeout_s = timeout_s
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
@@ -392,7 +395,17 @@ class ConfluenceClient:
                 raise self._error(response, token)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _timeouts(self) -> tuple[float, float]:
+        """Connect and read timeouts, cut to the time this invocation has left (never past it)."""
+        if self._remaining_ms is None:
+            return self._timeout_s
+        left_s = self._remaining_ms() / 1000 - self._safety_margin_s
+        if left_s < MIN_REQUEST_S:
+            raise RetryLater("not enough time left in this invocation for another request", 0)
+        return (min(self._timeout_s[0], left_s), min(self._timeout_s[1], left_s))
+
     def _send(self, method: str, url: str, params: Mapping[str, str] | None, token: str) -> requests.Response:
+        timeouts = self._timeouts()
         self.request_count += 1
         session = self._session or shared_session()
         path = urlsplit(url).path
@@ -402,7 +415,7 @@ class ConfluenceClient:
                 url,
                 params=params,
                 headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                timeout=self._timeout_s,
+                timeout=timeouts,
                 allow_redirects=False,  # a redirect must not carry the token anywhere else
             )
         except requests.RequestException as exc:
@@ -464,7 +477,7 @@ class ConfluenceClient:
             raise RetryLater(f"{reason}: asked to wait {delay_s:.0f}s", self._max_retry_after_s)
         if self._remaining_ms is not None:
             # The next attempt needs the wait, a full read timeout and a margin within this invocation.
-            budget_s = self._remaining_ms() / 1000 - SAFETY_MARGIN_S - self._timeout_s[1]
+            budget_s = self._remaining_ms() / 1000 - self._safety_margin_s - self._timeout_s[1]
             if delay_s > budget_s:
                 raise RetryLater(f"{reason}: not enough time left in this invocation", delay_s)
         logger.info("Retrying Confluence in %.2fs (%s, attempt %d)", delay_s, reason, attempt)

@@ -50,6 +50,14 @@ class WrongCallKind(PermanentFailure):
         super().__init__(reason)
 
 
+class NotAllowed(PermanentFailure):
+    """The signed-in user may not do this (HTTP 403); Confluence, asked as the user, said so."""
+
+
+class UserTokenRequired(PermanentFailure):
+    """The route acts as the signed-in user, and the call carried no user token (HTTP 403)."""
+
+
 class MalformedEvent(PermanentFailure):
     """A request body that cannot be understood (HTTP 400). The message names no secret."""
 

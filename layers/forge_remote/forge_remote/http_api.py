@@ -5,7 +5,7 @@
   (``call_kinds``); a bad FIT is a 401, a call of the wrong kind a 403, both with a JSON body and
   nothing stored. A route reads the verified call with ``invocation(app)``.
 - ``register_error_handlers(app)``: one JSON error shape (``{"error": code, "message": text}``) for
-  400, 401, 404, 409 and 503, the same in every function.
+  400, 401, 403, 404, 409, 502 and 503, the same in every function.
 Responses and logs name the reason, never the token.
 """
 
@@ -21,10 +21,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from forge_remote.call_kinds import check_call_kind
 from forge_remote.errors import (
+    ConfluenceError,
     DeliveryInProgress,
     InvalidInvocation,
     MalformedEvent,
+    NotAllowed,
+    RetryLater,
     ServiceUnavailable,
+    UserTokenRequired,
     WrongCallKind,
 )
 from forge_remote.fit import FitVerifier, Invocation
@@ -90,7 +94,7 @@ def invocation(app: APIGatewayHttpResolver) -> Invocation:
 
 
 def register_error_handlers(app: APIGatewayHttpResolver, *, retry_after_s: int = STORAGE_RETRY_AFTER_S) -> None:
-    """400, 401, 404, 409 and 503 as JSON, for every route of ``app``."""
+    """400, 401, 403, 404, 409, 502 and 503 as JSON, for every route of ``app``."""
 
     @app.exception_handler(MalformedEvent)
     def bad_request(exc: MalformedEvent) -> Response[Any]:
@@ -107,6 +111,28 @@ def register_error_handlers(app: APIGatewayHttpResolver, *, retry_after_s: int =
         # Forge retries non-2xx deliveries: the retry finds the first one finished and answers its result.
         logger.info("duplicate delivery while the first is in progress")
         return error_response(409, "in_progress", str(exc), {"Retry-After": "60"})
+
+    @app.exception_handler(NotAllowed)
+    def not_allowed(exc: NotAllowed) -> Response[Any]:
+        logger.warning("request not allowed for this user", extra={"reason": exc.reason})
+        return error_response(403, "forbidden", exc.reason)
+
+    @app.exception_handler(UserTokenRequired)
+    def user_token_required(exc: UserTokenRequired) -> Response[Any]:
+        logger.warning("route needs the user's token; the call carried none")
+        return error_response(403, "user_token_required", exc.reason)
+
+    @app.exception_handler(ConfluenceError)
+    def confluence_refused(exc: ConfluenceError) -> Response[Any]:
+        logger.warning("Confluence refused a request", extra={"status": exc.status, "trace_id": exc.trace_id})
+        return error_response(502, "confluence_error", exc.reason)
+
+    @app.exception_handler(RetryLater)
+    def not_now(exc: RetryLater) -> Response[Any]:
+        # No token valid long enough, rate limited, Confluence down: reasons name no secret.
+        logger.warning("request cannot be answered now", extra={"reason": exc.reason})
+        retry_after = str(max(1, min(int(exc.delay_s) or retry_after_s, 300)))
+        return error_response(503, "unavailable", exc.reason, {"Retry-After": retry_after})
 
     @app.exception_handler([BotoCoreError, ClientError, ServiceUnavailable])
     def unavailable(exc: Exception) -> Response[Any]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from forge_remote.errors import BadJobRequest, ServiceUnavailable
-from forge_remote.keys import INSTALLATION_ID_PATTERN
+from forge_remote.keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
 from forge_remote.payloads import MAX_JSON_DEPTH, json_depth
 
 if TYPE_CHECKING:
@@ -48,15 +48,19 @@ class JobRequest:
     args: dict[str, Any] = field(default_factory=dict)
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempt: int = 0
+    requested_by: str | None = None  # the account that asked for it from the UI (personal data)
 
     def to_detail(self) -> dict[str, Any]:
-        return {
+        detail: dict[str, Any] = {
             "job": self.job,
             "installationId": self.installation_id,
             "args": self.args,
             "requestId": self.request_id,
             "attempt": self.attempt,
         }
+        if self.requested_by:
+            detail["requestedBy"] = self.requested_by
+        return detail
 
     @classmethod
     def from_detail(cls, detail: Any) -> JobRequest:
@@ -73,12 +77,18 @@ class JobRequest:
             raise BadJobRequest("job request args is not an object")
         if not isinstance(attempt, int) or isinstance(attempt, bool) or attempt < 0:
             attempt = 0
+        requested_by = detail.get("requestedBy")
+        if requested_by is not None and not (
+            isinstance(requested_by, str) and ACCOUNT_ID_PATTERN.fullmatch(requested_by)
+        ):
+            raise BadJobRequest("job request has an invalid requestedBy")
         return cls(
             job=job,
             installation_id=installation_id,
             args=args,
             request_id=request_id if isinstance(request_id, str) and 0 < len(request_id) <= 128 else uuid.uuid4().hex,
             attempt=attempt,
+            requested_by=requested_by,
         )
 
     @classmethod
