@@ -1,43 +1,61 @@
 """A Confluence Cloud emulator on loopback: the endpoints the jobs use, in the documented shapes.
 
-v1 ``GET /wiki/rest/api/content/search`` (a CQL subset, opaque cursors, ``_links.next`` without the
-``/wiki`` prefix), v2 ``GET /wiki/api/v2/pages/{id}`` and ``GET /wiki/api/v2/spaces?keys=``
-(``_links.next`` with ``/wiki``, plus a ``Link`` header), all under ``/ex/confluence/<cloudId>``
-like ``api.atlassian.com``. Shapes follow Atlassian's OpenAPI descriptions (``shared/reference``;
-the tests validate against them). Every request's token is checked: missing, revoked or expired
-(JWT ``exp`` against ``forge_remote.clock``) is refused with 401, or with 403 on v1 and 404 on v2
-paths in ``expired_token_status="v1-403-v2-404"`` mode. Faults are switchable (``fail_next``,
-``delay_s``). Used by the tests, the local stack and the benchmarks::
+v1 ``GET /wiki/rest/api/content/search`` (CQL as ``local/cql_eval.py`` reads it, opaque cursors,
+``_links.next`` without the ``/wiki`` prefix), v1 ``GET /wiki/rest/api/user/current``, v2
+``GET /wiki/api/v2/pages/{id}`` and ``GET /wiki/api/v2/spaces?keys=`` (``_links.next`` with ``/wiki``,
+plus a ``Link`` header), all under ``/ex/confluence/<cloudId>`` like ``api.atlassian.com``. Shapes follow
+Atlassian's OpenAPI descriptions (``shared/reference``; the tests validate against them). Every
+request's token is checked: missing, revoked or expired (JWT ``exp`` against ``forge_remote.clock``) is
+refused with 401, or with 403 on v1 and 404 on v2 paths in ``expired_token_status="v1-403-v2-404"``
+mode. Faults are switchable (``fail_next``, ``delay_s``). Used by the tests, the local stack and the
+benchmarks::
 
     with ConfluenceEmulator() as confluence:
         confluence.add_space("ENG", "Engineering")
-        confluence.add_page("ENG", "Release notes")
+        confluence.add_page("ENG", "Release notes", labels=["audit"])
         api_base_url = confluence.api_base_url
+
+Who is calling is the token's ``sub`` claim, read without verifying the signature (the token
+validator decides whether the token is good; this only says whose it is): ``app`` (what
+``ForgeEmulator.app_token()`` mints), or no readable ``sub`` at all, is the app; anything else is a
+user's accountId (``ForgeEmulator.app_token(subject=accountId)``). ``restrict_space`` makes a space's
+pages visible only to some users (and the app); searches, page reads and space listings answer as
+Confluence does for content the caller cannot view: left out, or a 404. ``set_admins`` names the
+Confluence administrators ``user/current?expand=operations`` reports.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import html
 import json
+import logging
 import re
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 import jwt
 from werkzeug.wrappers import Request, Response
 
 from forge_remote import clock
+from local.cql_eval import CqlError, CqlQuery, Document, parse_cql
 from local.loopback import LoopbackServer
+
+__all__ = ["AUTHOR_ID", "ConfluenceEmulator", "CqlError", "CqlQuery", "Fault", "Viewer", "parse_cql"]
+
+logger = logging.getLogger(__name__)
 
 EXPIRED_TOKEN_MODES = ("401", "v1-403-v2-404")
 AUTHOR_ID = "557058:0f6d1c5e-emulator"
+APP_SUBJECT = "app"  # the ``sub`` of ForgeEmulator.app_token() without a subject
+APP_DISPLAY_NAME = "Forge app (emulated)"
 _PREFIX = re.compile(r"/ex/confluence/(?P<cloud>[^/]+)/wiki(?P<rest>/.*)")
 
 
@@ -50,6 +68,15 @@ def jwt_not_expired(token: str) -> bool:
     return isinstance(exp, int | float) and not isinstance(exp, bool) and exp > clock.now()
 
 
+def token_subject(token: str) -> str | None:
+    """The ``sub`` claim of a JWT, unverified (whose token it is, not whether it is good)."""
+    try:
+        subject = jwt.decode(token, options={"verify_signature": False}).get("sub")
+    except jwt.PyJWTError:
+        return None
+    return subject if isinstance(subject, str) and subject else None
+
+
 @dataclass(frozen=True)
 class Fault:
     """One queued failure (see ``ConfluenceEmulator.fail_next``)."""
@@ -57,6 +84,14 @@ class Fault:
     status: int
     retry_after: str | None = None
     ratelimit_reset: str | None = None
+
+
+@dataclass(frozen=True)
+class Viewer:
+    """Who a request acts as: the app, or a user by accountId."""
+
+    account_id: str
+    is_app: bool
 
 
 class ConfluenceEmulator:
@@ -71,6 +106,7 @@ class ConfluenceEmulator:
         expired_token_status: str = "401",
         delay_s: float = 0.0,
         port: int = 0,
+        app_subjects: Iterable[str] = (APP_SUBJECT,),
     ) -> None:
         if expired_token_status not in EXPIRED_TOKEN_MODES:
             raise ValueError(f"expired_token_status must be one of {EXPIRED_TOKEN_MODES}")
@@ -80,7 +116,12 @@ class ConfluenceEmulator:
         self.delay_s = delay_s  # every response waits this long (timeout tests)
         self.spaces: dict[str, dict[str, Any]] = {}
         self.pages: dict[int, dict[str, Any]] = {}
+        self.users: dict[str, str] = {AUTHOR_ID: "Emulator"}  # accountId -> displayName
         self.requests_seen: list[tuple[str, str, dict[str, str], str | None]] = []
+        self._app_subjects = frozenset(app_subjects)
+        self._space_viewers: dict[str, frozenset[str]] = {}  # restricted space key -> who may see it
+        self._admins: frozenset[str] = frozenset()
+        self._documents: dict[int, tuple[int, Document]] = {}  # page id -> (version, Document)
         self._validate = token_validator or jwt_not_expired
         self._revoked: set[str] = set()
         self._faults: list[Fault] = []
@@ -110,7 +151,7 @@ class ConfluenceEmulator:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    # -- state
+    # -- content
     def _new_id(self) -> int:
         with self._lock:
             self._next_id += 1
@@ -126,13 +167,31 @@ class ConfluenceEmulator:
             return dict(space)
 
     def add_page(
-        self, space_key: str, title: str, body: str = "<p>Hello</p>", last_modified: datetime | None = None
+        self,
+        space_key: str,
+        title: str,
+        body: str = "<p>Hello</p>",
+        last_modified: datetime | None = None,
+        *,
+        labels: Iterable[str] = (),
+        parent_id: int | None = None,
+        creator: str = AUTHOR_ID,
+        contributors: Iterable[str] = (),
+        created: datetime | None = None,
     ) -> dict[str, Any]:
-        """A current page at version 1; returns a copy of its record (``id`` is an int)."""
+        """A current page at version 1; returns a copy of its record (``id`` is an int).
+
+        ``parent_id`` is another page of the space (default: the space's homepage, as for a page
+        created at the top of the space tree). ``contributors`` are editors besides ``creator``; the
+        last one is the page's last modifier. ``created`` defaults to ``last_modified``, which
+        defaults to now on the stack's clock.
+        """
         when = _aware(last_modified) if last_modified else datetime.fromtimestamp(clock.now(), UTC)
+        editors = _unique([creator, *contributors])
         with self._lock:
             if space_key not in self.spaces:
                 raise KeyError(f"no space {space_key}")
+            parent = self._parent_in(space_key, parent_id)
             page_id = self._new_id()
             page: dict[str, Any] = {
                 "id": page_id,
@@ -140,24 +199,126 @@ class ConfluenceEmulator:
                 "title": title,
                 "body": body,
                 "version": 1,
-                "created": when,
+                "created": _aware(created) if created else when,
                 "lastModified": when,
+                "labels": _labels(labels),
+                "parentId": parent,
+                "creator": creator,
+                "contributors": editors,
+                "lastModifier": editors[-1],
             }
             self.pages[page_id] = page
             return dict(page)
 
     def update_page(
-        self, page_id: int, *, title: str | None = None, body: str | None = None, last_modified: datetime | None = None
+        self,
+        page_id: int,
+        *,
+        title: str | None = None,
+        body: str | None = None,
+        last_modified: datetime | None = None,
+        by: str | None = None,
+        labels: Iterable[str] | None = None,
     ) -> dict[str, Any]:
-        """A new version of a page (number + 1); returns a copy of its record."""
+        """A new version of a page (number + 1), edited ``by`` an accountId (default: the last
+        modifier), who becomes a contributor; ``labels`` replaces the labels. Returns a copy."""
         with self._lock:
             page = self.pages[int(page_id)]
             page["version"] += 1
             page["title"] = title if title is not None else page["title"]
             page["body"] = body if body is not None else page["body"]
             page["lastModified"] = _aware(last_modified) if last_modified else datetime.fromtimestamp(clock.now(), UTC)
+            page["lastModifier"] = by or page["lastModifier"]
+            page["contributors"] = _unique([*page["contributors"], page["lastModifier"]])
+            if labels is not None:
+                page["labels"] = _labels(labels)
             return dict(page)
 
+    def _parent_in(self, space_key: str, parent_id: int | None) -> int:
+        """The parent a new page gets: the space's homepage, or ``parent_id`` if it is in the space."""
+        homepage = int(self.spaces[space_key]["homepageId"])
+        if parent_id is None or parent_id == homepage:
+            return homepage
+        parent = self.pages.get(parent_id)
+        if parent is None or parent["spaceKey"] != space_key:
+            raise KeyError(f"no page {parent_id} in space {space_key}")
+        return parent_id
+
+    def _ancestors(self, page: dict[str, Any]) -> tuple[int, ...]:
+        """The page's ancestors, the homepage first and its parent last (parents exist before
+        their children and pages never move, so the walk ends at the homepage)."""
+        chain = [int(page["parentId"])]
+        while chain[-1] in self.pages:
+            chain.append(int(self.pages[chain[-1]]["parentId"]))
+        return tuple(reversed(chain))
+
+    def _document(self, page: dict[str, Any]) -> Document:
+        """What CQL sees of a page record. Searches read every page, so it is rebuilt only for a new
+        version: ``add_page``/``update_page`` are how records change (a version each time)."""
+        cached = self._documents.get(page["id"])
+        if cached is not None and cached[0] == page["version"]:
+            return cached[1]
+        document = Document(
+            id=page["id"],
+            space_key=page["spaceKey"],
+            title=page["title"],
+            text=_plain_text(page["body"]),
+            labels=frozenset(page["labels"]),
+            ancestors=self._ancestors(page),
+            creator=page["creator"],
+            contributors=frozenset(page["contributors"]),
+            created=page["created"],
+            last_modified=page["lastModified"],
+        )
+        self._documents[page["id"]] = (page["version"], document)
+        return document
+
+    # -- users and what they may see
+    def add_user(self, account_id: str, display_name: str) -> None:
+        """Name a user (``displayName`` in ``user/current`` and in versions they made)."""
+        with self._lock:
+            self.users[account_id] = display_name
+
+    def restrict_space(self, space_key: str, account_ids: Iterable[str] | None) -> None:
+        """Only ``account_ids`` (and the app) may see ``space_key`` and its pages from now on;
+        ``None`` lifts the restriction. Replaces any earlier list."""
+        with self._lock:
+            if space_key not in self.spaces:
+                raise KeyError(f"no space {space_key}")
+            if account_ids is None:
+                self._space_viewers.pop(space_key, None)
+            else:
+                self._space_viewers[space_key] = frozenset(account_ids)
+
+    def set_admins(self, account_ids: Iterable[str]) -> None:
+        """These users (and no others) are Confluence administrators. Administration is reported by
+        ``user/current``; it does not open restricted spaces (Confluence Cloud administrators
+        recover space permissions explicitly rather than seeing everything)."""
+        with self._lock:
+            self._admins = frozenset(account_ids)
+
+    def viewer(self, token: str) -> Viewer:
+        """Who ``token`` acts as (see the module docstring)."""
+        subject = token_subject(token)
+        if subject is None or subject in self._app_subjects:
+            return Viewer(subject or APP_SUBJECT, is_app=True)
+        return Viewer(subject, is_app=False)
+
+    def may_see(self, viewer: Viewer, space_key: str) -> bool:
+        """Whether ``viewer`` may see the space ``space_key`` and its pages."""
+        with self._lock:
+            allowed = self._space_viewers.get(space_key)
+        return viewer.is_app or allowed is None or viewer.account_id in allowed
+
+    def _display_name(self, account_id: str) -> str:
+        if account_id in self._app_subjects:
+            return self.users.get(account_id, APP_DISPLAY_NAME)
+        return self.users.get(account_id, f"Emulated user {account_id}")
+
+    def _account_type(self, account_id: str) -> str:
+        return "app" if account_id in self._app_subjects else "atlassian"
+
+    # -- tokens and faults
     def revoke(self, token: str) -> None:
         """Refuse ``token`` from now on, whatever its ``exp``."""
         with self._lock:
@@ -207,13 +368,19 @@ class ConfluenceEmulator:
             return _fault(fault)
         if rest is None:
             return _json(404, {"code": 404, "message": "Not Found"})
+        return self._route(request, rest, self.viewer(token))
+
+    def _route(self, request: Request, rest: str, viewer: Viewer) -> Response:
+        """An authenticated request's answer, by its path below ``/wiki``."""
         if request.method == "GET":
             if rest == "/rest/api/content/search":
-                return self._search(request)
+                return self._search(request, viewer)
+            if rest == "/rest/api/user/current":
+                return self._current_user(request, viewer)
             if rest == "/api/v2/spaces":
-                return self._spaces(request)
+                return self._spaces(request, viewer)
             if (found := re.fullmatch(r"/api/v2/pages/([^/]+)", rest)) is not None:
-                return self._page(found.group(1), request)
+                return self._page(found.group(1), request, viewer)
         if rest.startswith("/api/v2/"):
             return _v2_error(404, "NOT_FOUND", "Not Found")
         return _v1_error(404, f"No resource at {rest} in the emulator")
@@ -222,7 +389,7 @@ class ConfluenceEmulator:
         return f"{request.host_url.rstrip('/')}/ex/confluence/{self.cloud_id}/wiki"
 
     # -- v1 content search
-    def _search(self, request: Request) -> Response:
+    def _search(self, request: Request, viewer: Viewer) -> Response:
         cql = request.args.get("cql", "")
         limit = _int_arg(request.args.get("limit"), 25)
         offset = _decode_cursor(request.args.get("cursor"))
@@ -231,15 +398,18 @@ class ConfluenceEmulator:
         try:
             query = parse_cql(cql)
         except CqlError as exc:
-            return _v1_error(400, f"Could not parse cql : {cql}", {"errors": [{"message": {"key": str(exc)}}]})
-        with self._lock:
-            found = [dict(p) for p in self.pages.values() if query.matches(p)]
-            spaces = {key: dict(space) for key, space in self.spaces.items()}
-        field, desc = query.order or ("id", False)
-        found.sort(key=lambda p: _field_value(p, field), reverse=desc)
+            # Confluence's body does not say what was wrong; the emulator's log does.
+            logger.warning("Confluence emulator: CQL refused (%s): %s", exc, cql)
+            return _cql_error(cql)
         limit = max(1, min(limit, self.page_size_cap))
-        window = found[offset : offset + limit]
-        expand = {e.strip() for e in request.args.get("expand", "").split(",") if e.strip()}
+        with self._lock:
+            seen_spaces = {key for key in self.spaces if self.may_see(viewer, key)}
+            documents = (self._document(p) for p in self.pages.values() if p["spaceKey"] in seen_spaces)
+            found = query.sorted(d for d in documents if query.matches(d, viewer.account_id))
+            window = [dict(self.pages[d.id]) for d in found[offset : offset + limit]]
+            spaces = {key: dict(space) for key, space in self.spaces.items()}
+            names = {p["id"]: self._display_name(p["lastModifier"]) for p in window}
+        expand = _expand(request)
         base = self._wiki_base(request)
         links = {"base": base, "context": "/wiki", "self": f"{base}/rest/api/content/search?{urlencode({'cql': cql})}"}
         if offset + limit < len(found):
@@ -247,11 +417,22 @@ class ConfluenceEmulator:
             if expand:
                 query_args["expand"] = ",".join(sorted(expand))
             links["next"] = f"/rest/api/content/search?{urlencode(query_args)}"  # v1: no /wiki prefix
-        results = [_content_v1(p, spaces[p["spaceKey"]], expand, base) for p in window]
+        results = [
+            _content_v1(p, spaces[p["spaceKey"]], expand, base, _by(p, names[p["id"]], self._account_type))
+            for p in window
+        ]
         return _json(200, {"results": results, "start": offset, "limit": limit, "size": len(results), "_links": links})
 
+    # -- v1 user
+    def _current_user(self, request: Request, viewer: Viewer) -> Response:
+        with self._lock:
+            name = self._display_name(viewer.account_id)
+            admin = not viewer.is_app and viewer.account_id in self._admins
+        operations = _operations(viewer, admin=admin) if "operations" in _expand(request) else None
+        return _json(200, _user_v1(viewer, name, operations, self._wiki_base(request)))
+
     # -- v2
-    def _page(self, raw_id: str, request: Request) -> Response:
+    def _page(self, raw_id: str, request: Request, viewer: Viewer) -> Response:
         body_format = request.args.get("body-format")
         if not raw_id.isascii() or not raw_id.isdigit():
             return _v2_error(400, "INVALID_REQUEST_PARAMETER", "Invalid page id")
@@ -260,11 +441,12 @@ class ConfluenceEmulator:
         with self._lock:
             page = dict(self.pages.get(int(raw_id)) or {})
             space = dict(self.spaces[page["spaceKey"]]) if page else {}
-        if not page:
+        # A page the caller may not view is a 404, the same answer as no page (v2 OpenAPI, 404).
+        if not page or not self.may_see(viewer, page["spaceKey"]):
             return _v2_error(404, "NOT_FOUND", "Not Found")
         return _json(200, _page_v2(page, space, body_format, self._wiki_base(request)))
 
-    def _spaces(self, request: Request) -> Response:
+    def _spaces(self, request: Request, viewer: Viewer) -> Response:
         keys = [k for k in request.args.get("keys", "").split(",") if k]
         limit = _int_arg(request.args.get("limit"), 25)
         offset = _decode_cursor(request.args.get("cursor"))
@@ -272,7 +454,12 @@ class ConfluenceEmulator:
             return _v2_error(400, "INVALID_REQUEST_PARAMETER", "limit, keys or cursor is not valid")
         with self._lock:
             found = sorted(
-                (dict(s) for s in self.spaces.values() if not keys or s["key"] in keys), key=lambda s: s["id"]
+                (
+                    dict(s)
+                    for s in self.spaces.values()
+                    if (not keys or s["key"] in keys) and self.may_see(viewer, s["key"])
+                ),
+                key=lambda s: s["id"],
             )
         limit = min(limit, self.page_size_cap)
         window = found[offset : offset + limit]
@@ -288,11 +475,13 @@ class ConfluenceEmulator:
         return _json(200, {"results": [_space_v2(s) for s in window], "_links": links}, headers)
 
 
-# -- response shapes (OpenAPI: v1 Content / ContentArray, v2 PageSingle / Space / MultiEntityResult)
+# -- response shapes (OpenAPI: v1 Content / ContentArray / User, v2 PageSingle / Space / MultiEntityResult)
 _BODY_FORMATS = frozenset({"storage", "atlas_doc_format", "view", "export_view", "anonymous_export_view"})
 
 
-def _content_v1(page: dict[str, Any], space: dict[str, Any], expand: set[str], base: str) -> dict[str, Any]:
+def _content_v1(
+    page: dict[str, Any], space: dict[str, Any], expand: set[str], base: str, by: dict[str, str]
+) -> dict[str, Any]:
     content: dict[str, Any] = {
         "id": str(page["id"]),
         "type": "page",
@@ -320,7 +509,7 @@ def _content_v1(page: dict[str, Any], space: dict[str, Any], expand: set[str], b
         content["_expandable"]["space"] = f"/rest/api/space/{space['key']}"
     if "version" in expand:
         content["version"] = {
-            "by": {"type": "known", "accountId": AUTHOR_ID, "accountType": "atlassian", "displayName": "Emulator"},
+            "by": by,
             "when": _iso(page["lastModified"]),
             "message": "",
             "number": page["version"],
@@ -352,17 +541,17 @@ def _page_v2(page: dict[str, Any], space: dict[str, Any], body_format: str | Non
         "status": "current",
         "title": page["title"],
         "spaceId": str(space["id"]),
-        "parentId": str(space["homepageId"]),
+        "parentId": str(page["parentId"]),
         "parentType": "page",
         "position": None,
-        "authorId": AUTHOR_ID,
+        "authorId": page["creator"],
         "createdAt": _iso(page["created"]),
         "version": {
             "createdAt": _iso(page["lastModified"]),
             "message": "",
             "number": page["version"],
             "minorEdit": False,
-            "authorId": AUTHOR_ID,
+            "authorId": page["lastModifier"],
         },
         "body": body,
         "_links": {
@@ -388,198 +577,72 @@ def _space_v2(space: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-# -- a CQL subset: enough for the jobs' queries, strict about what it does not know
-class CqlError(ValueError):
-    """CQL the emulator cannot parse or does not support (answered 400, like Confluence)."""
+def _by(page: dict[str, Any], display_name: str, account_type: Callable[[str], str]) -> dict[str, str]:
+    """v1 ``version.by``: the page's last modifier as a known user."""
+    modifier = str(page["lastModifier"])
+    return {"type": "known", "accountId": modifier, "accountType": account_type(modifier), "displayName": display_name}
 
 
-Page = dict[str, Any]
-Predicate = Callable[[Page], bool]
-_FIELDS = frozenset({"type", "space", "space.key", "id", "title", "lastmodified", "created"})
-_CQL_TOKEN = re.compile(
-    r'\s*(?:(?P<str>"(?:\\.|[^"\\])*")|(?P<op>!=|>=|<=|!~|=|<|>|~|\(|\)|,)|(?P<word>[A-Za-z0-9_.:-]+))', re.S
-)
-
-
-@dataclass(frozen=True)
-class CqlQuery:
-    """A parsed query: a predicate over page records, and an optional ``order by``."""
-
-    matches: Predicate
-    order: tuple[str, bool] | None
-
-
-def _cql_tokens(cql: str) -> list[tuple[str, str]]:
-    tokens, pos = [], 0
-    while cql[pos:].strip():
-        found = _CQL_TOKEN.match(cql, pos)
-        if found is None:
-            raise CqlError(f"could not parse CQL near position {pos}")
-        kind = found.lastgroup or ""
-        text = found.group(kind)
-        if kind == "str":
-            text = re.sub(r"\\(.)", r"\1", text[1:-1], flags=re.S)
-        tokens.append((kind, text))
-        pos = found.end()
-    return tokens
-
-
-def parse_cql(cql: str) -> CqlQuery:
-    """Parse ``type = page``, ``space in (...)``, ``id = N``, ``lastmodified >= "..."``, and/or/not, order by."""
-    parser = _CqlParser(_cql_tokens(cql))
-    matches = parser.expression()
-    order = parser.order_by()
-    leftover = parser.peek()
-    if leftover is not None:
-        raise CqlError(f"unexpected {leftover[1]!r}")
-    return CqlQuery(matches, order)
-
-
-class _CqlParser:
-    def __init__(self, tokens: list[tuple[str, str]]) -> None:
-        self.tokens = tokens
-        self.i = 0
-
-    def peek(self) -> tuple[str, str] | None:
-        return self.tokens[self.i] if self.i < len(self.tokens) else None
-
-    def keyword(self, *words: str) -> str | None:
-        token = self.peek()
-        if token is not None and token[0] == "word" and token[1].lower() in words:
-            self.i += 1
-            return token[1].lower()
-        return None
-
-    def take(self, expected: str | None = None) -> tuple[str, str]:
-        token = self.peek()
-        if token is None:
-            raise CqlError("unexpected end of CQL")
-        if expected is not None and token[1] != expected:
-            raise CqlError(f"expected {expected!r}, got {token[1]!r}")
-        self.i += 1
-        return token
-
-    def expression(self) -> Predicate:
-        left = self.term()
-        while self.keyword("or"):
-            left = _either(left, self.term())
-        return left
-
-    def term(self) -> Predicate:
-        left = self.factor()
-        while self.keyword("and"):
-            left = _both(left, self.factor())
-        return left
-
-    def factor(self) -> Predicate:
-        if self.keyword("not"):
-            return _negate(self.factor())
-        if self.peek() == ("op", "("):
-            self.take("(")
-            inner = self.expression()
-            self.take(")")
-            return inner
-        kind, field = self.take()
-        if kind != "word" or field.lower() not in _FIELDS:
-            raise CqlError(f"unsupported CQL field {field!r}")
-        field = "space" if field.lower() == "space.key" else field.lower()
-        negate = self.keyword("not") is not None
-        if self.keyword("in"):
-            values = self.values()
-            return lambda page: (str(_field_value(page, field)) in values) != negate
-        if negate:
-            raise CqlError("expected 'in' after 'not'")
-        kind, op = self.take()
-        if kind != "op":
-            raise CqlError(f"unsupported CQL operator {op!r}")
-        kind, value = self.take()
-        if kind not in ("str", "word"):
-            raise CqlError(f"expected a value, got {value!r}")
-        return _compare(field, op, value)
-
-    def values(self) -> set[str]:
-        self.take("(")
-        values = set()
-        while True:
-            kind, value = self.take()
-            if kind not in ("str", "word"):
-                raise CqlError(f"expected a value, got {value!r}")
-            values.add(value)
-            separator = self.take()[1]
-            if separator == ")":
-                return values
-            if separator != ",":
-                raise CqlError(f"expected ',' or ')', got {separator!r}")
-
-    def order_by(self) -> tuple[str, bool] | None:
-        if not self.keyword("order"):
-            return None
-        if not self.keyword("by"):
-            raise CqlError("expected 'by' after 'order'")
-        kind, field = self.take()
-        if kind != "word" or field.lower() not in _FIELDS:
-            raise CqlError(f"cannot order by {field!r}")
-        direction = self.keyword("asc", "desc")
-        return ("space" if field.lower() == "space.key" else field.lower(), direction == "desc")
-
-
-def _either(a: Predicate, b: Predicate) -> Predicate:
-    return lambda page: a(page) or b(page)
-
-
-def _both(a: Predicate, b: Predicate) -> Predicate:
-    return lambda page: a(page) and b(page)
-
-
-def _negate(a: Predicate) -> Predicate:
-    return lambda page: not a(page)
-
-
-def _field_value(page: Page, field: str) -> Any:
-    values = {
-        "type": "page",
-        "space": page["spaceKey"],
-        "id": page["id"],
-        "title": page["title"],
-        "lastmodified": page["lastModified"],
-        "created": page["created"],
+def _user_v1(viewer: Viewer, display_name: str, operations: list[dict[str, str]] | None, base: str) -> dict[str, Any]:
+    """v1 ``User`` as ``GET /rest/api/user/current`` answers it; ``operations`` only when expanded."""
+    user: dict[str, Any] = {
+        "type": "known",
+        "accountId": viewer.account_id,
+        "accountType": "app" if viewer.is_app else "atlassian",
+        "email": "",
+        "publicName": display_name,
+        "profilePicture": {"path": "/wiki/aa-avatar/default.png", "width": 48, "height": 48, "isDefault": True},
+        "displayName": display_name,
+        "isExternalCollaborator": False,
+        "_expandable": {"operations": "", "personalSpace": ""},
+        "_links": {
+            "base": base,
+            "context": "/wiki",
+            "self": f"{base}/rest/api/user?accountId={quote(viewer.account_id, safe='')}",
+        },
     }
-    return values[field]
+    if operations is not None:
+        user["operations"] = operations
+        del user["_expandable"]["operations"]
+    return user
 
 
-def _compare(field: str, op: str, raw: str) -> Predicate:
-    if field in ("lastmodified", "created"):
-        when = _cql_date(raw)
-        checks: dict[str, Callable[[datetime], bool]] = {
-            ">=": lambda d: d >= when,
-            ">": lambda d: d > when,
-            "<=": lambda d: d <= when,
-            "<": lambda d: d < when,
-            "=": lambda d: d.replace(second=0, microsecond=0) == when,
-        }
-        if op not in checks:
-            raise CqlError(f"unsupported date operator {op!r}")
-        check = checks[op]
-        return lambda page: check(_field_value(page, field))
-    if op in ("=", "!="):
-        return lambda page: (str(_field_value(page, field)) == raw) == (op == "=")
-    if op in ("~", "!~") and field == "title":
-        return lambda page: (raw.strip("*").lower() in page["title"].lower()) == (op == "~")
-    raise CqlError(f"unsupported operator {op!r} for {field}")
-
-
-def _cql_date(raw: str) -> datetime:
-    for layout in ("%Y-%m-%d %H:%M", "%Y/%m/%d %H:%M", "%Y-%m-%d", "%Y/%m/%d"):
-        try:
-            return datetime.strptime(raw, layout).replace(tzinfo=UTC)
-        except ValueError:
-            continue
-    raise CqlError(f"bad date {raw!r}")
+def _operations(viewer: Viewer, *, admin: bool) -> list[dict[str, str]]:
+    """Site-level operations (``OperationCheckResult``): every user may use Confluence and create
+    spaces; administrators may also administer it; the app may only use it."""
+    if viewer.is_app:
+        return [{"operation": "use", "targetType": "application"}]
+    granted = ["administer"] if admin else []
+    return [{"operation": op, "targetType": "application"} for op in [*granted, "use", "create_space"]]
 
 
 # -- plumbing
 def _aware(when: datetime) -> datetime:
     return when if when.tzinfo is not None else when.replace(tzinfo=UTC)
+
+
+def _unique(values: Iterable[str]) -> tuple[str, ...]:
+    """``values`` without repeats, in first-seen order."""
+    return tuple(dict.fromkeys(values))
+
+
+def _labels(labels: Iterable[str]) -> tuple[str, ...]:
+    """Labels as Confluence keeps them: lower-case, no blanks, no repeats."""
+    if isinstance(labels, str):
+        raise TypeError("labels is a list of labels, not one string")
+    return _unique(label.strip().lower() for label in labels if label.strip())
+
+
+_TAG = re.compile(r"<[^>]*>")
+
+
+def _plain_text(storage: str) -> str:
+    """The words of a storage-format body (tags dropped, entities decoded) for ``text ~``."""
+    return html.unescape(_TAG.sub(" ", storage))
+
+
+def _expand(request: Request) -> set[str]:
+    return {e.strip() for e in request.args.get("expand", "").split(",") if e.strip()}
 
 
 def _iso(when: datetime) -> str:
@@ -614,6 +677,14 @@ def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Resp
 def _v1_error(status: int, message: str, data: dict[str, Any] | None = None) -> Response:
     details = {"authorized": status != 403, "valid": status != 400, "errors": [], "successful": False}
     return _json(status, {"statusCode": status, "message": message, "data": {**details, **(data or {})}})
+
+
+def _cql_error(cql: str) -> Response:
+    """The 400 for CQL Confluence cannot run. The message is Confluence's ("Could not parse cql : "
+    and the query, atlassian-python-api#104); the ``data`` flags are as observed on Confluence Cloud
+    400s raised by its API service layer. Confluence does not say which part was wrong."""
+    data = {"authorized": True, "valid": True, "errors": [], "successful": True}
+    return _json(400, {"statusCode": 400, "message": f"Could not parse cql : {cql}", "data": data})
 
 
 def _v2_error(status: int, code: str, title: str) -> Response:
