@@ -1,7 +1,8 @@
 """Run the benchmark parts in order, then print one summary table (``make bench ARGS=--quick``).
 
 Parts: 1 cold (handler cold start), 2 fit (FIT verification), 3 warm (warm requests), 4 anchor (the
-naive pattern over a simulated day), 5 scale (scheduling 10,000 installations; worker throughput).
+naive pattern over a simulated day), 5 scale (scheduling 10,000 installations; worker throughput),
+6 offline (offline user token mints per 1,000 jobs, cached vs mint per job).
 A part that fails is reported as failed (and not met); the others still run.
 """
 
@@ -27,6 +28,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "warm": ("3. Warm requests through forge_triggers (in-process moto)", "bench.warm_requests"),
     "anchor": ("4. The anchor: the naive pattern over a simulated day", "bench.anchor"),
     "scale": ("5. Scale: scheduling and worker throughput", "bench.scale"),
+    "offline": ("6. Offline user tokens: mints per 1,000 jobs, cached vs mint per job", "bench.offline_tokens"),
 }
 
 

@@ -14,17 +14,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
-LAYER = Path(__file__).resolve().parents[1] / "layers" / "forge_remote"
-if str(LAYER) not in sys.path:
-    sys.path.insert(0, str(LAYER))  # `python -m local.demo` has no pytest pythonpath: Lambda's layer path
+import requests
 
-import requests  # noqa: E402
-
-from forge_remote import clock  # noqa: E402
-from local.forge_emulator import Site  # noqa: E402
-from local.runtime import LocalRuntime  # noqa: E402
+from forge_remote import clock  # installed in the venv from layers/forge_remote (see the Makefile)
+from local.forge_emulator import Site
+from local.runtime import LocalRuntime
 
 TOKEN_LIFETIME_S = 3 * 3600
 SILENCE_S = 4 * 3600  # no Forge call for four hours: longer than any token lives
@@ -49,7 +44,7 @@ def _stored_expiry(rt: LocalRuntime, site: Site) -> float | None:
 
 
 class Story:
-    """The six steps, each checking what it claims. State shared between steps lives here."""
+    """The seven steps, each checking what it claims. State shared between steps lives here."""
 
     def __init__(self, rt: LocalRuntime) -> None:
         self.rt = rt
@@ -62,6 +57,7 @@ class Story:
             (Step("4 h pass", "stored token expired"), self.time_passes),
             (Step("page updated", "job deferred: not sent, not lost"), self.page_updated),
             (Step("keepalive", "fresh token; deferred job succeeds"), self.keepalive),
+            (Step("as a user", "2 jobs as Alice: 1 token minted, only her pages"), self.as_a_user),
             (Step("uninstall", "no token left for the installation"), self.uninstall),
         ]
 
@@ -156,12 +152,44 @@ class Story:
             f"deferred job released and done ({report.succeeded}); snapshots v{versions}"
         )
 
+    def as_a_user(self) -> tuple[bool, str]:
+        """Offline user impersonation: a job acts as Alice (a token minted through the Forge emulator's
+        GraphQL gateway), so a space only Bob may open stays out of her digest; the next job reuses it."""
+        import boto3
+
+        from forge_remote.jobs import JobRequest, put_job_requests
+
+        alice, bob = "557058:demo-alice", "557058:demo-bob"
+        self.rt.confluence.add_space("SEC", "Security")
+        self.rt.confluence.add_page("SEC", "Incident review")
+        self.rt.confluence.restrict_space("SEC", [bob])
+        seen_before = len(self.rt.confluence.requests_seen)
+        requests_ = [
+            JobRequest(job="user-digest", installation_id=self.site.installation_id, requested_by=alice)
+            for _ in range(2)
+        ]
+        for request in requests_:  # one after the other: the second finds the first one's token cached
+            put_job_requests(boto3.client("events"), self.rt.stack.physical["JobsBus"], [request])
+            self.rt.poller.drain()
+        sent = {seen[3] for seen in self.rt.confluence.requests_seen[seen_before:]}
+        app_tokens = {
+            i["token"]["S"] for i in self.rt.token_items(self.site.installation_id) if i["sk"]["S"] == "SYSTEM"
+        }
+        (digest,) = self.rt.results(self.site.installation_id, "USER_DIGEST") or [{}]
+        spaces = sorted({p["spaceKey"] for p in digest.get("pages", [])})
+        minted = self.rt.forge.offline_mints[alice]
+        ok = minted == 1 and len(sent) == 1 and not sent & app_tokens and spaces == ["ENG"]
+        return ok, (
+            f"2 user-digest jobs as Alice: {minted} user token minted, {len(sent)} token sent to Confluence "
+            f"(the app's: {len(sent & app_tokens)}); her digest lists spaces {spaces} (SEC is Bob's)"
+        )
+
     def uninstall(self) -> tuple[bool, str]:
         response = self.rt.call("POST", "/forge/uninstall", self._headers("uninstall-endpoint"), {})
         left = self.rt.token_items(self.site.installation_id)
         deleted = response.json().get("tokensDeleted") if response.status_code == 200 else None
         return response.status_code == 200 and not left, (
-            f"preUninstall -> HTTP {response.status_code}; {deleted} token deleted, {len(left)} left"
+            f"preUninstall -> HTTP {response.status_code}; {deleted} tokens deleted (app + Alice's), {len(left)} left"
         )
 
     def play(self) -> list[Step]:

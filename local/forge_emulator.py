@@ -1,6 +1,13 @@
 """A Forge emulator: signs Forge Invocation Tokens with a dev key, serves its JWKS on loopback, and
 issues app tokens as JWTs with an ``exp``, the way Forge does (docs/protocol-facts.md, sections 1 and 2).
 
+It also serves Forge's GraphQL gateway for offline user impersonation (``POST /graphql``, the
+``offlineUserAuthToken`` mutation): authenticated with an app token this emulator issued and that has
+not expired on the stack's clock, it mints a user token (a JWT, ``sub`` = the account id, ``exp`` =
+now + ``offline_ttl_s``) and counts it. Failures are settable: an unknown user or one that cannot be
+impersonated (``offline_user_errors``), and the next answers' HTTP status (``fail_graphql_next``: 401,
+403, 429 with ``Retry-After``, 5xx).
+
 Used by the tests, the local stack (``make demo`` / ``make local``) and the benchmarks, so all three
 exercise the same protocol. Nothing here is imported by the deployed functions.
 """
@@ -8,8 +15,10 @@ exercise the same protocol. Nothing here is imported by the deployed functions.
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,12 +74,21 @@ class ForgeEmulator:
         self._token_key = _rsa_key()  # app tokens are signed too, by a key the backend never needs
         self.jwks_available = True
         self.jwks_fetches = 0
+        # Offline user impersonation (POST /graphql)
+        self.offline_ttl_s = 3600.0
+        self.offline_mints: Counter[str] = Counter()  # account id -> user tokens minted
+        self.offline_user_errors: dict[str, str] = {}  # account id -> one of OFFLINE_USER_ERRORS
+        self.graphql_requests: list[tuple[str | None, dict[str, Any]]] = []  # (bearer, variables) per POST
+        self._graphql_faults: list[tuple[int, str | None]] = []
+        self._lock = threading.Lock()
         self._server = LoopbackServer(self._wsgi, port)
 
-    # -- JWKS on loopback
+    # -- JWKS and GraphQL on loopback
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
-        if request.path != "/.well-known/jwks.json":
+        if request.path == "/graphql":
+            response = self._graphql(request)
+        elif request.path != "/.well-known/jwks.json":
             response = Response("not found", status=404)
         elif not self.jwks_available:
             response = Response("unavailable", status=503)
@@ -86,6 +104,103 @@ class ForgeEmulator:
     @property
     def jwks_url(self) -> str:
         return self._server.url + "/.well-known/jwks.json"
+
+    @property
+    def graphql_url(self) -> str:
+        """Where the offlineUserAuthToken mutation is served (``FORGE_GRAPHQL_URL`` for the local stack)."""
+        return self._server.url + "/graphql"
+
+    # -- offline user impersonation
+    def fail_graphql_next(self, n: int, status: int = 429, *, retry_after: str | None = None) -> None:
+        """Answer the next ``n`` GraphQL POSTs with HTTP ``status`` (401, 403, 429, 503, ...)."""
+        with self._lock:
+            self._graphql_faults.extend((status, retry_after) for _ in range(n))
+
+    def reset_graphql(self) -> None:
+        """Forget mints, requests, per-user failures and pending faults; back to the default ttl."""
+        with self._lock:
+            self.offline_ttl_s = 3600.0
+            self.offline_mints.clear()
+            self.offline_user_errors.clear()
+            self.graphql_requests.clear()
+            self._graphql_faults.clear()
+
+    @property
+    def offline_mint_count(self) -> int:
+        return sum(self.offline_mints.values())
+
+    def _app_token_ok(self, token: str | None) -> bool:
+        """An app token this emulator issued (its signature), not a user's, unexpired on the stack clock
+        (pyjwt's own time checks read wall time, which the stack's clock may be ahead of)."""
+        if not token:
+            return False
+        try:
+            claims = jwt.decode(
+                token,
+                self._token_key.public_key(),
+                algorithms=["RS256"],
+                options={"verify_exp": False, "verify_iat": False, "verify_nbf": False},
+            )
+        except jwt.InvalidTokenError:
+            return False
+        return claims.get("sub") == "app" and float(claims.get("exp", 0)) > clock.now()
+
+    def _graphql(self, request: Request) -> Response:
+        authorization = request.headers.get("Authorization", "")
+        scheme, _, credentials = authorization.partition(" ")
+        bearer = credentials.strip() if scheme.lower() == "bearer" else None
+        try:
+            document = json.loads(request.get_data(as_text=True) or "{}")
+        except ValueError:
+            document = {}
+        variables = document.get("variables") if isinstance(document, dict) else None
+        variables = variables if isinstance(variables, dict) else {}
+        with self._lock:
+            self.graphql_requests.append((bearer, variables))
+            fault = self._graphql_faults.pop(0) if self._graphql_faults else None
+        if request.method != "POST":
+            return _graphql_json(405, {"errors": [{"message": "POST only"}]})
+        if fault is not None:
+            status, retry_after = fault
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            return _graphql_json(status, {"errors": [{"message": f"emulated HTTP {status}"}]}, headers)
+        if not self._app_token_ok(bearer):
+            return _graphql_json(401, {"errors": [{"message": "Unauthorized", "extensions": {"statusCode": 401}}]})
+        query = document.get("query") if isinstance(document, dict) else None
+        payload = variables.get("input")
+        if not isinstance(query, str) or "offlineUserAuthToken" not in query or not isinstance(payload, dict):
+            return _graphql_json(
+                400, {"errors": [{"message": "Validation error: offlineUserAuthToken input expected"}]}
+            )
+        return self._offline_token(payload)
+
+    def _offline_token(self, payload: dict[str, Any]) -> Response:
+        account_id, context_ids = payload.get("userId"), payload.get("contextIds")
+        if not isinstance(account_id, str) or not isinstance(context_ids, list) or not context_ids:
+            return _graphql_result(False, "userId and contextIds are required")
+        failure = self.offline_user_errors.get(account_id)
+        if failure == "unknown-user":
+            return _graphql_result(False, f"User {account_id} was not found")
+        if failure == "not-allowed":
+            return _graphql_result(False, "This user cannot be impersonated (service accounts cannot be impersonated)")
+        if failure == "forbidden":
+            return _graphql_json(403, {"errors": [{"message": "Scope does not allow impersonation"}]})
+        with self._lock:
+            self.offline_mints[account_id] += 1
+        token = self.app_token(lifetime_s=self.offline_ttl_s, subject=account_id)
+        return _graphql_json(
+            200,
+            {
+                "data": {
+                    "offlineUserAuthToken": {
+                        "success": True,
+                        "errors": [],
+                        "authToken": {"token": token, "ttl": int(self.offline_ttl_s)},
+                    }
+                },
+                "extensions": {"gateway": {"request_id": str(uuid.uuid4())}},
+            },
+        )
 
     def stop(self) -> None:
         self._server.stop()
@@ -224,3 +339,16 @@ class ForgeEmulator:
         if retry_count is not None:
             event["retryContext"] = {"retryCount": retry_count, "retryReason": "FUNCTION_UPSTREAM_ERROR"}
         return {"payload": event} if wrapped else event
+
+
+OFFLINE_USER_ERRORS = ("unknown-user", "not-allowed", "forbidden")  # values of ForgeEmulator.offline_user_errors
+
+
+def _graphql_json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body), status=status, content_type="application/json", headers=headers or {})
+
+
+def _graphql_result(success: bool, message: str) -> Response:
+    """HTTP 200 with the mutation's own answer (how Forge reports a refusal it understood)."""
+    result = {"success": success, "errors": [{"message": message}], "authToken": None}
+    return _graphql_json(200, {"data": {"offlineUserAuthToken": result}})

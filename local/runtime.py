@@ -108,8 +108,10 @@ class LocalRuntime:
         parameters = {
             "ForgeAppId": self.forge.app_ari,
             "ForgeJwksUrl": PRODUCTION_JWKS_URL if self._production_jwks else jwks_url,
-            # The emulator is plain http on loopback: accepted only because this host:port is allowed.
-            "AllowedApiHosts": self._allowed_api_hosts or api_base_url.split("/")[2],
+            # The emulators are plain http on loopback: accepted only because these host:ports are allowed
+            # (Confluence's, and the Forge emulator's GraphQL gateway for offline user tokens).
+            "AllowedApiHosts": self._allowed_api_hosts or f"{api_base_url.split('/')[2]},{jwks_url.split('/')[2]}",
+            "ForgeGraphqlUrl": self.forge.graphql_url,
             "LogLevel": self._log_level,
         }
         if self._token_min_validity_s is not None:

@@ -46,6 +46,8 @@ runner = JobRunner(
     results=ResultStore(_dynamodb, settings.app_table),
     allowed_api_hosts=settings.allowed_api_hosts,
     min_validity_s=settings.token_min_validity_s,
+    graphql_url=settings.forge_graphql_url,
+    offline_token_context_id=settings.offline_token_context_id,
 )
 
 

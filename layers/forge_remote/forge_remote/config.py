@@ -19,6 +19,11 @@ PRODUCTION_JWKS_URL = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
 DEFAULT_ALLOWED_API_HOSTS = ("api.atlassian.com",)
 DEFAULT_TOKEN_MIN_VALIDITY_S = 600
+# Offline user impersonation (partly preview at Atlassian): where the offlineUserAuthToken mutation is
+# sent, and the context id it names. Both are settings because Atlassian may still move them.
+DEFAULT_FORGE_GRAPHQL_URL = "https://api.atlassian.com/graphql"
+DEFAULT_OFFLINE_TOKEN_CONTEXT_ID = "ari:cloud:confluence:{cloudId}:workspace/{cloudId}"  # noqa: S105 (an ARI)
+CLOUD_ID_PLACEHOLDER = "{cloudId}"
 # Settings some functions need and others do not (the template sets each where it is used).
 OPTIONAL_VARIABLES = {"jobs_bus": "JOBS_BUS", "jobs_queue_url": "JOBS_QUEUE_URL", "jobs_dlq_url": "JOBS_DLQ_URL"}
 
@@ -56,6 +61,26 @@ def jwks_url_setting(url: str) -> str:
     raise ConfigurationError(problem)
 
 
+def context_id_template(template: str) -> str:
+    """``OFFLINE_TOKEN_CONTEXT_ID``: an ARI naming ``{cloudId}``, with no other placeholder or space.
+
+    Checked at cold start so that a typo fails loudly; whether the GraphQL URL may receive the app
+    token is checked where it is used (``offline_tokens.py``), against ``ALLOWED_API_HOSTS``.
+    """
+    problem = "OFFLINE_TOKEN_CONTEXT_ID must be an ari:... template containing {cloudId}"
+    rest = template.replace(CLOUD_ID_PLACEHOLDER, "")
+    if (
+        not template.startswith("ari:")
+        or CLOUD_ID_PLACEHOLDER not in template
+        or len(template) > 300
+        or any(c in rest for c in "{}")
+        or not template.isascii()
+        or any(c.isspace() for c in template)
+    ):
+        raise ConfigurationError(problem)
+    return template
+
+
 def _required(env: Mapping[str, str], name: str) -> str:
     value = env.get(name, "").strip()
     if not value:
@@ -74,6 +99,8 @@ class Settings:
     jobs_dlq_url: str | None = None
     allowed_api_hosts: tuple[str, ...] = field(default=DEFAULT_ALLOWED_API_HOSTS)
     token_min_validity_s: int = DEFAULT_TOKEN_MIN_VALIDITY_S
+    forge_graphql_url: str = DEFAULT_FORGE_GRAPHQL_URL
+    offline_token_context_id: str = DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
 
     def required(self, name: str) -> str:
         """A setting only some functions need (``jobs_bus``, ``jobs_queue_url``, ``jobs_dlq_url``).
@@ -108,4 +135,8 @@ class Settings:
             jobs_dlq_url=env.get("JOBS_DLQ_URL", "").strip() or None,
             allowed_api_hosts=hosts or DEFAULT_ALLOWED_API_HOSTS,
             token_min_validity_s=validity,
+            forge_graphql_url=env.get("FORGE_GRAPHQL_URL", "").strip() or DEFAULT_FORGE_GRAPHQL_URL,
+            offline_token_context_id=context_id_template(
+                env.get("OFFLINE_TOKEN_CONTEXT_ID", "").strip() or DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
+            ),
         )

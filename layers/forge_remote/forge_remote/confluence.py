@@ -30,6 +30,7 @@ import requests
 
 from forge_remote.cql import Cql
 from forge_remote.errors import ConfluenceError, ConfluenceUnavailable, Forbidden, NotFound, RetryLater, TokenRejected
+from forge_remote.tokens import token_sha256
 from forge_remote.urls import require_allowed_api_base
 
 logger = logging.getLogger(__name__)
@@ -427,7 +428,8 @@ class ConfluenceClient:
     def _error(self, response: requests.Response, token: str) -> Exception:
         status, trace = response.status_code, _trace_id(response)
         if status == 401:
-            return TokenRejected(401, trace)
+            # Which token (its digest, never the token): the worker invalidates exactly that one.
+            return TokenRejected(401, trace, token_sha256=token_sha256(token))
         message = error_message(response, token)
         if status in (403, 404):
             return self._forbidden_or_expired(status, message, token, trace)
@@ -442,7 +444,7 @@ class ConfluenceClient:
         token can answer before blaming the content."""
         accepted = self._token_accepted(token)
         if accepted is False:
-            return TokenRejected(status, trace)
+            return TokenRejected(status, trace, token_sha256=token_sha256(token))
         if accepted is None:
             reason = f"Confluence HTTP {status} and the token check was inconclusive"
             return RetryLater(reason, INCONCLUSIVE_PROBE_DELAY_S)

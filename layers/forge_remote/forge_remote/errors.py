@@ -89,16 +89,32 @@ class TokenUnavailable(RetryLater):
 
 
 class TokenRejected(RetryLater):
-    """Confluence refused the token (401, or a 403/404 that a valid token would not get).
+    """A server refused the token (Confluence: 401, or a 403/404 that a valid token would not get;
+    Forge's GraphQL gateway: 401 to the app token a mint was authenticated with).
 
-    The worker invalidates exactly that token and retries once if a newer one is stored; if this
-    escapes, the job waits for the next delivery like any other ``RetryLater``.
+    ``token_sha256`` says which token it was (its digest, never the token), so the worker invalidates
+    exactly that one, whichever lease handed it out (the app's, or an offline user token's), and retries
+    once if a replacement can be had; if this escapes, the job waits like any other ``RetryLater``.
     """
 
-    def __init__(self, status: int, trace_id: str | None = None) -> None:
-        super().__init__(f"Confluence rejected the token (HTTP {status})")
+    def __init__(
+        self, status: int, trace_id: str | None = None, *, token_sha256: str | None = None, by: str = "Confluence"
+    ) -> None:
+        super().__init__(f"{by} rejected the token (HTTP {status})")
         self.status = status
         self.trace_id = trace_id
+        self.token_sha256 = token_sha256
+
+
+class OfflineTokenRefused(PermanentFailure):
+    """Forge will not mint an offline user token for this account, and asking again will not change it
+    (the user does not exist, cannot be impersonated, e.g. a service account, or a scope lacks
+    impersonation). The job goes to the DLQ: it never falls back to acting as the app."""
+
+
+class OfflineTokenUnavailable(RetryLater):
+    """No offline user token could be minted now (rate limited, Forge unreachable or failing, an
+    answer that could not be read): the job is deferred, never run as the app instead."""
 
 
 # -- Confluence -------------------------------------------------------------------------------------

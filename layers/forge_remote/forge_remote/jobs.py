@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-from forge_remote.errors import BadJobRequest, ServiceUnavailable
+from forge_remote.errors import BadJobRequest, ConfigurationError, ServiceUnavailable
 from forge_remote.keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
 from forge_remote.payloads import MAX_JSON_DEPTH, json_depth
 
@@ -110,17 +110,34 @@ class JobRequest:
 
 @dataclass(frozen=True)
 class JobContext:
-    """What a job gets: who it runs for, a ready Confluence client, and somewhere to put results."""
+    """What a job gets: who it runs for, a ready Confluence client (as the app), a way to act as a
+    given user (``confluence_as``), and somewhere to put results."""
 
     request: JobRequest
     api_base_url: str
     confluence: ConfluenceClient
     results: ResultStore
     remaining_ms: Callable[[], int]
+    # Set by the worker: builds a client acting as an account (offline user impersonation).
+    user_client_factory: Callable[[str], ConfluenceClient] | None = field(default=None, repr=False)
 
     @property
     def installation_id(self) -> str:
         return self.request.installation_id
+
+    def confluence_as(self, account_id: str) -> ConfluenceClient:
+        """A Confluence client acting as ``account_id``: Confluence answers with what that user may see.
+
+        Its token is an offline user token Forge mints for this account (cached per installation and
+        account under the token rules). It never falls back to the app's token: a user Forge will not
+        impersonate sends the job to the DLQ (``OfflineTokenRefused``), a mint that fails for now
+        defers it. ``BadJobRequest`` if ``account_id`` is not an account id.
+        """
+        if not isinstance(account_id, str) or not ACCOUNT_ID_PATTERN.fullmatch(account_id):
+            raise BadJobRequest("confluence_as needs an Atlassian account id")
+        if self.user_client_factory is None:
+            raise ConfigurationError("this context cannot act as a user (no offline token source)")
+        return self.user_client_factory(account_id)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@
 Both tables are keyed by two strings, ``pk`` and ``sk``. Everything kept about one installation
 shares the partition ``pk = INST#<installationId>``, so that one query finds all of it:
 
-- tokens table, ``sk = SYSTEM``: the app token; ``sk = USER#<accountId>``: a user's token (``tokens.py``);
+- tokens table, ``sk = SYSTEM``: the app token; ``sk = USER#<accountId>``: a user's token delivered
+  with a UI call (``tokens.py``); ``sk = OFFLINE#<accountId>``: an offline user token a job minted
+  (``offline_tokens.py``), kept apart from the UI's because its scopes differ;
 - app table, ``sk = INSTALLATION``: the registry item; ``sk = FIT#<jti>``: a FIT that acted on a
   destructive route (``installations.py``); ``sk = <KIND>#<key>``: a job result, e.g.
   ``SNAPSHOT#<pageId>#v<version>`` (``results.py``).
@@ -46,6 +48,18 @@ USER_TOKEN_SK_PREFIX = "USER#"  # noqa: S105 (a sort-key prefix)
 
 def user_token_sk(account_id: str) -> str:
     return f"{USER_TOKEN_SK_PREFIX}{account_id}"
+
+
+# Offline user tokens (minted through Forge's offlineUserAuthToken) act as the same account as a UI
+# user token but carry the impersonation scopes, not the UI call's: one never stands in for the other.
+OFFLINE_TOKEN_SK_PREFIX = "OFFLINE#"  # noqa: S105 (a sort-key prefix)
+
+
+def offline_token_sk(account_id: str) -> str:
+    """An offline user token minted for ``account_id``; ``ValueError`` if it is not an account id."""
+    if not ACCOUNT_ID_PATTERN.fullmatch(account_id):
+        raise ValueError("not an Atlassian account id")
+    return f"{OFFLINE_TOKEN_SK_PREFIX}{account_id}"
 
 
 def token_sk(account_id: str | None) -> str:

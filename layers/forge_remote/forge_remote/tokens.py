@@ -1,9 +1,9 @@
 """The token store: every Forge app token with its expiry, newest wins, never an expired one out.
 
-Items (tokens table, keys from ``keys.py``): ``pk = INST#<installationId>``, ``sk = SYSTEM`` or
-``USER#<accountId>``, with ``token``, ``tokenSha256``, ``expiresAt`` (epoch s, from the token's own
-``exp``), and ``ttl`` (expiry + grace) for DynamoDB's lazy TTL deletion. Reads check ``expiresAt``
-themselves.
+Items (tokens table, keys from ``keys.py``): ``pk = INST#<installationId>``, ``sk = SYSTEM``,
+``USER#<accountId>`` or ``OFFLINE#<accountId>`` (an offline user token, ``offline_tokens.py``), with
+``token``, ``tokenSha256``, ``expiresAt`` (epoch s, from the token's own ``exp``), and ``ttl``
+(expiry + grace) for DynamoDB's lazy TTL deletion. Reads check ``expiresAt`` themselves.
 """
 
 from __future__ import annotations
@@ -93,16 +93,21 @@ def _unverified_exp(token: str) -> float | None:
     return value if math.isfinite(value) and SANE_EXP_RANGE[0] <= value <= SANE_EXP_RANGE[1] else None
 
 
-def token_expiry(token: str, received_at: float) -> tuple[float, str]:
+def token_expiry(token: str, received_at: float, *, not_after: float | None = None) -> tuple[float, str]:
     """Expiry from the token's own ``exp`` (read unverified: we are not its audience), else a fallback.
 
     Clamped to Forge's 4 h maximum so a malformed claim can never make a token live forever; a claim
     that is not a sane number gets the conservative fallback lifetime, never an exception.
+    ``not_after`` is a bound the issuer told us separately (an offline token's ``ttl``): the earlier
+    of the two wins, and it stands in for a missing ``exp`` (still within the 4 h cap).
     """
     exp = _unverified_exp(token)
+    cap = received_at + MAX_TOKEN_LIFETIME_S
+    if not_after is not None and math.isfinite(not_after) and (exp is None or not_after < exp):
+        return min(not_after, cap), "ttl"
     if exp is None:
         return received_at + FALLBACK_LIFETIME_S, "fallback"
-    return min(exp, received_at + MAX_TOKEN_LIFETIME_S), "exp"
+    return min(exp, cap), "exp"
 
 
 class TokenStore:
@@ -142,16 +147,20 @@ class TokenStore:
         *,
         account_id: str | None = None,
         guard: TransactWriteItemTypeDef | None = None,
+        sk: str | None = None,
+        not_after: float | None = None,
     ) -> PutOutcome:
         """Store ``token`` unless the stored one expires no earlier (rules 1-3).
 
         ``guard`` is a transaction item written atomically with the token (the installation
-        registry's "still installed" update), so a token can never be stored after uninstall.
+        registry's "still installed" update, or a check of it), so a token can never be stored after
+        uninstall. ``sk`` overrides the key ``account_id`` implies (offline user tokens live under
+        ``OFFLINE#<accountId>``); ``not_after`` bounds the expiry (see ``token_expiry``).
         """
-        sk = token_sk(account_id)
+        sk = sk or token_sk(account_id)
         digest = token_sha256(token)
         now = clock.now()
-        expires_at, source = token_expiry(token, now)
+        expires_at, source = token_expiry(token, now, not_after=not_after)
         if expires_at <= now:
             logger.warning("received an already-expired %s token; not stored", "user" if account_id else "app")
             return PutOutcome.EXPIRED
@@ -199,11 +208,13 @@ class TokenStore:
             raise
         return PutOutcome.STORED
 
-    def get_valid(self, installation_id: str, min_validity_s: float, *, account_id: str | None = None) -> StoredToken:
+    def get_valid(
+        self, installation_id: str, min_validity_s: float, *, account_id: str | None = None, sk: str | None = None
+    ) -> StoredToken:
         """A token valid for at least ``min_validity_s`` more seconds, or ``TokenUnavailable`` (rule 4)."""
         item = self._client.get_item(
             TableName=self.table_name,
-            Key=self._key(installation_id, token_sk(account_id)),
+            Key=self._key(installation_id, sk or token_sk(account_id)),
             ConsistentRead=True,
         ).get("Item")
         if not item:
@@ -219,9 +230,11 @@ class TokenStore:
             raise TokenUnavailable(installation_id, f"stored token is valid for less than {min_validity_s:.0f}s")
         return stored
 
-    def invalidate(self, installation_id: str, token: str, *, account_id: str | None = None) -> bool:
+    def invalidate(
+        self, installation_id: str, token: str, *, account_id: str | None = None, sk: str | None = None
+    ) -> bool:
         """Remove exactly this token (rule 5). False if the store already holds another one."""
-        sk = token_sk(account_id)
+        sk = sk or token_sk(account_id)
         self.write_count += 1
         try:
             self._client.delete_item(
@@ -257,7 +270,8 @@ class TokenStore:
         return states
 
     def delete_installation(self, installation_id: str) -> int:
-        """Delete every token of an installation (uninstall). Returns how many items were deleted."""
+        """Delete every token of an installation (uninstall): every item under its partition, so the
+        app token, UI user tokens and cached offline user tokens alike. Returns how many were deleted."""
         keys: list[dict[str, Any]] = []
         paginator = self._client.get_paginator("query")
         for page in paginator.paginate(

@@ -2,8 +2,9 @@
 
 ``JobRunner.run`` takes a validated request and returns an ``Outcome``: done; deferred (no valid
 token, rate limited, out of time: the message comes back later with a growing delay); or dead
-(can never succeed: straight to the DLQ). A token Confluence rejects is invalidated exactly, and
-the job is retried once if a newer token is stored.
+(can never succeed: straight to the DLQ). A token a server rejects is invalidated exactly (the app's,
+or the offline user token of the account the job acted as), and the job is retried once if another
+token can be had (a newer stored app token; a fresh mint for a user).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected, TokenUnavailable
-from forge_remote.installations import InstallationRegistry
+from forge_remote.config import DEFAULT_FORGE_GRAPHQL_URL, DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
+from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected
+from forge_remote.installations import Installation, InstallationRegistry
 from forge_remote.jobs import Job, JobContext, JobRegistry, JobRequest
 from forge_remote.lease import TokenLease
 from forge_remote.results import ResultStore
@@ -24,6 +26,7 @@ from forge_remote.tokens import TokenStore
 
 if TYPE_CHECKING:
     from forge_remote.confluence import ConfluenceClient
+    from forge_remote.offline_tokens import OfflineTokens
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,11 @@ class JobRunner:
     # None: forge_remote.confluence (and requests) is imported by the first job that calls Confluence,
     # keeping it off the worker's cold start; invocations whose jobs are all deferred never load it.
     client_factory: Callable[..., ConfluenceClient] | None = None
+    # Offline user impersonation (``ctx.confluence_as``): where Forge mints user tokens. The minter is
+    # built by the first job that asks for a user client, so other jobs never load it.
+    graphql_url: str = DEFAULT_FORGE_GRAPHQL_URL
+    offline_token_context_id: str = DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
+    offline_tokens: OfflineTokens | None = None
 
     def run(self, request: JobRequest, *, receive_count: int, remaining_ms: Callable[[], int]) -> Outcome:
         try:
@@ -77,57 +85,120 @@ class JobRunner:
         if installation is None or not installation.api_base_url:
             # Tokens and the installation record are written together: no record means no token yet.
             return self._defer(receive_count, "installation not seen yet")
-        return self._run_with_token(job, request, installation.api_base_url, receive_count, remaining_ms)
+        return self._run_with_token(job, request, installation, receive_count, remaining_ms)
 
     def _run_with_token(
-        self, job: Job[Any], request: JobRequest, api_base_url: str, receive_count: int, remaining_ms: Callable[[], int]
+        self,
+        job: Job[Any],
+        request: JobRequest,
+        installation: Installation,
+        receive_count: int,
+        remaining_ms: Callable[[], int],
     ) -> Outcome:
-        """Rules 4-6: a valid token, the rejected one invalidated exactly, one retry with a newer one."""
-        lease = TokenLease(self.tokens, request.installation_id, self.min_validity_s)
+        """Rules 4-6: a valid token, the rejected one invalidated exactly, one retry with another one.
+
+        Every lease of the attempt (the app's, and one per account the job acts as) is kept, so a
+        ``TokenRejected`` is matched by its digest to the lease that handed the token out: an offline
+        user token refused by Confluence is removed, never the app token, and vice versa.
+        """
+        app_lease = TokenLease(self.tokens, request.installation_id, self.min_validity_s)
         for attempt in (1, 2):
+            leases: list[TokenLease] = [app_lease]
             try:
-                return self._execute(job, request, api_base_url, lease, remaining_ms)
+                return self._execute(
+                    job,
+                    request=request,
+                    installation=installation,
+                    lease=app_lease,
+                    leases=leases,
+                    remaining_ms=remaining_ms,
+                )
             except TokenRejected as exc:
-                rejected = lease.current
-                if rejected is not None:
-                    self.tokens.invalidate(request.installation_id, rejected.token)
-                logger.warning("Confluence rejected the token (HTTP %s); invalidated it", exc.status)
-                if attempt == 1 and self._newer_token_stored(request.installation_id):
+                lease = self._invalidate_rejected(request.installation_id, exc, leases)
+                logger.warning("%s; invalidated it", exc.reason)
+                if attempt == 1 and lease is not None and lease.replacement_available():
                     continue
-                return self._defer(receive_count, f"token rejected (HTTP {exc.status}) and no newer token")
+                return self._defer(receive_count, f"{exc.reason} and no other token to retry with")
             except PermanentFailure as exc:
                 return Outcome(JobStatus.DEAD, exc.reason)
             except RetryLater as exc:
                 return self._defer(receive_count, exc.reason, at_least=exc.delay_s)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _execute(
-        self, job: Job[Any], request: JobRequest, api_base_url: str, lease: TokenLease, remaining_ms: Callable[[], int]
-    ) -> Outcome:
-        lease.acquire()
+    def _invalidate_rejected(
+        self, installation_id: str, exc: TokenRejected, leases: list[TokenLease]
+    ) -> TokenLease | None:
+        """Remove exactly the rejected token, under the key of the lease that handed it out."""
+        for lease in leases:
+            rejected = lease.issued(exc.token_sha256)
+            if rejected is not None:
+                self.tokens.invalidate(installation_id, rejected.token, sk=lease.sk)
+                return lease
+        if exc.token_sha256 is None and len(leases) == 1 and leases[0].current is not None:
+            # A client that does not say which token (a custom client_factory): only the app's was in use.
+            self.tokens.invalidate(installation_id, leases[0].current.token, sk=leases[0].sk)
+            return leases[0]
+        return None  # not a token this job holds: nothing is removed
+
+    def _client(self, api_base_url: str, token: Callable[[], str], remaining_ms: Callable[[], int]) -> ConfluenceClient:
         if self.client_factory is None:
             from forge_remote.confluence import ConfluenceClient
 
             self.client_factory = ConfluenceClient
-        client = self.client_factory(
-            api_base_url, lease.token, allowed_hosts=self.allowed_api_hosts, remaining_ms=remaining_ms
-        )
+        return self.client_factory(api_base_url, token, allowed_hosts=self.allowed_api_hosts, remaining_ms=remaining_ms)
+
+    def _execute(
+        self,
+        job: Job[Any],
+        *,
+        request: JobRequest,
+        installation: Installation,
+        lease: TokenLease,
+        leases: list[TokenLease],
+        remaining_ms: Callable[[], int],
+    ) -> Outcome:
+        lease.acquire()
+        api_base_url = installation.api_base_url or ""
+        user_clients: dict[str, ConfluenceClient] = {}
+
+        def confluence_as(account_id: str) -> ConfluenceClient:
+            """A client acting as ``account_id`` with its own offline token: never the app's."""
+            if account_id not in user_clients:
+                user_lease = self._offline_lease(installation, account_id, lease, remaining_ms)
+                leases.append(user_lease)  # before acquiring: a refusal of the mint's app token is matched too
+                user_lease.acquire()
+                user_clients[account_id] = self._client(api_base_url, user_lease.token, remaining_ms)
+            return user_clients[account_id]
+
         context = JobContext(
             request=request,
             api_base_url=api_base_url,
-            confluence=client,
+            confluence=self._client(api_base_url, lease.token, remaining_ms),
             results=self.results,
             remaining_ms=remaining_ms,
+            user_client_factory=confluence_as,
         )
         result = job(context)
         return Outcome(JobStatus.DONE, summary=result.summary if result else {})
 
-    def _newer_token_stored(self, installation_id: str) -> bool:
-        try:
-            self.tokens.get_valid(installation_id, self.min_validity_s)
-        except TokenUnavailable:
-            return False
-        return True  # the rejected token was deleted, so whatever is stored now is another one
+    def _offline_lease(
+        self, installation: Installation, account_id: str, app_lease: TokenLease, remaining_ms: Callable[[], int]
+    ) -> TokenLease:
+        if not installation.cloud_id:
+            # Recorded from the verified FIT (context or apiBaseUrl); the next Forge call records it.
+            raise RetryLater("the installation's cloud id is not recorded yet: cannot name it to Forge")
+        if self.offline_tokens is None:
+            from forge_remote.offline_tokens import OfflineTokenMinter, OfflineTokens
+
+            minter = OfflineTokenMinter(self.graphql_url, self.offline_token_context_id, self.allowed_api_hosts)
+            self.offline_tokens = OfflineTokens(self.tokens, minter, self.installations.table_name, self.min_validity_s)
+        return self.offline_tokens.lease(
+            installation.installation_id,
+            account_id,
+            cloud_id=installation.cloud_id,
+            app_token=app_lease.token,
+            remaining_ms=remaining_ms,
+        )
 
     @staticmethod
     def _defer(receive_count: int, reason: str, *, at_least: float = 0) -> Outcome:

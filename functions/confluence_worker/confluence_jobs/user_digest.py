@@ -1,0 +1,81 @@
+"""``user-digest``: the pages one user can see that changed in the last N days, asked *as that user*.
+
+The account is the one that requested the job from the UI (``requestedBy``) or ``args.accountId``.
+Confluence is asked through ``ctx.confluence_as(account)``, an offline user token Forge mints for that
+account, so restricted spaces the user cannot open stay out of their digest, which the app's own
+token would not do. If Forge will not impersonate the account the job goes to the DLQ; it never
+falls back to the app. Stored as one ``USER_DIGEST`` record per account (an upsert: reruns replace it).
+
+Account ids are personal data: the record is keyed by one, and kept until the job runs again or the
+installation's results are removed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluence_jobs import registry
+from forge_remote import clock
+from forge_remote.cql import and_, date_gte, field_eq
+from forge_remote.errors import BadJobRequest
+from forge_remote.jobs import JobContext, JobResult
+from forge_remote.keys import ACCOUNT_ID_PATTERN
+
+USER_DIGEST = "USER_DIGEST"
+MAX_DAYS = 31
+MAX_PAGES_PER_RECORD = 500  # the result store bounds the bytes too (``_truncated``)
+
+
+@dataclass(frozen=True)
+class UserDigestArgs:
+    account_id: str | None  # None: the account that requested the job
+    days: int
+
+
+def parse_args(args: Mapping[str, Any]) -> UserDigestArgs:
+    account_id = args.get("accountId")
+    if account_id is not None and not (isinstance(account_id, str) and ACCOUNT_ID_PATTERN.fullmatch(account_id)):
+        raise ValueError("accountId must be an Atlassian account id")
+    days = args.get("days", 7)
+    if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
+        raise ValueError(f"days must be an integer between 1 and {MAX_DAYS}")
+    return UserDigestArgs(account_id=account_id, days=days)
+
+
+@registry.job("user-digest", parse_args)
+def user_digest(ctx: JobContext, args: UserDigestArgs) -> JobResult:
+    account_id = args.account_id or ctx.request.requested_by
+    if not account_id:
+        # Nobody to act as: acting as the app instead would show pages the user may not see.
+        raise BadJobRequest("user-digest needs requestedBy or args.accountId")
+    confluence = ctx.confluence_as(account_id)
+    now = datetime.fromtimestamp(clock.now(), UTC)
+    since = now - timedelta(days=args.days)
+    cql = and_(field_eq("type", "page"), date_gte("lastmodified", since))
+    pages: list[dict[str, Any]] = []
+    count = 0
+    for page in confluence.search_content(cql, expand=["version", "space"]):
+        count += 1
+        if len(pages) < MAX_PAGES_PER_RECORD:
+            pages.append(
+                {
+                    "id": str(page["id"]),
+                    "title": page.get("title"),
+                    "spaceKey": page.get("space", {}).get("key"),
+                    "lastModified": page.get("version", {}).get("when"),
+                }
+            )
+    record = {
+        "accountId": account_id,
+        "since": since.isoformat(timespec="minutes"),
+        "count": count,
+        "pages": pages,
+        "truncated": count > len(pages),
+        "requestId": ctx.request.request_id,
+    }
+    stored = ctx.results.put(ctx.installation_id, USER_DIGEST, account_id, record)
+    # The summary is logged: counts only, no account id.
+    return JobResult({"pages": count, "truncated": count > len(pages) or stored.truncated})
