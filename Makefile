@@ -7,7 +7,10 @@ PYTHON ?= $(shell for p in $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3)
 	  "$$p" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo "$$p"; break; }; done)
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-$(shell cat requirements-dev.txt layers/forge_remote/requirements.txt | sha1sum | cut -c1-12)
+# The layer's package is installed from pyproject.toml: its [build-system], [project], [tool.setuptools.*] and
+# [tool.distutils.*] tables are part of what the venv is built from (the other tools' settings are not).
+PACKAGE_ENTRY := awk '/^\[/ { keep = /^\[(build-system|project|tool\.setuptools|tool\.distutils)[].]/ } keep' pyproject.toml
+STAMP := $(VENV)/.installed-$(shell { cat requirements-dev.txt layers/forge_remote/requirements.txt; $(PACKAGE_ENTRY); } | sha1sum | cut -c1-12)
 export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONDONTWRITEBYTECODE := 1
 export SAM_CLI_TELEMETRY := 0
@@ -19,10 +22,13 @@ help:  ## list these targets (what plain `make` does)
 	@echo "usage: make TARGET   (new here? make demo, then make test: both build .venv themselves)"
 	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
+# Dependencies from the pinned files, then the layer's package (forge_remote, from layers/forge_remote/),
+# editable and without dependencies: local/, bench/ and the tests import it with no path of their own.
 $(STAMP): requirements-dev.txt layers/forge_remote/requirements.txt
 	@echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	@rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
 	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
 
 venv: $(STAMP)  ## build .venv from the pinned requirements (the targets below do it themselves)
@@ -39,7 +45,7 @@ lint: venv  ## ruff, ruff format --check, strict mypy and cfn-lint, no tests
 	$(BIN)/mypy layers/forge_remote/forge_remote functions local bench
 	$(BIN)/cfn-lint template.yaml
 
-unit: venv  ## every test, no lint (PYTEST_ARGS="-k name" picks some)
+unit: venv  ## every test, no lint (PYTEST_ARGS="tests/unit" or "-k name" picks some)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint unit  ## lint, type-check, template lint, and every test
@@ -62,4 +68,4 @@ build: .venv-sam/.installed  ## sam build (needs python3.12 on PATH; no Docker n
 	PATH="$(dir $(PYTHON)):$$PATH" .venv-sam/bin/sam build
 
 clean:  ## remove .venv, .venv-sam, .aws-sam and every cache
-	rm -rf $(VENV) .venv-sam .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis .cache
+	rm -rf $(VENV) .venv-sam .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis .cache layers/*.egg-info

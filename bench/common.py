@@ -7,7 +7,6 @@ import io
 import math
 import os
 import statistics
-import sys
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -129,9 +128,6 @@ def fake_aws_environment() -> None:
         os.environ.pop(name, None)
     os.environ.update(FAKE_AWS_ENV)
     os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-    for path in (str(LAYER), str(ROOT)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
     warnings.filterwarnings("ignore", message="No application metrics to publish")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 

@@ -1,6 +1,6 @@
 """Part 5b, worker throughput: page-snapshot and space-digest jobs from a moto SQS queue through the real
 confluence_worker handler, against the Confluence emulator on loopback (cursor pagination), driven as
-tests/test_worker.py drives it: receive up to 10, shape Lambda's SQS event, call the handler, delete
+tests/support.py (LocalWorld) drives it: receive up to 10, shape Lambda's SQS event, call the handler, delete
 what succeeded (the event source mapping's part, outside the timing).
 
 The floor it is compared with: the very Confluence requests the worker made, replayed in the same

@@ -23,11 +23,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 ROOT = Path(__file__).resolve().parents[1]
-LAYER = ROOT / "layers" / "forge_remote"
 WORKER = ROOT / "functions" / "confluence_worker"
-for _path in (LAYER, WORKER):  # `python -m local.forge_cli` has no pytest pythonpath: Lambda's paths
-    if str(_path) not in sys.path:
-        sys.path.insert(0, str(_path))
+if str(WORKER) not in sys.path:  # `job` reads the worker's confluence_jobs package from its folder, as Lambda does
+    sys.path.insert(0, str(WORKER))
 
 import boto3  # noqa: E402
 import requests  # noqa: E402

@@ -29,18 +29,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives import serialization
+
+from forge_remote.config import PRODUCTION_JWKS_URL  # installed in the venv from layers/forge_remote
+from local.forge_emulator import DEFAULT_APP_ID, Site
+from local.job_outcomes import OutcomeJournal, journal_worker_outcomes
+from local.runtime import LocalRuntime
+
 ROOT = Path(__file__).resolve().parents[1]
-LAYER = ROOT / "layers" / "forge_remote"
-if str(LAYER) not in sys.path:
-    sys.path.insert(0, str(LAYER))  # `python -m local.serve` has no pytest pythonpath: Lambda's layer path
-
-from cryptography.hazmat.primitives import serialization  # noqa: E402
-
-from forge_remote.config import PRODUCTION_JWKS_URL  # noqa: E402
-from local.forge_emulator import DEFAULT_APP_ID, Site  # noqa: E402
-from local.job_outcomes import OutcomeJournal, journal_worker_outcomes  # noqa: E402
-from local.runtime import LocalRuntime  # noqa: E402
-
 STATE_FILE = ROOT / ".cache" / "local-stack.json"
 DEFAULT_PORT = 8787
 SEED_SPACE = "ENG"

@@ -1,6 +1,8 @@
-"""Shared fixtures: a Forge emulator on loopback, moto-backed AWS built from template.yaml, handlers.
+"""Fixtures for every suite: a Forge emulator on loopback, moto-backed AWS built from template.yaml, the
+functions' modules, the Confluence emulator, and ``local_world``, all of it at once for one test.
 
-AWS comes from moto (in-process), Forge from ``local/forge_emulator.py``: no network beyond loopback.
+AWS comes from moto (in-process), Forge and Confluence from ``local/``: no network beyond loopback. The
+helpers these are built from are in ``tests/support.py``.
 """
 
 from __future__ import annotations
@@ -10,32 +12,25 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from types import ModuleType
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 
-from forge_remote import aws, clock
-from local.apigw import http_api_event
-from local.forge_emulator import ForgeEmulator, Site
-from local.handlers import load_handler
-from local.lambda_context import LocalLambdaContext
+from forge_remote import clock
+from local.confluence_emulator import ConfluenceEmulator
+from local.forge_emulator import ForgeEmulator, Site, new_installation_id
 from local.stack import LocalStack
+from tests.support import Gateway, LocalWorld, body_of, load_function, moto_stack, token_items
+
+__all__ = ["Gateway", "body_of", "token_items"]  # where tests first imported them from: now tests.support
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
 os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "ForgeRemoteTests")
 os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
-
-FUNCTIONS = {
-    "ForgeCallsFunction": "functions/forge_calls",
-    "ForgeTriggersFunction": "functions/forge_triggers",
-    "ConfluenceWorkerFunction": "functions/confluence_worker",
-    "JobSchedulerFunction": "functions/job_scheduler",
-}
 
 
 @pytest.fixture(scope="session")
@@ -72,13 +67,8 @@ def site(forge: ForgeEmulator) -> Site:
 @pytest.fixture
 def stack(forge: ForgeEmulator) -> Iterator[LocalStack]:
     """Tables, queues, bus and rule from template.yaml, in moto."""
-    forge.jwks_available = True
-    with mock_aws():
-        aws.reset_clients()
-        local = LocalStack.from_template(parameters={"ForgeAppId": forge.app_ari, "ForgeJwksUrl": forge.jwks_url})
-        local.create(dynamodb=boto3.client("dynamodb"), sqs=boto3.client("sqs"), events=boto3.client("events"))
+    with moto_stack(forge) as local:
         yield local
-        aws.reset_clients()
 
 
 @pytest.fixture
@@ -106,40 +96,12 @@ def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def handler(stack: LocalStack) -> Callable[[str], ModuleType]:
     """Load a function's real module with the environment the template gives it."""
-
-    def load(logical_id: str) -> ModuleType:
-        return load_handler(logical_id, FUNCTIONS[logical_id], stack.environment(logical_id))
-
-    return load
-
-
-class Gateway:
-    """Calls the HTTP handlers the way API Gateway would: one v2 event in, a response out."""
-
-    def __init__(self, calls: ModuleType, triggers: ModuleType) -> None:
-        self.calls = calls
-        self.triggers = triggers
-
-    def __call__(self, method: str, path: str, headers: dict[str, str], body: Any = None) -> dict[str, Any]:
-        module = self.calls if path.startswith("/api/") else self.triggers
-        event = http_api_event(method, path, headers=headers, body=body)
-        response: dict[str, Any] = module.lambda_handler(event, LocalLambdaContext(timeout_s=6))
-        return response
+    return partial(load_function, stack)
 
 
 @pytest.fixture
 def gateway(handler: Callable[[str], ModuleType]) -> Gateway:
     return Gateway(handler("ForgeCallsFunction"), handler("ForgeTriggersFunction"))
-
-
-def body_of(response: dict[str, Any]) -> Any:
-    return json.loads(response["body"]) if response.get("body") else None
-
-
-def token_items(stack: LocalStack) -> list[dict[str, Any]]:
-    client = boto3.client("dynamodb")
-    items: list[dict[str, Any]] = client.scan(TableName=stack.physical["TokensTable"])["Items"]
-    return items
 
 
 @pytest.fixture
@@ -155,3 +117,65 @@ def all_logs(caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str
         return "\n".join([records, *streams])
 
     return text
+
+
+# -- the Confluence side and the worker ------------------------------------------------------------------
+@pytest.fixture
+def confluence() -> Iterator[ConfluenceEmulator]:
+    with ConfluenceEmulator() as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def confluence_site(confluence: ConfluenceEmulator) -> Site:
+    """An installation whose site is the Confluence emulator (nobody has installed it yet)."""
+    api_base_url = confluence.api_base_url
+    return Site(
+        installation_id=new_installation_id(),
+        cloud_id=api_base_url.rsplit("/", 1)[1],
+        api_base_url=api_base_url,
+        site_url="https://example.atlassian.net",
+    )
+
+
+@pytest.fixture
+def allow_emulator(stack: LocalStack, confluence: ConfluenceEmulator) -> None:
+    """Functions loaded after this may send tokens to the emulator (http on an allowed loopback host)."""
+    host = confluence.api_base_url.split("/")[2]  # 127.0.0.1:<port>
+    stack.parameters["AllowedApiHosts"] = host
+
+
+@pytest.fixture
+def triggers(allow_emulator: None, handler: Callable[[str], ModuleType]) -> Gateway:
+    """forge_triggers (every path goes to it), allowed to reach the Confluence emulator."""
+    module = handler("ForgeTriggersFunction")
+    return Gateway(module, module)
+
+
+@pytest.fixture
+def worker(allow_emulator: None, handler: Callable[[str], ModuleType]) -> ModuleType:
+    """The Confluence worker, allowed to reach the Confluence emulator."""
+    return handler("ConfluenceWorkerFunction")
+
+
+@pytest.fixture
+def local_world(
+    stack: LocalStack,
+    forge: ForgeEmulator,
+    confluence: ConfluenceEmulator,
+    confluence_site: Site,
+    triggers: Gateway,
+    worker: ModuleType,
+    handler: Callable[[str], ModuleType],
+) -> LocalWorld:
+    """All of the above for one test (see ``tests.support.LocalWorld``): the same stack, emulators and
+    function modules a test would get from the separate fixtures."""
+    return LocalWorld(
+        stack=stack,
+        forge=forge,
+        confluence=confluence,
+        site=confluence_site,
+        triggers=triggers.triggers,
+        worker=worker,
+        load=handler,
+    )

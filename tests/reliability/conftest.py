@@ -25,16 +25,9 @@ from typing import Any
 import pytest
 
 from local.stack import LocalStack
-from tests.conftest import Gateway
 from tests.reliability.harness import World, dump_outputs, open_world
 from tests.reliability.ledger import LEDGER, Ledger
-from tests.test_worker import (  # noqa: F401 - the worker tests' fixtures, shared with this suite
-    allow_emulator,
-    confluence,
-    confluence_site,
-    triggers,
-    worker,
-)
+from tests.support import Gateway
 
 HERE = Path(__file__).resolve().parent
 SERVICE_LOGGERS = ("forge-calls", "forge-triggers", "confluence-worker", "job-scheduler", "forge_remote")
@@ -123,7 +116,7 @@ def _debug_everything(request: pytest.FixtureRequest) -> None:
 
 @pytest.fixture(autouse=True)
 def _record_gateway_calls(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Calls made through tests/conftest.py's Gateway (the worker tests' helpers use it) are recorded too."""
+    """Calls made through tests/support.py's Gateway (``LocalWorld.send`` uses it) are recorded too."""
     original = Gateway.__call__
 
     def call(self: Gateway, method: str, path: str, headers: dict[str, str], body: Any = None) -> dict[str, Any]:
@@ -143,7 +136,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     finally:
         if _ours(item):
             for value in getattr(item, "funcargs", {}).values():
-                if isinstance(value, World | LocalStack):
+                if isinstance(value, World | LocalStack):  # a LocalWorld's stack is among them too
                     dump_outputs(value.stack if isinstance(value, World) else value)
 
 

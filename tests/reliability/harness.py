@@ -6,6 +6,7 @@
 - ``invoke``: one event through one handler; the response (body and headers) goes to the ledger.
 - ``state``: everything a request could have written: both tables, the job queue, the DLQ.
 - ``account_jobs``: every job request is done, still queued, or in the DLQ; anything else is lost.
+- ``installed_pages``, ``settle``: the same for the worker's jobs in a test's ``LocalWorld``.
 """
 
 from __future__ import annotations
@@ -20,21 +21,18 @@ from types import ModuleType
 from typing import Any
 
 import boto3
-from moto import mock_aws
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sqs.models import sqs_backends
 
-from forge_remote import aws
 from forge_remote.errors import BadJobRequest
 from forge_remote.jobs import JobRequest
-from forge_remote.keys import installation_pk, result_sk_prefix
+from forge_remote.keys import installation_pk
 from local.apigw import http_api_event
 from local.forge_emulator import ForgeEmulator, Site
-from local.handlers import load_handler
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack
-from tests.conftest import FUNCTIONS
 from tests.reliability.ledger import LEDGER, Ledger
+from tests.support import LocalWorld, load_function, moto_stack
 
 QUEUES = ("JobsQueue", "JobsDeadLetterQueue")
 
@@ -45,9 +43,7 @@ def client(service: str) -> Any:
     return boto3.client(service)
 
 
-def container(stack: LocalStack, logical_id: str) -> ModuleType:
-    """A fresh copy of a function's module: what one Lambda container runs (own clients and caches)."""
-    return load_handler(logical_id, FUNCTIONS[logical_id], stack.environment(logical_id))
+container = load_function  # a fresh copy of a function's module: what one Lambda container runs
 
 
 def event(
@@ -73,10 +69,6 @@ def invoke(module: ModuleType, api_event: dict[str, Any]) -> dict[str, Any]:
     LEDGER.seen(response.get("body"), "response body")
     LEDGER.seen(json.dumps(response.get("headers"), default=str), "response headers")
     return response
-
-
-def json_body(response: Mapping[str, Any]) -> Any:
-    return json.loads(response["body"]) if response.get("body") else None
 
 
 # -- what a request could have written ---------------------------------------------------------------
@@ -160,18 +152,20 @@ def account_jobs(
     return result
 
 
-def snapshot_request_ids(stack: LocalStack, installation_id: str) -> list[str]:
-    """The request id of every page snapshot record (one per page and version)."""
-    items = client("dynamodb").query(
-        TableName=stack.physical["AppTable"],
-        KeyConditionExpression="pk = :pk AND begins_with(sk, :s)",
-        ExpressionAttributeValues={
-            ":pk": {"S": installation_pk(installation_id)},
-            ":s": {"S": result_sk_prefix("SNAPSHOT")},
-        },
-        ConsistentRead=True,
-    )["Items"]
-    return [json.loads(i["data"]["S"])["requestId"] for i in items]
+# -- the worker's jobs, in a test's LocalWorld ---------------------------------------------------------
+def installed_pages(world: LocalWorld, count: int, ledger: Ledger = LEDGER) -> list[JobRequest]:
+    """The world's site installed (its app token registered as a secret) and ``count`` pages to snapshot."""
+    token = ledger.secret(world.install())
+    assert len(token) > 450  # a real RS256 app token: the secrecy scan must see secrets of real size
+    return world.pages(count)
+
+
+def settle(world: LocalWorld, requests: Sequence[JobRequest], ledger: Ledger = LEDGER) -> dict[str, list[str]]:
+    """Count ``requests`` as tried and account for every one (a snapshot stored is a job done): none lost."""
+    ledger.tried += len(requests)
+    result = account_jobs(world.stack, requests, set(world.snapshot_request_ids()), ledger)
+    assert result["lost"] == []
+    return result
 
 
 # -- the module-wide world ---------------------------------------------------------------------------
@@ -215,19 +209,10 @@ class World:
 
 @contextmanager
 def open_world(forge: ForgeEmulator) -> Iterator[World]:
-    forge.jwks_available = True
-    with mock_aws():
-        aws.reset_clients()
-        stack = LocalStack.from_template(
-            parameters={"ForgeAppId": forge.app_ari, "ForgeJwksUrl": forge.jwks_url, "LogLevel": "DEBUG"}
-        )
-        stack.create(dynamodb=boto3.client("dynamodb"), sqs=boto3.client("sqs"), events=boto3.client("events"))
+    with moto_stack(forge, LogLevel="DEBUG") as stack:
         calls = container(stack, "ForgeCallsFunction")
         triggers = container(stack, "ForgeTriggersFunction")
-        try:
-            yield World(stack=stack, forge=forge, triggers=triggers, calls=calls)
-        finally:
-            aws.reset_clients()
+        yield World(stack=stack, forge=forge, triggers=triggers, calls=calls)
 
 
 def b64(text: str | bytes) -> str:

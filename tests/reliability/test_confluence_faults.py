@@ -12,21 +12,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 import pytest
 
 from forge_remote.confluence import ConfluenceClient
 from forge_remote.jobs import JobRequest
-from local.confluence_emulator import ConfluenceEmulator
-from local.forge_emulator import ForgeEmulator, Site
-from local.lambda_context import LocalLambdaContext
-from local.stack import LocalStack
-from tests.conftest import Gateway
-from tests.reliability.harness import account_jobs, queue_messages, snapshot_request_ids
+from tests.reliability.harness import installed_pages, queue_messages, settle
 from tests.reliability.ledger import Ledger
-from tests.test_worker import enqueue, install, make_visible, snapshot_request, sqs_event
+from tests.support import LocalWorld
 
 pytestmark = pytest.mark.reliability
 
@@ -47,76 +41,45 @@ class Recorder:
 
 
 @pytest.fixture
-def recorder(worker: ModuleType) -> Recorder:
+def recorder(local_world: LocalWorld) -> Recorder:
+    """The world's worker makes its Confluence clients with this."""
     recorder = Recorder()
-    worker.runner.client_factory = recorder
+    local_world.worker.runner.client_factory = recorder
     return recorder
 
 
-def pages(
-    triggers: Gateway, forge: ForgeEmulator, confluence: ConfluenceEmulator, site: Site, ledger: Ledger, count: int
-) -> list[JobRequest]:
-    token = ledger.secret(install(triggers, forge, site))
-    assert len(token) > 450  # a real RS256 app token: the secrecy scan must see secrets of real size
-    confluence.add_space("ENG", "Engineering")
-    return [snapshot_request(site, str(confluence.add_page("ENG", f"Page {i}")["id"])) for i in range(count)]
+def queued_job(world: LocalWorld, ledger: Ledger) -> list[JobRequest]:
+    """The world's site installed and one page-snapshot job request on the queue."""
+    requests = installed_pages(world, 1, ledger)
+    world.enqueue(*requests)
+    return requests
 
 
-def run_once(worker: ModuleType, stack: LocalStack, *, timeout_s: float = 120) -> tuple[list[str], list[str]]:
-    """One invocation as the event source mapping makes it: (succeeded, failed) message ids."""
-    import boto3
-
-    batch = sqs_event(stack)
-    if not batch["Records"]:
-        return [], []
-    response = worker.lambda_handler(batch, LocalLambdaContext(function_name="worker", timeout_s=timeout_s))
-    failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
-    sqs = boto3.client("sqs")
-    for record in batch["Records"]:
-        if record["messageId"] not in failed:
-            sqs.delete_message(QueueUrl=stack.physical["JobsQueue"], ReceiptHandle=record["receiptHandle"])
-    make_visible(stack, {"Records": [r for r in batch["Records"] if r["messageId"] in failed]})  # time passes
-    return [r["messageId"] for r in batch["Records"] if r["messageId"] not in failed], sorted(failed)
-
-
-def searches(confluence: ConfluenceEmulator) -> int:
-    return sum(1 for seen in confluence.requests_seen if seen[1].endswith("/rest/api/content/search"))
-
-
-def settle(stack: LocalStack, requests: list[JobRequest], site: Site, ledger: Ledger) -> dict[str, list[str]]:
-    ledger.tried += len(requests)
-    result = account_jobs(stack, requests, set(snapshot_request_ids(stack, site.installation_id)))
-    assert result["lost"] == []
-    return result
+def one_round(world: LocalWorld, expected: str, *, timeout_s: float = 120, why: str = "") -> None:
+    """One invocation for a batch of one job, then the deferral delay passes: ``expected`` is what became
+    of the job, ``"done"`` or ``"deferred"``."""
+    done, failed = world.run_round(timeout_s=timeout_s)
+    outcome = {(1, 0): "done", (0, 1): "deferred"}.get((len(done), len(failed)), f"{done} done, {failed} failed")
+    assert outcome == expected, why
 
 
 def test_429_storm_without_hints_backs_off_a_bounded_number_of_times_then_defers(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    recorder: Recorder,
-    ledger: Ledger,
+    local_world: LocalWorld, recorder: Recorder, ledger: Ledger
 ) -> None:
-    requests = pages(triggers, forge, confluence, confluence_site, ledger, 1)
-    enqueue(stack, *requests)
-    confluence.fail_next(2 * MAX_ATTEMPTS, 429)  # no Retry-After, no X-RateLimit-Reset
+    requests = queued_job(local_world, ledger)
+    local_world.confluence.fail_next(2 * MAX_ATTEMPTS, 429)  # no Retry-After, no X-RateLimit-Reset
     for round_ in (1, 2):
-        done, failed = run_once(worker, stack)
-        assert (done, len(failed)) == ([], 1), f"round {round_}: the job should have been deferred"
-        assert searches(confluence) == MAX_ATTEMPTS * round_  # bounded attempts per invocation
-        assert len(queue_messages(stack, "JobsQueue")) == 1  # deferred, not dropped
+        one_round(local_world, "deferred", why=f"round {round_}: the job should have been deferred")
+        assert len(local_world.searches()) == MAX_ATTEMPTS * round_  # bounded attempts per invocation
+        assert len(queue_messages(local_world.stack, "JobsQueue")) == 1  # deferred, not dropped
     # Exponential backoff with full jitter: between 0 and 1, 2, 4 s; never more.
     caps = [1.0, 2.0, 4.0] * 2
     assert len(recorder.sleeps) == len(caps)
     assert all(0 <= s <= cap for s, cap in zip(recorder.sleeps, caps, strict=True))
-    done, failed = run_once(worker, stack)  # the storm is over
-    assert (len(done), failed) == (1, [])
-    result = settle(stack, requests, confluence_site, ledger)
+    one_round(local_world, "done")  # the storm is over
+    result = settle(local_world, requests, ledger)
     assert len(result["done"]) == 1
-    assert queue_messages(stack, "JobsDeadLetterQueue") == []
+    assert queue_messages(local_world.stack, "JobsDeadLetterQueue") == []
 
 
 @pytest.mark.parametrize(
@@ -132,47 +95,30 @@ def test_retry_after_is_honoured_within_the_invocation(
     status: int,
     hint: dict[str, str],
     expected_s: float | None,
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
+    local_world: LocalWorld,
     recorder: Recorder,
     ledger: Ledger,
 ) -> None:
-    requests = pages(triggers, forge, confluence, confluence_site, ledger, 1)
-    enqueue(stack, *requests)
-    confluence.fail_next(2, status, **hint)
-    done, failed = run_once(worker, stack)
-    assert (len(done), failed) == (1, [])
-    assert searches(confluence) == 3
+    requests = queued_job(local_world, ledger)
+    local_world.confluence.fail_next(2, status, **hint)
+    one_round(local_world, "done")
+    assert len(local_world.searches()) == 3
     if expected_s is None:
         assert all(0 <= s <= 2.0 for s in recorder.sleeps)
     else:
         assert recorder.sleeps == [expected_s, expected_s]
-    settle(stack, requests, confluence_site, ledger)
+    settle(local_world, requests, ledger)
 
 
-def test_ratelimit_reset_is_the_fallback_hint(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    recorder: Recorder,
-    ledger: Ledger,
-) -> None:
-    requests = pages(triggers, forge, confluence, confluence_site, ledger, 1)
-    enqueue(stack, *requests)
+def test_ratelimit_reset_is_the_fallback_hint(local_world: LocalWorld, recorder: Recorder, ledger: Ledger) -> None:
+    requests = queued_job(local_world, ledger)
     reset = (datetime.now(UTC) + timedelta(seconds=40)).isoformat(timespec="seconds")
-    confluence.fail_next(1, 429, ratelimit_reset=reset)
-    done, _ = run_once(worker, stack)
+    local_world.confluence.fail_next(1, 429, ratelimit_reset=reset)
+    done, _ = local_world.run_round()
     assert len(done) == 1
     [slept] = recorder.sleeps
     assert 20 < slept <= 40  # "until the reset", read from the header (not a backoff of a few seconds)
-    settle(stack, requests, confluence_site, ledger)
+    settle(local_world, requests, ledger)
 
 
 @pytest.mark.parametrize(
@@ -181,106 +127,60 @@ def test_ratelimit_reset_is_the_fallback_hint(
     ids=["absurd Retry-After (clamped)", "Retry-After beyond the remaining time"],
 )
 def test_a_wait_that_does_not_fit_defers_the_job_instead_of_sleeping(
-    hint: dict[str, str],
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    recorder: Recorder,
-    ledger: Ledger,
+    hint: dict[str, str], local_world: LocalWorld, recorder: Recorder, ledger: Ledger
 ) -> None:
-    requests = pages(triggers, forge, confluence, confluence_site, ledger, 1)
-    enqueue(stack, *requests)
-    confluence.fail_next(1, 429, **hint)
-    done, failed = run_once(worker, stack, timeout_s=30)  # ~26 s of budget: less than 60 s, far less than days
-    assert (done, len(failed)) == ([], 1)
+    requests = queued_job(local_world, ledger)
+    local_world.confluence.fail_next(1, 429, **hint)
+    one_round(local_world, "deferred", timeout_s=30)  # ~26 s of budget: less than 60 s, far less than days
     assert recorder.sleeps == []
-    assert searches(confluence) == 1
-    assert len(queue_messages(stack, "JobsQueue")) == 1
-    done, failed = run_once(worker, stack)
-    assert (len(done), failed) == (1, [])
-    settle(stack, requests, confluence_site, ledger)
+    assert len(local_world.searches()) == 1
+    assert len(queue_messages(local_world.stack, "JobsQueue")) == 1
+    one_round(local_world, "done")
+    settle(local_world, requests, ledger)
 
 
 @pytest.mark.parametrize("status", [500, 502, 503, 504])
 def test_5xx_storm_is_retried_a_bounded_number_of_times_then_deferred(
-    status: int,
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    recorder: Recorder,
-    ledger: Ledger,
+    status: int, local_world: LocalWorld, recorder: Recorder, ledger: Ledger
 ) -> None:
-    requests = pages(triggers, forge, confluence, confluence_site, ledger, 1)
-    enqueue(stack, *requests)
-    confluence.fail_next(MAX_ATTEMPTS, status)
-    done, failed = run_once(worker, stack)
-    assert (done, len(failed)) == ([], 1)
-    assert searches(confluence) == MAX_ATTEMPTS
-    assert queue_messages(stack, "JobsDeadLetterQueue") == []  # a server error is not the job's fault
-    done, failed = run_once(worker, stack)
-    assert (len(done), failed) == (1, [])
-    settle(stack, requests, confluence_site, ledger)
+    requests = queued_job(local_world, ledger)
+    local_world.confluence.fail_next(MAX_ATTEMPTS, status)
+    one_round(local_world, "deferred")
+    assert len(local_world.searches()) == MAX_ATTEMPTS
+    assert queue_messages(local_world.stack, "JobsDeadLetterQueue") == []  # a server error is not the job's fault
+    one_round(local_world, "done")
+    settle(local_world, requests, ledger)
 
 
 def test_timeouts_are_retried_a_bounded_number_of_times_then_deferred(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    recorder: Recorder,
-    ledger: Ledger,
+    local_world: LocalWorld, recorder: Recorder, ledger: Ledger
 ) -> None:
-    requests = pages(triggers, forge, confluence, confluence_site, ledger, 1)
-    enqueue(stack, *requests)
-    confluence.delay_s = READ_TIMEOUT_S * 3  # every answer comes after the client gave up
+    requests = queued_job(local_world, ledger)
+    local_world.confluence.delay_s = READ_TIMEOUT_S * 3  # every answer comes after the client gave up
     try:
-        done, failed = run_once(worker, stack)
+        one_round(local_world, "deferred")
     finally:
-        confluence.delay_s = 0.0
-    assert (done, len(failed)) == ([], 1)
-    assert searches(confluence) == MAX_ATTEMPTS
+        local_world.confluence.delay_s = 0.0
+    assert len(local_world.searches()) == MAX_ATTEMPTS
     assert len(recorder.sleeps) == MAX_ATTEMPTS - 1
-    done, failed = run_once(worker, stack)
-    assert (len(done), failed) == (1, [])
-    settle(stack, requests, confluence_site, ledger)
+    one_round(local_world, "done")
+    settle(local_world, requests, ledger)
 
 
 def test_a_storm_over_a_batch_loses_nothing_and_does_nothing_twice(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    recorder: Recorder,
-    ledger: Ledger,
+    local_world: LocalWorld, recorder: Recorder, ledger: Ledger
 ) -> None:
-    requests = pages(triggers, forge, confluence, confluence_site, ledger, 8)
-    enqueue(stack, *requests)
-    confluence.fail_next(9, 429)
-    confluence.fail_next(5, 503, retry_after="1")
-    confluence.fail_next(6, 500)
-    confluence.fail_next(3, 429, ratelimit_reset="5")
-    invocations = 0
-    for _ in range(12):
-        done, failed = run_once(worker, stack)
-        if not done and not failed:
-            break
-        invocations += 1
-    assert queue_messages(stack, "JobsQueue") == []
-    assert queue_messages(stack, "JobsDeadLetterQueue") == []
-    result = settle(stack, requests, confluence_site, ledger)
+    requests = installed_pages(local_world, 8, ledger)
+    local_world.enqueue(*requests)
+    local_world.confluence.fail_next(9, 429)
+    local_world.confluence.fail_next(5, 503, retry_after="1")
+    local_world.confluence.fail_next(6, 500)
+    local_world.confluence.fail_next(3, 429, ratelimit_reset="5")
+    invocations = local_world.drain(rounds=12)
+    assert queue_messages(local_world.stack, "JobsQueue") == []
+    assert queue_messages(local_world.stack, "JobsDeadLetterQueue") == []
+    result = settle(local_world, requests, ledger)
     assert sorted(result["done"]) == sorted(r.request_id for r in requests)
-    assert sorted(snapshot_request_ids(stack, confluence_site.installation_id)) == sorted(
-        r.request_id for r in requests
-    )
-    assert searches(confluence) <= MAX_ATTEMPTS * len(requests) * invocations  # bounded, whatever happened
+    assert sorted(local_world.snapshot_request_ids()) == sorted(r.request_id for r in requests)
+    assert len(local_world.searches()) <= MAX_ATTEMPTS * len(requests) * invocations  # bounded, whatever happened
     assert all(s <= 30 for s in recorder.sleeps)  # the client's backoff cap

@@ -24,23 +24,21 @@ from moto.core.botocore_stubber import BotocoreStubber
 from forge_remote import aws
 from forge_remote.jobs import JobRequest
 from forge_remote.keys import SYSTEM_TOKEN_SK
-from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack
-from tests.conftest import Gateway
 from tests.reliability.harness import (
     account_jobs,
     event,
+    installed_pages,
     invoke,
-    json_body,
     queue_messages,
-    snapshot_request_ids,
+    settle,
     state,
     stored_tokens,
 )
 from tests.reliability.ledger import Ledger
-from tests.test_worker import enqueue, install, make_visible, run_worker, snapshot_request, sqs_event
+from tests.support import Gateway, LocalWorld, body_of
 
 pytestmark = pytest.mark.reliability
 
@@ -123,11 +121,6 @@ def dynamodb_error(operation: str, code: str, status: int = 400) -> Fault:
     return Fault("dynamodb", operation, status, {"__type": f"com.amazonaws.dynamodb.v20120810#{code}", "message": code})
 
 
-@pytest.fixture
-def http(handler: Callable[[str], ModuleType]) -> Gateway:
-    return Gateway(handler("ForgeCallsFunction"), handler("ForgeTriggersFunction"))
-
-
 def send(
     gateway: Gateway, ledger: Ledger, method: str, path: str, headers: dict[str, str], body: Any = None
 ) -> dict[str, Any]:
@@ -148,7 +141,7 @@ def genuine(forge: ForgeEmulator, site: Site, *, ui: bool = False, lifetime_s: f
 def assert_unavailable(response: dict[str, Any]) -> None:
     assert response["statusCode"] == 503, response
     assert response["headers"]["Content-Type"] == "application/json"
-    assert json_body(response)["error"] == "unavailable"
+    assert body_of(response)["error"] == "unavailable"
     assert int(response["headers"]["Retry-After"]) > 0
 
 
@@ -174,7 +167,7 @@ def test_jwks_outage_on_a_cold_container_fails_closed_then_recovers_after_the_co
     ledger.tried += 1
     response = send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, site))
     assert response["statusCode"] == 401
-    assert json_body(response)["error"] == "unauthorized"
+    assert body_of(response)["error"] == "unauthorized"
     assert state(stack) == before  # fail closed: nothing verified, nothing stored
     ledger.rejected += 1
 
@@ -210,7 +203,7 @@ def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_cl
         before = state(stack)
         response = send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, rotated))
         assert response["statusCode"] == 401
-        assert json_body(response)["error"] == "unauthorized"
+        assert body_of(response)["error"] == "unauthorized"
         assert state(stack) == before
         ledger.rejected += 1
 
@@ -318,7 +311,7 @@ def route_body(forge: ForgeEmulator, site: Site, path: str, page_id: str = "4242
 @pytest.mark.parametrize("case", STORAGE_FAULTS, ids=[c.name for c in STORAGE_FAULTS])
 def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
     case: StorageFault,
-    http: Gateway,
+    gateway: Gateway,
     forge: ForgeEmulator,
     stack: LocalStack,
     backoffs: list[float],
@@ -326,16 +319,18 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
 ) -> None:
     site = forge.site()
     assert (
-        send(http, ledger, "POST", "/forge/lifecycle", genuine(forge, site), forge.installed_event(site))["statusCode"]
+        send(gateway, ledger, "POST", "/forge/lifecycle", genuine(forge, site), forge.installed_event(site))[
+            "statusCode"
+        ]
         == 200
     )
-    module = http.calls if case.ui else http.triggers
+    module = gateway.calls if case.ui else gateway.triggers
     clients = [module.wiring.tokens._client, aws.dynamodb()] if case.fault.service == "dynamodb" else [aws.events()]
     headers = genuine(forge, site, ui=case.ui, lifetime_s=3.5 * 3600)
     body = route_body(forge, site, case.path)
     ledger.tried += 1
     with case.fault.active(*clients) as attempts:
-        response = send(http, ledger, case.method, case.path, headers, body)
+        response = send(gateway, ledger, case.method, case.path, headers, body)
     assert len(attempts) == case.attempts
     assert_unavailable(response)
     ledger.rejected += 1
@@ -343,7 +338,7 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
         # The token write failed as a whole: the stored token is still the installed one.
         assert stored_tokens(stack, site.installation_id)[SYSTEM_TOKEN_SK] != headers["x-forge-oauth-system"]
     # Nothing was left half-done in a way that blocks Forge's retry: once the fault clears, it succeeds.
-    retried = send(http, ledger, case.method, case.path, headers, body)
+    retried = send(gateway, ledger, case.method, case.path, headers, body)
     assert 200 <= retried["statusCode"] < 300, retried
     if case.path == "/forge/uninstall":
         assert stored_tokens(stack, site.installation_id) == {}
@@ -399,44 +394,15 @@ class Killed(BaseException):
     """The Lambda runtime dying mid-batch (timeout, out of memory): no response, nothing deleted."""
 
 
-def installed_pages(
-    triggers: Gateway, forge: ForgeEmulator, confluence: ConfluenceEmulator, site: Site, ledger: Ledger, count: int
-) -> list[JobRequest]:
-    ledger.secret(install(triggers, forge, site))
-    confluence.add_space("ENG", "Engineering")
-    pages = [confluence.add_page("ENG", f"Page {i}") for i in range(count)]
-    return [snapshot_request(site, str(p["id"])) for p in pages]
-
-
-def done_ids(stack: LocalStack, site: Site) -> set[str]:
-    return set(snapshot_request_ids(stack, site.installation_id))
-
-
 def failed_records(batch: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     failed = {f["itemIdentifier"] for f in response["batchItemFailures"]}
     return {"Records": [r for r in batch["Records"] if r["messageId"] in failed]}
 
 
-def drain(worker: ModuleType, stack: LocalStack, rounds: int = 12) -> None:
-    """Run the worker until the queue is empty, letting every deferral delay pass at once."""
-    for _ in range(rounds):
-        batch, response = run_worker(worker, stack)
-        if not batch["Records"]:
-            return
-        make_visible(stack, failed_records(batch, response))
-
-
-def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    ledger: Ledger,
-) -> None:
-    requests = installed_pages(triggers, forge, confluence, confluence_site, ledger, 5)
-    enqueue(stack, *requests)
+def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(local_world: LocalWorld, ledger: Ledger) -> None:
+    worker = local_world.worker
+    requests = installed_pages(local_world, 5, ledger)
+    local_world.enqueue(*requests)
     real_run = worker.runner.run
     ran: list[str] = []
 
@@ -447,38 +413,27 @@ def test_worker_killed_mid_batch_loses_nothing_and_duplicates_nothing(
         return real_run(request, **kwargs)
 
     worker.runner.run = dying_run
-    batch = sqs_event(stack)
+    batch = local_world.receive()
     assert len(batch["Records"]) == 5
     with pytest.raises(Killed):
         worker.lambda_handler(batch, LocalLambdaContext(function_name="worker", timeout_s=120))
-    assert done_ids(stack, confluence_site) == set(ran)  # three jobs finished before the crash
-    assert len(queue_messages(stack, "JobsQueue")) == 5  # nothing was deleted: no response, no deletes
+    assert set(local_world.snapshot_request_ids()) == set(ran)  # three jobs finished before the crash
+    assert len(queue_messages(local_world.stack, "JobsQueue")) == 5  # nothing was deleted: no response, no deletes
     worker.runner.run = real_run
-    make_visible(stack, batch)  # the visibility timeout passes
-    _, response = run_worker(worker, stack)
+    local_world.make_visible(batch)  # the visibility timeout passes
+    _, response = local_world.run_worker()
     assert response["batchItemFailures"] == []
-    ledger.tried += len(requests)
-    result = account_jobs(stack, requests, done_ids(stack, confluence_site))
-    assert result["lost"] == []
+    result = settle(local_world, requests, ledger)
     assert sorted(result["done"]) == sorted(r.request_id for r in requests)
     # Three jobs ran twice; their records were overwritten (keyed by page and version), not added.
-    assert sorted(snapshot_request_ids(stack, confluence_site.installation_id)) == sorted(
-        r.request_id for r in requests
-    )
-    assert queue_messages(stack, "JobsQueue") == []
+    assert sorted(local_world.snapshot_request_ids()) == sorted(r.request_id for r in requests)
+    assert queue_messages(local_world.stack, "JobsQueue") == []
 
 
-def test_a_job_that_raises_fails_alone_and_is_redelivered(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    ledger: Ledger,
-) -> None:
-    requests = installed_pages(triggers, forge, confluence, confluence_site, ledger, 4)
-    enqueue(stack, *requests)
+def test_a_job_that_raises_fails_alone_and_is_redelivered(local_world: LocalWorld, ledger: Ledger) -> None:
+    worker = local_world.worker
+    requests = installed_pages(local_world, 4, ledger)
+    local_world.enqueue(*requests)
     unlucky = requests[1].request_id
     real_put = worker.runner.results.put
     failures: list[str] = []
@@ -490,99 +445,65 @@ def test_a_job_that_raises_fails_alone_and_is_redelivered(
         return real_put(installation_id, kind, key, record, **kwargs)
 
     worker.runner.results.put = flaky_put
-    batch, response = run_worker(worker, stack)
+    batch, response = local_world.run_worker()
     failed = [f["itemIdentifier"] for f in response["batchItemFailures"]]
     assert len(failed) == 1
-    assert done_ids(stack, confluence_site) == {r.request_id for r in requests} - {unlucky}
-    make_visible(stack, failed_records(batch, response))
-    drain(worker, stack)
-    ledger.tried += len(requests)
-    result = account_jobs(stack, requests, done_ids(stack, confluence_site))
-    assert result["lost"] == []
+    assert set(local_world.snapshot_request_ids()) == {r.request_id for r in requests} - {unlucky}
+    local_world.make_visible(failed_records(batch, response))
+    local_world.drain()
+    result = settle(local_world, requests, ledger)
     assert len(result["done"]) == len(requests)
 
 
 def test_dynamodb_throttling_in_the_worker_keeps_the_job(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    backoffs: list[float],
-    ledger: Ledger,
+    local_world: LocalWorld, backoffs: list[float], ledger: Ledger
 ) -> None:
-    requests = installed_pages(triggers, forge, confluence, confluence_site, ledger, 3)
-    enqueue(stack, *requests)
-    with dynamodb_error("GetItem", THROTTLED).active(worker.runner.tokens._client) as attempts:
-        batch, response = run_worker(worker, stack)
+    requests = installed_pages(local_world, 3, ledger)
+    local_world.enqueue(*requests)
+    with dynamodb_error("GetItem", THROTTLED).active(local_world.worker.runner.tokens._client) as attempts:
+        batch, response = local_world.run_worker()
     assert attempts  # every job had to read the registry or a token
     assert len(response["batchItemFailures"]) == len(requests)
-    assert len(queue_messages(stack, "JobsQueue")) == len(requests)
-    make_visible(stack, failed_records(batch, response))
-    drain(worker, stack)
-    ledger.tried += len(requests)
-    result = account_jobs(stack, requests, done_ids(stack, confluence_site))
-    assert result["lost"] == []
+    assert len(queue_messages(local_world.stack, "JobsQueue")) == len(requests)
+    local_world.make_visible(failed_records(batch, response))
+    local_world.drain()
+    result = settle(local_world, requests, ledger)
     assert len(result["done"]) == len(requests)
 
 
-def test_the_same_message_delivered_twice_stores_one_snapshot(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    ledger: Ledger,
-) -> None:
+def test_the_same_message_delivered_twice_stores_one_snapshot(local_world: LocalWorld, ledger: Ledger) -> None:
     """SQS delivers at least once: the same job twice (in one batch, and again later) is one record."""
-    [request] = installed_pages(triggers, forge, confluence, confluence_site, ledger, 1)
-    enqueue(stack, request, request)
-    drain(worker, stack)
-    enqueue(stack, request)
-    drain(worker, stack)
+    [request] = installed_pages(local_world, 1, ledger)
+    local_world.enqueue(request, request)
+    local_world.drain()
+    local_world.enqueue(request)
+    local_world.drain()
     ledger.tried += 3
-    assert snapshot_request_ids(stack, confluence_site.installation_id) == [request.request_id]
-    assert account_jobs(stack, [request], done_ids(stack, confluence_site))["lost"] == []
+    assert local_world.snapshot_request_ids() == [request.request_id]
+    assert account_jobs(local_world.stack, [request], set(local_world.snapshot_request_ids()))["lost"] == []
 
 
-def test_a_job_that_never_finds_a_token_ends_in_the_dlq_not_nowhere(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    ledger: Ledger,
-) -> None:
-    ledger.secret(install(triggers, forge, confluence_site, lifetime_s=120))  # never valid long enough
-    request = snapshot_request(confluence_site, "1")
-    enqueue(stack, request)
-    receives = 0
-    for _ in range(15):
-        batch, response = run_worker(worker, stack)
-        if not batch["Records"]:
-            break
-        receives += 1
-        make_visible(stack, failed_records(batch, response))
+def test_a_job_that_never_finds_a_token_ends_in_the_dlq_not_nowhere(local_world: LocalWorld, ledger: Ledger) -> None:
+    ledger.secret(local_world.install(lifetime_s=120))  # never valid long enough
+    request = local_world.snapshot_request("1")
+    local_world.enqueue(request)
+    receives = local_world.drain(rounds=15)
     ledger.tried += 1
     assert receives == 10  # the template's maxReceiveCount
-    result = account_jobs(stack, [request], done_ids(stack, confluence_site))
+    result = account_jobs(local_world.stack, [request], set(local_world.snapshot_request_ids()))
     assert result == {"done": [], "queued": [], "dead": [request.request_id], "lost": []}
 
 
-def test_control_a_message_deleted_without_its_job_done_counts_as_lost(
-    stack: LocalStack, forge: ForgeEmulator, site: Site
-) -> None:
+def test_control_a_message_deleted_without_its_job_done_counts_as_lost(local_world: LocalWorld) -> None:
     """The accounting can fail: a job request that is neither done, queued nor dead-lettered is lost."""
-    kept, dropped = snapshot_request(site, "1"), snapshot_request(site, "2")
-    enqueue(stack, kept, dropped)
-    for record in sqs_event(stack)["Records"]:
+    kept, dropped = local_world.snapshot_request("1"), local_world.snapshot_request("2")
+    local_world.enqueue(kept, dropped)
+    for record in local_world.receive()["Records"]:
         if JobRequest.from_message_body(record["body"]).request_id == dropped.request_id:
             boto3.client("sqs").delete_message(
-                QueueUrl=stack.physical["JobsQueue"], ReceiptHandle=record["receiptHandle"]
+                QueueUrl=local_world.stack.physical["JobsQueue"], ReceiptHandle=record["receiptHandle"]
             )
     private = Ledger()
-    result = account_jobs(stack, [kept, dropped], set(), private)
+    result = account_jobs(local_world.stack, [kept, dropped], set(), private)
     assert result == {"done": [], "queued": [kept.request_id], "dead": [], "lost": [dropped.request_id]}
     assert private.lost_jobs == 1

@@ -25,8 +25,9 @@ from forge_remote.keys import SYSTEM_TOKEN_SK, user_token_sk
 from local.forge_emulator import ForgeEmulator, SigningKey, Site, _rsa_key
 from local.loopback import LoopbackServer
 from tests.reliability import jwt_forge
-from tests.reliability.harness import World, b64, installation_items, json_body
+from tests.reliability.harness import World, b64, installation_items
 from tests.reliability.ledger import Ledger
+from tests.support import body_of
 
 pytestmark = pytest.mark.reliability
 
@@ -344,9 +345,29 @@ def installation_items_sk(world: World, site: Site) -> list[str]:
 def assert_refused(response: dict[str, Any], status: int, error: str) -> None:
     assert response["statusCode"] == status, response
     assert response["headers"]["Content-Type"] == "application/json"
-    body = json_body(response)
+    body = body_of(response)
     assert isinstance(body, dict)
     assert body["error"] == error
+
+
+def refused_without_a_trace(
+    world: World,
+    ledger: Ledger,
+    route: Route,
+    headers: dict[str, str],
+    body: Any = None,
+    *,
+    status: int = 401,
+    error: str = "unauthorized",
+    **options: Any,
+) -> None:
+    """One call to ``route``: refused with ``status`` and ``error``, nothing written or sent; counted."""
+    before = world.state
+    ledger.tried += 1
+    response = world.send(route.method, route.path, headers, body, **options)
+    assert_refused(response, status, error)
+    assert world.state == before
+    ledger.rejected += 1
 
 
 # Every forgery against one route of each function; a cross-section of them against the other routes
@@ -389,12 +410,7 @@ def test_forged_fit_is_refused_and_changes_nothing(
 ) -> None:
     authorization = forgery.authorization(world.forge, genuine_claims(world.forge, victim, route))
     headers = request_headers(world, victim, route, authorization)
-    before = world.state
-    ledger.tried += 1
-    response = world.send(route.method, route.path, headers, route.body(world.forge, victim, next(COUNTER)))
-    assert_refused(response, 401, "unauthorized")
-    assert world.state == before
-    ledger.rejected += 1
+    refused_without_a_trace(world, ledger, route, headers, route.body(world.forge, victim, next(COUNTER)))
 
 
 @pytest.mark.parametrize("route", UNROUTED, ids=[r.name for r in UNROUTED])
@@ -403,12 +419,7 @@ def test_forged_fit_on_an_unknown_route_is_401_not_404(
     world: World, victim: Site, forgery: Forgery, route: Route, ledger: Ledger
 ) -> None:
     authorization = forgery.authorization(world.forge, genuine_claims(world.forge, victim, route))
-    before = world.state
-    ledger.tried += 1
-    response = world.send(route.method, route.path, request_headers(world, victim, route, authorization), {})
-    assert_refused(response, 401, "unauthorized")
-    assert world.state == before
-    ledger.rejected += 1
+    refused_without_a_trace(world, ledger, route, request_headers(world, victim, route, authorization), {})
 
 
 @pytest.mark.parametrize("route", UNROUTED, ids=[r.name for r in UNROUTED])
@@ -417,7 +428,7 @@ def test_control_a_genuine_call_on_an_unknown_route_is_404(world: World, victim:
     genuine = world.forge.sign(genuine_claims(world.forge, victim, route))
     response = world.send(route.method, route.path, request_headers(world, victim, route, f"Bearer {genuine}"), {})
     assert response["statusCode"] in (404, 405), response
-    assert isinstance(json_body(response), dict)
+    assert isinstance(body_of(response), dict)
 
 
 # -- malformed bodies under a genuine FIT: 400, and not even the delivered token is stored -----------
@@ -457,14 +468,8 @@ def test_malformed_body_is_400_and_stores_nothing(
 ) -> None:
     genuine = world.forge.sign(genuine_claims(world.forge, victim, route))
     headers = request_headers(world, victim, route, f"Bearer {genuine}")
-    before = world.state
-    ledger.tried += 1
-    response = world.send(
-        route.method, route.path, headers, body.get("body"), **{k: v for k, v in body.items() if k != "body"}
-    )
-    assert_refused(response, 400, "bad_request")
-    assert world.state == before
-    ledger.rejected += 1
+    options = {k: v for k, v in body.items() if k != "body"}
+    refused_without_a_trace(world, ledger, route, headers, body.get("body"), status=400, error="bad_request", **options)
 
 
 # -- controls: the same requests, genuine, do change the state ---------------------------------------
@@ -562,12 +567,7 @@ def test_jku_and_x5u_headers_are_never_fetched(world: World, victim: Site, ledge
         for extra in ({"jku": f"{url}/jwks.json"}, {"x5u": f"{url}/cert.pem"}):
             head = header(world.forge, kid=STRANGER.kid, **extra)
             token = "Bearer " + jwt_forge.rs256(head, genuine, STRANGER.private_key)
-            before = world.state
-            ledger.tried += 1
-            response = world.send(route.method, route.path, request_headers(world, victim, route, token), {})
-            assert_refused(response, 401, "unauthorized")
-            assert world.state == before
-            ledger.rejected += 1
+            refused_without_a_trace(world, ledger, route, request_headers(world, victim, route, token), {})
     finally:
         server.stop()
     assert hits == []

@@ -15,8 +15,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from local.forge_emulator import Site
-from tests.reliability.harness import World, event, invoke, json_body
+from tests.reliability.harness import World, event, invoke
 from tests.reliability.ledger import LEDGER
+from tests.support import body_of
 
 pytestmark = pytest.mark.reliability
 
@@ -109,7 +110,7 @@ def check(world: World, api_event: dict[str, Any], *, genuine: bool) -> dict[str
     status = response["statusCode"]
     assert status < 500, response
     if not 200 <= status < 300:
-        assert isinstance(json_body(response), dict), response
+        assert isinstance(body_of(response), dict), response
         LEDGER.rejected += 1
     if not genuine:
         assert status == 401, response  # nothing gets past the FIT check without a genuine FIT

@@ -34,11 +34,11 @@ from tests.reliability.harness import (
     event,
     installation_items,
     invoke,
-    json_body,
     queue_messages,
     stored_tokens,
 )
 from tests.reliability.ledger import Ledger
+from tests.support import body_of
 
 pytestmark = [pytest.mark.reliability, pytest.mark.usefixtures("atomic_dynamodb", "one_metric_set_at_a_time")]
 
@@ -258,5 +258,5 @@ def test_a_product_event_delivered_twice_at_once_queues_one_job_and_answers_both
     [other] = answers
     assert not isinstance(other, Exception), f"the duplicate delivery crashed the handler: {type(other).__name__}"
     assert other["statusCode"] < 500, other
-    assert isinstance(json_body(other), dict)
+    assert isinstance(body_of(other), dict)
     ledger.rejected += 1

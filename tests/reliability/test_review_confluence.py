@@ -23,7 +23,6 @@ import re
 import uuid
 from collections.abc import Callable, Iterator
 from http import HTTPStatus
-from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
@@ -36,14 +35,12 @@ from forge_remote.confluence import ConfluenceClient
 from forge_remote.cql import field_eq
 from forge_remote.errors import ConfluenceError, ConfluenceUnavailable, ForgeRemoteError, TokenRejected
 from forge_remote.jobs import JobRequest
-from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site, new_installation_id
 from local.loopback import LoopbackServer
 from local.stack import LocalStack
-from tests.conftest import Gateway
-from tests.reliability.harness import account_jobs, queue_messages, snapshot_request_ids
+from tests.reliability.harness import account_jobs, queue_messages
 from tests.reliability.ledger import Ledger
-from tests.test_worker import enqueue, install, run_worker, snapshot_request
+from tests.support import LocalWorld
 
 pytestmark = pytest.mark.reliability
 
@@ -111,7 +108,8 @@ def json_answer(document: Any, status: int = 200) -> tuple[int, str, str]:
     return status, "application/json", json.dumps(document)
 
 
-def real_token(forge: ForgeEmulator, ledger: Ledger) -> str:
+@pytest.fixture
+def token(forge: ForgeEmulator, ledger: Ledger) -> str:
     """A Forge app token of real size (RS256), registered for the suite's secrecy scan."""
     token = ledger.secret(forge.app_token())
     assert len(token) > 450, "the secrecy checks need real-size tokens"
@@ -232,44 +230,40 @@ def first_page_then(wire: Wire, link: str) -> None:
     wire.reset(answer)
 
 
-@pytest.mark.parametrize("name", list(OFF_SITE))
-def test_a_next_link_that_normalises_off_the_site_is_refused_before_any_request(
-    name: str, wire: Wire, forge: ForgeEmulator, ledger: Ledger
-) -> None:
-    token = real_token(forge, ledger)
-    first_page_then(wire, fill(OFF_SITE[name], wire))
+def refused_link(wire: Wire, token: str, link: str, match: str, ledger: Ledger) -> ConfluenceError:
+    """A listing whose first page links to ``link``: the client must refuse to follow it (``match``)."""
+    first_page_then(wire, fill(link, wire))
     stream = wire.client(token).search_content(field_eq("type", "page"))
     assert next(stream) == {"id": "1"}
-    with pytest.raises(ConfluenceError, match="next link leaves the site") as caught:
+    with pytest.raises(ConfluenceError, match=match) as caught:
         next(stream)
     ledger.seen(said(caught.value), "exception")
-    assert caught.value.status < 500  # permanent: the worker dead-letters it with this reason
+    return caught.value
+
+
+@pytest.mark.parametrize("name", list(OFF_SITE))
+def test_a_next_link_that_normalises_off_the_site_is_refused_before_any_request(
+    name: str, wire: Wire, token: str, ledger: Ledger
+) -> None:
+    refused = refused_link(wire, token, OFF_SITE[name], "next link leaves the site", ledger)
+    assert refused.status < 500  # permanent: the worker dead-letters it with this reason
     assert len(wire.targets) == 1, f"a request followed the link: {wire.targets[1:]}"
     assert not any(OTHER in t or "/jira/" in t for t in wire.targets)
-    assert not leaked(said(caught.value), token)
+    assert not leaked(said(refused), token)
     ledger.refused(1)
 
 
 @pytest.mark.parametrize("name", list(STILL_REFUSED))
-def test_next_links_refused_before_the_fix_stay_refused(
-    name: str, wire: Wire, forge: ForgeEmulator, ledger: Ledger
-) -> None:
-    token = real_token(forge, ledger)
-    first_page_then(wire, fill(STILL_REFUSED[name], wire))
-    stream = wire.client(token).search_content(field_eq("type", "page"))
-    assert next(stream) == {"id": "1"}
-    with pytest.raises(ConfluenceError, match="next link") as caught:
-        next(stream)
-    ledger.seen(said(caught.value), "exception")
+def test_next_links_refused_before_the_fix_stay_refused(name: str, wire: Wire, token: str, ledger: Ledger) -> None:
+    refused_link(wire, token, STILL_REFUSED[name], "next link", ledger)
     assert len(wire.targets) == 1
     ledger.refused(1)
 
 
 @pytest.mark.parametrize("name", list(ON_SITE))
 def test_a_next_link_on_the_site_is_followed_exactly_as_validated(
-    name: str, wire: Wire, forge: ForgeEmulator, ledger: Ledger
+    name: str, wire: Wire, token: str, ledger: Ledger
 ) -> None:
-    token = real_token(forge, ledger)
     link, expected = (fill(t, wire) for t in ON_SITE[name])
     first_page_then(wire, link)
     client = wire.client(token)
@@ -349,9 +343,8 @@ CYCLES: dict[str, tuple[dict[str | None, str], int]] = {
 
 @pytest.mark.parametrize("name", list(CYCLES))
 def test_a_cursor_cycle_fails_the_listing_with_a_clear_reason(
-    name: str, wire: Wire, forge: ForgeEmulator, ledger: Ledger
+    name: str, wire: Wire, token: str, ledger: Ledger
 ) -> None:
-    token = real_token(forge, ledger)
     links, distinct = CYCLES[name]
     scripted_listing(wire, {cursor: fill(link, wire) for cursor, link in links.items()})
     with pytest.raises(ConfluenceError, match="pagination cycle") as caught:
@@ -362,8 +355,7 @@ def test_a_cursor_cycle_fails_the_listing_with_a_clear_reason(
     ledger.refused(1)
 
 
-def test_an_endless_listing_stops_at_the_page_cap(wire: Wire, forge: ForgeEmulator, ledger: Ledger) -> None:
-    token = real_token(forge, ledger)
+def test_an_endless_listing_stops_at_the_page_cap(wire: Wire, token: str, ledger: Ledger) -> None:
 
     def answer(target: str) -> tuple[int, str, str]:
         fresh = len(wire.targets)  # a new cursor every time: the visited set never sees a repeat
@@ -412,15 +404,17 @@ class Scripted(BaseAdapter):
         pass
 
 
-def other_site(confluence: ConfluenceEmulator) -> Site:
-    """An installation on the emulator's host but another cloud id (its requests are scripted)."""
+def other_site(world: LocalWorld, ledger: Ledger) -> tuple[Site, str]:
+    """An installation on the emulator's host but another cloud id (its requests are scripted), installed:
+    the site and its app token (registered as a secret)."""
     cloud_id = str(uuid.uuid4())
-    return Site(
+    site = Site(
         installation_id=new_installation_id(),
         cloud_id=cloud_id,
-        api_base_url=f"{confluence.start().rsplit('/', 3)[0]}/ex/confluence/{cloud_id}",
+        api_base_url=f"{world.confluence.api_base_url.rsplit('/', 3)[0]}/ex/confluence/{cloud_id}",
         site_url=f"https://site-{cloud_id[:8]}.atlassian.net",
     )
+    return site, ledger.secret(world.install(site))
 
 
 def dead_letters(stack: LocalStack) -> dict[str, str]:
@@ -432,11 +426,16 @@ def dead_letters(stack: LocalStack) -> dict[str, str]:
     return found
 
 
-def scripted_factory(worker: ModuleType, session: requests.Session, **options: Any) -> None:
+def script_sites(world: LocalWorld, *adapters: tuple[Site, Scripted], **options: Any) -> None:
+    """The worker's clients share one session in which each site's requests go to its adapter."""
+    session = requests.Session()
+    for site, adapter in adapters:
+        session.mount(site.api_base_url + "/", adapter)
+
     def factory(api_base_url: str, token: Callable[[], str], **kwargs: Any) -> ConfluenceClient:
         return ConfluenceClient(api_base_url, token, session=session, sleep=lambda s: None, **kwargs, **options)
 
-    worker.runner.client_factory = factory
+    world.worker.runner.client_factory = factory
 
 
 def cycling(request: requests.PreparedRequest, adapter: Scripted) -> tuple[int, Any]:
@@ -447,66 +446,46 @@ def cycling(request: requests.PreparedRequest, adapter: Scripted) -> tuple[int, 
 
 
 def test_a_batch_with_a_cycling_and_an_off_site_listing_dead_letters_only_those(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    ledger: Ledger,
+    local_world: LocalWorld, ledger: Ledger
 ) -> None:
-    good_token = ledger.secret(install(triggers, forge, confluence_site))
-    confluence.add_space("ENG", "Engineering")
-    good = [snapshot_request(confluence_site, str(confluence.add_page("ENG", f"Page {i}")["id"])) for i in range(3)]
-    cycle_site, off_site = other_site(confluence), other_site(confluence)
-    ledger.secret(install(triggers, forge, cycle_site))
-    off_site_token = ledger.secret(install(triggers, forge, off_site))
+    good_token = ledger.secret(local_world.install())
+    good = local_world.pages(3)
+    (cycle_site, _), (off_site, off_site_token) = other_site(local_world, ledger), other_site(local_world, ledger)
     # The off-site listing's next link climbs out of its own cloud id into the emulator's (another
     # installation's data, same host): today's code sent the token there.
-    escape = f"/wiki/../../{confluence_site.cloud_id}/wiki/rest/api/content/search?cql=type+%3D+page"
+    escape = f"/wiki/../../{local_world.site.cloud_id}/wiki/rest/api/content/search?cql=type+%3D+page"
     cycle, leaving = Scripted(cycling), Scripted(lambda r, a: (200, {"results": [], "_links": {"next": escape}}))
-    session = requests.Session()
-    session.mount(cycle_site.api_base_url + "/", cycle)
-    session.mount(off_site.api_base_url + "/", leaving)
-    scripted_factory(worker, session)
-    bad = [snapshot_request(cycle_site, "7"), snapshot_request(off_site, "8")]
-    enqueue(stack, good[0], bad[0], good[1], bad[1], good[2])
+    script_sites(local_world, (cycle_site, cycle), (off_site, leaving))
+    bad = [local_world.snapshot_request("7", cycle_site), local_world.snapshot_request("8", off_site)]
+    local_world.enqueue(good[0], bad[0], good[1], bad[1], good[2])
 
-    event, response = run_worker(worker, stack)
+    event, response = local_world.run_worker()
     assert len(event["Records"]) == 5
     assert response["batchItemFailures"] == []  # nothing comes back with the batch
-    assert sorted(snapshot_request_ids(stack, confluence_site.installation_id)) == sorted(r.request_id for r in good)
-    reasons = dead_letters(stack)
+    assert sorted(local_world.snapshot_request_ids()) == sorted(r.request_id for r in good)
+    reasons = dead_letters(local_world.stack)
     assert set(reasons) == {r.request_id for r in bad}
     assert "pagination cycle" in reasons[bad[0].request_id]
     assert "next link leaves the site" in reasons[bad[1].request_id]
     assert len(cycle.urls) == 3  # first page, A, B: then B's link back to A is refused
     assert len(leaving.urls) == 1
-    assert off_site_token not in [seen[3] for seen in confluence.requests_seen]
-    assert {seen[3] for seen in confluence.requests_seen} == {good_token}
-    assert queue_messages(stack, "JobsQueue") == []
+    assert off_site_token not in local_world.bearer_tokens_seen()
+    assert set(local_world.bearer_tokens_seen()) == {good_token}
+    assert queue_messages(local_world.stack, "JobsQueue") == []
     for reason in reasons.values():
         assert not leaked(reason, off_site_token)
-    result = account_jobs(stack, good + bad, set(snapshot_request_ids(stack, confluence_site.installation_id)))
+    result = account_jobs(local_world.stack, good + bad, set(local_world.snapshot_request_ids()))
     assert (len(result["done"]), len(result["dead"]), result["lost"]) == (3, 2, [])
     ledger.refused(len(bad))
     ledger.tried += len(good)
 
 
 def test_a_batch_with_an_endless_listing_dead_letters_it_at_the_page_cap(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    ledger: Ledger,
+    local_world: LocalWorld, ledger: Ledger
 ) -> None:
-    ledger.secret(install(triggers, forge, confluence_site))
-    confluence.add_space("ENG", "Engineering")
-    good = [snapshot_request(confluence_site, str(confluence.add_page("ENG", f"Page {i}")["id"])) for i in range(2)]
-    endless_site = other_site(confluence)
-    ledger.secret(install(triggers, forge, endless_site))
+    ledger.secret(local_world.install())
+    good = local_world.pages(2)
+    endless_site, _ = other_site(local_world, ledger)
 
     def endless(request: requests.PreparedRequest, adapter: Scripted) -> tuple[int, Any]:
         fresh = len(adapter.urls)
@@ -514,17 +493,15 @@ def test_a_batch_with_an_endless_listing_dead_letters_it_at_the_page_cap(
         return 200, {"results": [], "_links": links}
 
     adapter = Scripted(endless)
-    session = requests.Session()
-    session.mount(endless_site.api_base_url + "/", adapter)
-    scripted_factory(worker, session, max_pages_per_listing=25)
-    bad = snapshot_request(endless_site, "9")
-    enqueue(stack, good[0], bad, good[1])
+    script_sites(local_world, (endless_site, adapter), max_pages_per_listing=25)
+    bad = local_world.snapshot_request("9", endless_site)
+    local_world.enqueue(good[0], bad, good[1])
 
-    _, response = run_worker(worker, stack)
+    _, response = local_world.run_worker()
     assert response["batchItemFailures"] == []
     assert len(adapter.urls) == 25
-    assert "more than 25 pages" in dead_letters(stack)[bad.request_id]
-    result = account_jobs(stack, [*good, bad], set(snapshot_request_ids(stack, confluence_site.installation_id)))
+    assert "more than 25 pages" in dead_letters(local_world.stack)[bad.request_id]
+    result = account_jobs(local_world.stack, [*good, bad], set(local_world.snapshot_request_ids()))
     assert (len(result["done"]), result["dead"], result["lost"]) == (2, [bad.request_id], [])
     ledger.refused(1)
     ledger.tried += len(good)
@@ -566,10 +543,7 @@ OFFSETS = (0, 150, 262, 299, 320, 5000)  # start, middle, straddling the 300-cha
 STATUSES = (400, 401, 403, 404, 500)
 
 
-def test_error_bodies_echoing_a_real_size_token_leave_no_piece_of_it(
-    wire: Wire, forge: ForgeEmulator, ledger: Ledger
-) -> None:
-    token = real_token(forge, ledger)
+def test_error_bodies_echoing_a_real_size_token_leave_no_piece_of_it(wire: Wire, token: str, ledger: Ledger) -> None:
     failures, cases = [], 0
     for status in STATUSES:
         for offset in OFFSETS:
@@ -595,8 +569,7 @@ def test_error_bodies_echoing_a_real_size_token_leave_no_piece_of_it(
     ledger.refused(cases)
 
 
-def test_a_message_is_redacted_then_cut_and_keeps_its_text(wire: Wire, forge: ForgeEmulator, ledger: Ledger) -> None:
-    token = real_token(forge, ledger)
+def test_a_message_is_redacted_then_cut_and_keeps_its_text(wire: Wire, token: str, ledger: Ledger) -> None:
     body = {"statusCode": 400, "message": "Could not parse cql : " + token + " near " + "x" * 400, "data": {}}
     wire.reset(lambda target: json_answer(body, 400))
     with pytest.raises(ConfluenceError) as caught:
@@ -657,27 +630,17 @@ def worker_logs(caplog: pytest.LogCaptureFixture) -> Iterator[Callable[[], str]]
 
 
 def test_dlq_reasons_and_logs_of_echoing_errors_hold_no_piece_of_the_token(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    stack: LocalStack,
-    ledger: Ledger,
-    worker_logs: Callable[[], str],
+    local_world: LocalWorld, ledger: Ledger, worker_logs: Callable[[], str]
 ) -> None:
-    site = other_site(confluence)
-    token = ledger.secret(install(triggers, forge, site))
+    site, token = other_site(local_world, ledger)
     assert len(token) > 450
-    adapter = Scripted(echoing)
-    session = requests.Session()
-    session.mount(site.api_base_url + "/", adapter)
-    scripted_factory(worker, session)
-    jobs = {page_id: snapshot_request(site, str(page_id)) for page_id in ECHO_JOBS}
-    enqueue(stack, *jobs.values())
+    script_sites(local_world, (site, Scripted(echoing)))
+    jobs = {page_id: local_world.snapshot_request(page_id, site) for page_id in ECHO_JOBS}
+    local_world.enqueue(*jobs.values())
 
-    _, response = run_worker(worker, stack)
+    _, response = local_world.run_worker()
     assert len(response["batchItemFailures"]) == 1  # the 500: deferred
-    reasons = dead_letters(stack)
+    reasons = dead_letters(local_world.stack)
     assert set(reasons) == {jobs[i].request_id for i, (status, _, _) in ECHO_JOBS.items() if status < 500}
     for page_id, (status, shape, offset) in ECHO_JOBS.items():
         reason = reasons.get(jobs[page_id].request_id, "")
@@ -688,6 +651,6 @@ def test_dlq_reasons_and_logs_of_echoing_errors_hold_no_piece_of_the_token(
     assert "job request sent to the DLQ" in logged
     assert "Confluence GET" in logged
     assert not leaked(logged, token)
-    result = account_jobs(stack, list(jobs.values()), set())
+    result = account_jobs(local_world.stack, list(jobs.values()), set())
     assert (len(result["dead"]), len(result["queued"]), result["lost"]) == (7, 1, [])
     ledger.refused(len(ECHO_JOBS))

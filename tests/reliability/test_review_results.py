@@ -21,7 +21,6 @@ import random
 import re
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -32,13 +31,10 @@ from forge_remote import aws, clock
 from forge_remote.jobs import JobRequest
 from forge_remote.keys import installation_pk, result_sk
 from forge_remote.results import ResultStore
-from local.confluence_emulator import ConfluenceEmulator
-from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
-from tests.conftest import Gateway
 from tests.reliability.harness import account_jobs, queue_messages
 from tests.reliability.ledger import Ledger
-from tests.test_worker import enqueue, install, run_worker
+from tests.support import LocalWorld
 
 pytestmark = pytest.mark.reliability
 
@@ -372,16 +368,10 @@ def job_summaries() -> Iterator[list[dict[str, Any]]]:
 
 
 def test_a_space_digest_over_hundreds_of_long_non_ascii_titles_is_done(
-    triggers: Gateway,
-    worker: ModuleType,
-    forge: ForgeEmulator,
-    confluence: ConfluenceEmulator,
-    confluence_site: Site,
-    stack: LocalStack,
-    ledger: Ledger,
-    job_summaries: list[dict[str, Any]],
+    local_world: LocalWorld, ledger: Ledger, job_summaries: list[dict[str, Any]]
 ) -> None:
-    ledger.secret(install(triggers, forge, confluence_site))
+    confluence, stack = local_world.confluence, local_world.stack
+    ledger.secret(local_world.install())
     confluence.add_space("INTL", "国際 🌏 دولي")
     confluence.add_space("ENG", "Engineering")
     recent = datetime.fromtimestamp(clock.now(), UTC) - timedelta(hours=2)
@@ -390,19 +380,18 @@ def test_a_space_digest_over_hundreds_of_long_non_ascii_titles_is_done(
         confluence.add_page("INTL", title, last_modified=recent)
     for i in range(30):
         confluence.add_page("ENG", f"Runbook {i}", last_modified=recent)
-    request = JobRequest(
-        job="space-digest", installation_id=confluence_site.installation_id, args={"spaceKeys": ["INTL", "ENG"]}
-    )
-    enqueue(stack, request)
+    installation_id = local_world.site.installation_id
+    request = JobRequest(job="space-digest", installation_id=installation_id, args={"spaceKeys": ["INTL", "ENG"]})
+    local_world.enqueue(request)
     ledger.tried += 1
 
-    _, response = run_worker(worker, stack)
+    _, response = local_world.run_worker()
 
     assert response["batchItemFailures"] == []
     assert queue_messages(stack, "JobsQueue") == []
     assert queue_messages(stack, "JobsDeadLetterQueue") == []
     results = store(stack)
-    digests = {d["spaceKey"]: d for d in results.list(confluence_site.installation_id, "DIGEST")}
+    digests = {d["spaceKey"]: d for d in results.list(installation_id, "DIGEST")}
     done = {request.request_id} if set(digests) == {"INTL", "ENG"} else set()
     assert account_jobs(stack, [request], done, ledger)["done"] == [request.request_id]
     intl, eng = digests["INTL"], digests["ENG"]

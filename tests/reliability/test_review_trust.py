@@ -40,11 +40,11 @@ from tests.reliability.harness import (
     event,
     installation_items,
     invoke,
-    json_body,
     queue_messages,
     stored_tokens,
 )
 from tests.reliability.ledger import LEDGER, Ledger
+from tests.support import body_of
 
 pytestmark = pytest.mark.reliability
 
@@ -84,7 +84,7 @@ def fit_headers(world: World, site: Site, claims: dict[str, Any], *, newer_token
 
 def assert_refused(world: World, response: dict[str, Any], before: dict[str, list[str]], status: int) -> None:
     assert response["statusCode"] == status, response
-    assert json_body(response)["error"]
+    assert body_of(response)["error"]
     assert world.state == before
 
 
@@ -117,7 +117,7 @@ def test_trigger_routes_refuse_calls_of_another_kind(world: World, installed: Si
         before = world.state
         response = world.send("POST", path, fit_headers(world, installed, claims), body_for(world, path, n))
         assert_refused(world, response, before, 403)
-        assert json_body(response)["error"] == "wrong_call_kind", name
+        assert body_of(response)["error"] == "wrong_call_kind", name
         ledger.refused()
     # The installation is untouched: still active, still holding its token.
     assert SYSTEM_TOKEN_SK in stored_tokens(world.stack, installed.installation_id)
@@ -159,13 +159,13 @@ def test_a_user_fit_cannot_uninstall_and_the_site_keeps_working(world: World, in
 def test_the_same_uninstall_fit_acts_at_most_once(world: World, installed: Site, ledger: Ledger) -> None:
     headers = world.forge.headers(installed, module_key="pre-uninstall")
     first = world.send("POST", "/forge/uninstall", headers, {})
-    assert json_body(first)["installation"] == "uninstalled"
+    assert body_of(first)["installation"] == "uninstalled"
     writes = world.triggers.wiring.tokens.write_count
     before = world.state
     for _ in range(3):
         replay = world.send("POST", "/forge/uninstall", headers, {})
         assert replay["statusCode"] == 200
-        assert json_body(replay)["replayed"] is True
+        assert body_of(replay)["replayed"] is True
         ledger.refused()
     assert world.state == before
     assert world.triggers.wiring.tokens.write_count == writes
@@ -314,7 +314,7 @@ def test_an_api_base_url_that_breaks_the_url_parser_is_a_401(
         method = "GET" if path.startswith("/api/") else "POST"
         response = world.send(method, path, fit_headers(world, installed, claims), body_for(world, path, n))
         assert_refused(world, response, before, 401)
-        assert "apiBaseUrl" in json_body(response)["message"], value
+        assert "apiBaseUrl" in body_of(response)["message"], value
         ledger.refused()
 
 
@@ -347,7 +347,7 @@ def test_deep_nesting_is_a_400_never_a_500(
             body = base64.b64encode(raw.encode()).decode() if encoded else raw
             response = world.send("POST", path, headers, raw=body, base64_body=encoded)
             assert response["statusCode"] == 400, (depth, response)
-            assert "nested" in json_body(response)["message"]
+            assert "nested" in body_of(response)["message"]
             ledger.refused()
         assert world.state == before
 
@@ -409,7 +409,7 @@ def test_a_product_event_after_uninstall_is_acknowledged_without_a_job(world: Wo
         headers = world.forge.headers(site, system_token=token, module_key="page-events")
         response = world.send("POST", "/forge/events", headers, world.forge.page_event(str(5000 + n), "ENG"))
         assert response["statusCode"] == 200, response
-        assert json_body(response)["jobs"] == 0
+        assert body_of(response)["jobs"] == 0
         ledger.refused()
     assert len(queue_messages(world.stack, "JobsQueue")) == queued
     assert stored_tokens(world.stack, site.installation_id) == {}

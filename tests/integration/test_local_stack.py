@@ -29,8 +29,8 @@ from local.moto_server import MotoServer
 from local.poller import failed_message_ids, schedules, sqs_event_sources
 from local.runtime import LocalRuntime
 from local.stack import TEMPLATE
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_ROUTES = [Route(m, p, f) for m, p, f in http_routes(load_template(TEMPLATE))]
 
 

@@ -14,7 +14,7 @@ from forge_remote import clock
 from forge_remote.keys import INSTALLATION_SK, installation_pk
 from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
-from tests.conftest import Gateway, body_of, token_items
+from tests.support import Gateway, body_of, stored_item, token_items
 
 
 def queued_job_requests(stack: LocalStack) -> list[dict[str, Any]]:
@@ -24,14 +24,7 @@ def queued_job_requests(stack: LocalStack) -> list[dict[str, Any]]:
 
 
 def installation_item(stack: LocalStack, installation_id: str) -> dict[str, Any] | None:
-    return (
-        boto3.client("dynamodb")
-        .get_item(
-            TableName=stack.physical["AppTable"],
-            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": INSTALLATION_SK}},
-        )
-        .get("Item")
-    )
+    return stored_item(stack, "AppTable", installation_id, INSTALLATION_SK)
 
 
 ROUTES = [

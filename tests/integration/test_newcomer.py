@@ -24,14 +24,14 @@ from forge_remote.config import PRODUCTION_JWKS_URL
 from local import forge_cli, serve
 from local.job_outcomes import JobOutcome, OutcomeJournal
 from local.runtime import LocalRuntime
+from tests.support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 JOBS_PACKAGE = ROOT / "functions" / "confluence_worker" / "confluence_jobs"
 LAYER = ROOT / "layers" / "forge_remote"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 MAKE_TARGETS = ("demo", "test", "local", "bench", "build", "sam-validate", "format", "clean", "lint", "unit", "help")
 RST_MARKUP = re.compile(r"``|:(func|class|mod|meth|attr|data|exc|obj|ref):`")
-SHIPPED_JOBS = {"page-snapshot", "space-digest"}
+SHIPPED_JOBS = {"page-snapshot", "space-digest", "user-digest"}
 
 
 def free_port() -> int:
@@ -208,15 +208,24 @@ def test_plain_make_is_make_help() -> None:
     assert make("-n").stdout == make("-n", "help").stdout
 
 
+VENV_INPUTS = ("Makefile", "pyproject.toml", "requirements-dev.txt", "layers/forge_remote/requirements.txt")
+
+
+def copy_from_root(destination: Path, *names: str) -> None:
+    for name in names:
+        (destination / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / name, destination / name)
+
+
 def test_a_fresh_clone_still_builds_its_venv_for_demo_test_and_ci(tmp_path: Path) -> None:
     """``make demo`` / ``make test`` / ``.ci/run`` in a clone without ``.venv``, as a dry run."""
-    for name in ("Makefile", "requirements-dev.txt", "layers/forge_remote/requirements.txt", ".ci/run"):
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / name, tmp_path / name)
+    copy_from_root(tmp_path, *VENV_INPUTS, ".ci/run")
     demo = make("-n", "demo", cwd=tmp_path)
     assert demo.returncode == 0, demo.stderr
+    assert demo.stderr == ""
     assert "-m venv .venv" in demo.stdout
     assert "pip install" in demo.stdout
+    assert "pip install --quiet --disable-pip-version-check --no-deps -e ." in demo.stdout  # the layer's package
     assert ".venv/bin/python -m local.demo" in demo.stdout
     test = make("-n", "test", cwd=tmp_path)
     assert test.returncode == 0, test.stderr
@@ -231,11 +240,56 @@ def test_a_fresh_clone_still_builds_its_venv_for_demo_test_and_ci(tmp_path: Path
     assert "sam build" in ci.stdout
 
 
+def test_the_venv_is_rebuilt_when_what_it_installs_changes_and_only_then(tmp_path: Path) -> None:
+    """The venv's stamp names the pinned requirements and pyproject's package entry, not its tool settings."""
+    copy_from_root(tmp_path, *VENV_INPUTS)
+
+    def stamp() -> str:
+        dry_run = make("-n", "venv", cwd=tmp_path)
+        found = re.search(r"^touch (\.venv/\.installed-[0-9a-f]{12})$", dry_run.stdout, re.MULTILINE)
+        assert found is not None, dry_run.stdout + dry_run.stderr
+        return found.group(1)
+
+    pyproject = tmp_path / "pyproject.toml"
+    built = stamp()
+    pyproject.write_text(pyproject.read_text() + "\n[tool.example]\nsetting = 1\n")
+    assert stamp() == built  # a tool's settings: the same venv
+    version = re.sub(r'(?m)^version = ".*"$', 'version = "99.0"', pyproject.read_text())
+    pyproject.write_text(version)
+    seen = [built, stamp()]
+    assert seen[1] != built  # the package entry changed: the package is installed again
+    packages = version.replace('where = ["layers/forge_remote"]', 'where = ["layers/forge_remote", "elsewhere"]')
+    assert packages != version
+    pyproject.write_text(packages)
+    seen.append(stamp())
+    with (tmp_path / "requirements-dev.txt").open("a") as requirements:
+        requirements.write("# a pin added\n")
+    seen.append(stamp())
+    assert len(set(seen)) == 4, seen
+
+
 # -- 3. forge_cli job, against a local stack in this process (as make local wires it)
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[LocalRuntime, serve.Shared]]:
     with LocalRuntime() as rt:
         yield rt, serve.share_with_forge_cli(rt, tmp_path / "state.json")
+
+
+@pytest.fixture
+def polled(served: tuple[LocalRuntime, serve.Shared]) -> tuple[LocalRuntime, serve.Shared]:
+    """The same, with the worker's queue polled (jobs run as they come)."""
+    served[0].poller.start(0.05)
+    return served
+
+
+@pytest.fixture
+def installed(
+    polled: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+) -> tuple[LocalRuntime, serve.Shared]:
+    """The same, after ``forge_cli install`` (its output is not the test's)."""
+    assert cli(polled[1], "install") == 0
+    capsys.readouterr()
+    return polled
 
 
 def cli(shared: serve.Shared, *args: str) -> int:
@@ -274,10 +328,9 @@ def test_bad_job_requests_exit_2_and_send_nothing(
 
 
 def test_a_job_before_install_is_deferred_with_its_reason(
-    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+    polled: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rt, shared = served
-    rt.poller.start(0.05)
+    rt, shared = polled
     assert cli(shared, "job", "page-snapshot", "--args", json.dumps({"pageId": shared.page_id}), "--wait") == 1
     out = capsys.readouterr().out
     assert "deferred: installation not seen yet. It stays in the queue and runs again in about" in out
@@ -286,13 +339,9 @@ def test_a_job_before_install_is_deferred_with_its_reason(
 
 
 def test_jobs_after_install_are_done_and_print_what_they_stored(
-    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+    installed: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rt, shared = served
-    rt.poller.start(0.05)
-    assert cli(shared, "install") == 0
-    capsys.readouterr()
-
+    rt, shared = installed
     assert cli(shared, "job", "page-snapshot", "--args", json.dumps({"pageId": shared.page_id}), "--wait") == 0
     out = capsys.readouterr().out
     request_id = re.search(r"\(request ([0-9a-f]+)\)", out)
@@ -312,11 +361,9 @@ def test_jobs_after_install_are_done_and_print_what_they_stored(
 
 
 def test_result_kind_lists_a_kind_for_jobs_the_cli_does_not_know(
-    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+    installed: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rt, shared = served
-    rt.poller.start(0.05)
-    assert cli(shared, "install") == 0
+    _, shared = installed
     args = json.dumps({"pageId": shared.page_id})
     assert cli(shared, "job", "page-snapshot", "--args", args, "--wait") == 0
     capsys.readouterr()
@@ -328,11 +375,9 @@ def test_result_kind_lists_a_kind_for_jobs_the_cli_does_not_know(
 
 
 def test_bad_job_arguments_are_dead_lettered_with_the_reason(
-    served: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+    installed: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    rt, shared = served
-    rt.poller.start(0.05)
-    assert cli(shared, "install") == 0
+    rt, shared = installed
     assert cli(shared, "job", "page-snapshot", "--args", '{"pageId": "not-a-number"}', "--wait") == 1
     out = capsys.readouterr().out
     assert "dead-lettered: bad arguments for job page-snapshot: pageId must be a numeric id." in out

@@ -12,9 +12,9 @@ from forge_remote.jobs import JobRequest
 from forge_remote.payloads import parse_event
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext
-from tests.conftest import Gateway, body_of
+from tests.support import ROOT, Gateway, body_of
 
-EVENTS = Path(__file__).resolve().parents[1] / "events"
+EVENTS = ROOT / "events"
 HTTP_SAMPLES = sorted((EVENTS / "forge_triggers").glob("*.json")) + sorted((EVENTS / "forge_calls").glob("*.json"))
 SAMPLE_SITE = Site(
     installation_id="ari:cloud:ecosystem::installation/8d0c7a51-3f2e-4b6a-9c1d-5e7f9a2b4c6d",

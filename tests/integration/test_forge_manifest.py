@@ -24,13 +24,14 @@ import pytest
 import yaml
 
 from local.cfn_yaml import http_routes, load_template, path_matches
+from tests.support import ROOT
 
 FORGE_MANIFEST_VERSION = "13.7.0"
 # @forge/manifest's code requires tslib but does not declare it (the Forge CLI brings it); pinned here
 # so the package's own validators can run.
 TSLIB_VERSION = "2.9.1"
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = ROOT
 APP_DIR = REPO / "forge-app"
 MANIFEST = APP_DIR / "manifest.yml"
 UI_SCRIPT = APP_DIR / "static" / "status" / "status.js"

@@ -10,11 +10,11 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support import ROOT
+
 LAYER = ROOT / "layers" / "forge_remote"
 STORAGE_MODULES = ["forge_remote.keys", "forge_remote.tokens", "forge_remote.installations", "forge_remote.results"]
 FORBIDDEN = ["forge_remote.fit", "jwt"]  # the FIT verifier and the JWT library it needs

@@ -12,10 +12,11 @@ import pytest
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
-from forge_remote.keys import SYSTEM_TOKEN_SK, installation_pk
+from forge_remote.keys import SYSTEM_TOKEN_SK
 from forge_remote.tokens import FALLBACK_LIFETIME_S, MAX_TOKEN_LIFETIME_S, TTL_GRACE_S, PutOutcome, TokenStore
 from local.forge_emulator import ForgeEmulator, new_installation_id
 from local.stack import LocalStack
+from tests.support import stored_item
 
 
 @pytest.fixture
@@ -24,14 +25,7 @@ def store(stack: LocalStack) -> TokenStore:
 
 
 def raw_item(stack: LocalStack, installation_id: str, sk: str = SYSTEM_TOKEN_SK) -> dict | None:
-    return (
-        boto3.client("dynamodb")
-        .get_item(
-            TableName=stack.physical["TokensTable"],
-            Key={"pk": {"S": installation_pk(installation_id)}, "sk": {"S": sk}},
-        )
-        .get("Item")
-    )
+    return stored_item(stack, "TokensTable", installation_id, sk)
 
 
 def test_expiry_is_read_from_the_token_and_ttl_is_set(

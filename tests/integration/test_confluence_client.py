@@ -40,7 +40,7 @@ from forge_remote.errors import (
     TokenUnavailable,
 )
 from local.confluence_emulator import ConfluenceEmulator
-from tests.test_confluence_emulator import check_exchange, load_openapi, make_token
+from tests.confluence_contract import check_exchange, load_openapi, make_token
 
 REMOTE_BASE = "https://api.atlassian.com/ex/confluence/cloud-1"  # for the ``responses`` tests
 
@@ -555,7 +555,7 @@ def every_error_path(confluence: ConfluenceEmulator, token: str) -> list[Excepti
     errors.append(expect(Forbidden, lambda: connect(base, token).client.get_page(1)))
     errors.append(expect(NotFound, lambda: connect(base, token).client.get_page(1)))
     errors.append(
-        expect(ConfluenceError, lambda: list(connect(base, token).client.search_content(field_eq("ancestor", "1"))))
+        expect(ConfluenceError, lambda: list(connect(base, token).client.search_content(field_eq("nosuchfield", "1"))))
     )
     confluence.fail_next(2, 500)
     errors.append(expect(ConfluenceUnavailable, lambda: connect(base, token, max_attempts=2).client.get_page(1)))
