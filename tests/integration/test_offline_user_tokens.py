@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
@@ -98,6 +99,30 @@ def worker(load: Callable[[str], ModuleType]) -> ModuleType:
     return load("ConfluenceWorkerFunction")
 
 
+@dataclass(frozen=True)
+class OfflineWorld:
+    """This module's local world: moto, the Forge emulator serving GraphQL, a Confluence site, functions."""
+
+    stack: LocalStack
+    forge: ForgeEmulator
+    wiki: ConfluenceEmulator
+    site: Site
+    triggers: ModuleType
+    worker: ModuleType
+
+
+@pytest.fixture
+def world(
+    stack: LocalStack,
+    graphql: ForgeEmulator,
+    wiki: ConfluenceEmulator,
+    wiki_site: Site,
+    triggers: ModuleType,
+    worker: ModuleType,
+) -> OfflineWorld:
+    return OfflineWorld(stack, graphql, wiki, wiki_site, triggers, worker)
+
+
 def call(triggers: ModuleType, forge: ForgeEmulator, site: Site, path: str, **headers: Any) -> dict[str, Any]:
     body = forge.installed_event(site) if path == "/forge/lifecycle" else {}
     event = http_api_event("POST", path, headers=forge.headers(site, **headers), body=body)
@@ -161,86 +186,72 @@ def bearers(wiki: ConfluenceEmulator) -> list[str]:
 
 
 def test_a_user_job_reads_as_that_user_with_one_minted_token(
-    triggers: ModuleType,
-    worker: ModuleType,
-    graphql: ForgeEmulator,
-    wiki: ConfluenceEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
+    world: OfflineWorld,
 ) -> None:
-    app_token = install(triggers, graphql, wiki_site)
+    app_token = install(world.triggers, world.forge, world.site)
     alice = account()
-    wiki.restrict_space("SEC", [account()])  # someone else's space: the app could read it, Alice cannot
+    world.wiki.restrict_space("SEC", [account()])  # someone else's space: the app could read it, Alice cannot
 
-    outcome = run(worker, digest_request(wiki_site, alice, days=7))
+    outcome = run(world.worker, digest_request(world.site, alice, days=7))
 
     assert outcome.status is JobStatus.DONE, outcome.reason
-    assert graphql.offline_mints[alice] == 1
-    bearer, variables = graphql.graphql_requests[-1]
+    assert world.forge.offline_mints[alice] == 1
+    bearer, variables = world.forge.graphql_requests[-1]
     assert bearer == app_token  # the mint is authenticated with the stored app token
     assert variables["input"] == {
-        "contextIds": [f"ari:cloud:confluence:{wiki_site.cloud_id}:workspace/{wiki_site.cloud_id}"],
+        "contextIds": [f"ari:cloud:confluence:{world.site.cloud_id}:workspace/{world.site.cloud_id}"],
         "userId": alice,
     }
-    assert {token_subject(t) for t in bearers(wiki)} == {alice}  # never the app's token
-    (record,) = digests(stack, wiki_site)
+    assert {token_subject(t) for t in bearers(world.wiki)} == {alice}  # never the app's token
+    (record,) = digests(world.stack, world.site)
     assert [p["spaceKey"] for p in record["pages"]] == ["ENG"]  # the restricted space stayed out
     assert record["accountId"] == alice
 
 
 def test_the_cached_token_serves_the_next_job_in_another_container_without_a_mint(
-    triggers: ModuleType,
-    worker: ModuleType,
+    world: OfflineWorld,
     load: Callable[[str], ModuleType],
-    graphql: ForgeEmulator,
-    wiki: ConfluenceEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
     alice = account()
-    assert run(worker, digest_request(wiki_site, alice)).status is JobStatus.DONE
-    cached = items(stack, wiki_site)[offline_token_sk(alice)]
+    assert run(world.worker, digest_request(world.site, alice)).status is JobStatus.DONE
+    cached = items(world.stack, world.site)[offline_token_sk(alice)]
     first = cached["token"]["S"]
 
-    assert run(worker, digest_request(wiki_site, alice)).status is JobStatus.DONE  # same container
+    assert run(world.worker, digest_request(world.site, alice)).status is JobStatus.DONE  # same container
     other_container = load("ConfluenceWorkerFunction")
-    assert run(other_container, digest_request(wiki_site, alice)).status is JobStatus.DONE
+    assert run(other_container, digest_request(world.site, alice)).status is JobStatus.DONE
 
-    assert graphql.offline_mints[alice] == 1
-    assert set(bearers(wiki)) == {first}
+    assert world.forge.offline_mints[alice] == 1
+    assert set(bearers(world.wiki)) == {first}
     # Cached with its expiry (ttl and exp agree here) and a DynamoDB TTL an hour past it.
     expires_at = float(cached["expiresAt"]["N"])
-    assert abs(expires_at - (clock.now() + graphql.offline_ttl_s)) < 30
+    assert abs(expires_at - (clock.now() + world.forge.offline_ttl_s)) < 30
     assert int(cached["ttl"]["N"]) == int(expires_at) + TTL_GRACE_S
     assert cached["subject"]["S"] == alice
 
 
 def test_a_token_near_its_end_is_reminted_not_handed_out(
-    triggers: ModuleType, worker: ModuleType, graphql: ForgeEmulator, wiki: ConfluenceEmulator, wiki_site: Site
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
     alice = account()
-    graphql.offline_ttl_s = 1800
-    assert run(worker, digest_request(wiki_site, alice)).status is JobStatus.DONE
-    first = bearers(wiki)[-1]
+    world.forge.offline_ttl_s = 1800
+    assert run(world.worker, digest_request(world.site, alice)).status is JobStatus.DONE
+    first = bearers(world.wiki)[-1]
     clock.advance(1800 - 600 + 5)  # still valid, but for less than TOKEN_MIN_VALIDITY_S (600 s)
 
-    assert run(worker, digest_request(wiki_site, alice)).status is JobStatus.DONE
+    assert run(world.worker, digest_request(world.site, alice)).status is JobStatus.DONE
 
-    assert graphql.offline_mints[alice] == 2
-    assert bearers(wiki)[-1] != first
+    assert world.forge.offline_mints[alice] == 2
+    assert bearers(world.wiki)[-1] != first
 
 
 def test_the_ttl_bounds_the_expiry_when_it_is_shorter_than_the_tokens_exp(
-    triggers: ModuleType,
-    worker: ModuleType,
-    graphql: ForgeEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
+    world: OfflineWorld,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
     alice = account()
     from forge_remote import offline_tokens
 
@@ -251,8 +262,8 @@ def test_the_ttl_bounds_the_expiry_when_it_is_shorter_than_the_tokens_exp(
         return offline_tokens.MintedToken(token=minted.token, ttl_s=900.0)  # exp says an hour
 
     monkeypatch.setattr(offline_tokens.OfflineTokenMinter, "mint", short_ttl)
-    assert run(worker, digest_request(wiki_site, alice)).status is JobStatus.DONE
-    cached = items(stack, wiki_site)[offline_token_sk(alice)]
+    assert run(world.worker, digest_request(world.site, alice)).status is JobStatus.DONE
+    cached = items(world.stack, world.site)[offline_token_sk(alice)]
     assert abs(float(cached["expiresAt"]["N"]) - (clock.now() + 900)) < 30
     assert cached["expirySource"]["S"] == "ttl"
 
@@ -261,113 +272,98 @@ def test_the_ttl_bounds_the_expiry_when_it_is_shorter_than_the_tokens_exp(
 
 
 def test_a_rejected_user_token_is_removed_exactly_and_reminted_once(
-    triggers: ModuleType,
-    worker: ModuleType,
-    graphql: ForgeEmulator,
-    wiki: ConfluenceEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
+    world: OfflineWorld,
 ) -> None:
-    app_token = install(triggers, graphql, wiki_site)
+    app_token = install(world.triggers, world.forge, world.site)
     alice = account()
-    assert run(worker, digest_request(wiki_site, alice)).status is JobStatus.DONE
-    revoked = bearers(wiki)[-1]
-    wiki.revoke(revoked)
-    seen_before = len(wiki.requests_seen)
+    assert run(world.worker, digest_request(world.site, alice)).status is JobStatus.DONE
+    revoked = bearers(world.wiki)[-1]
+    world.wiki.revoke(revoked)
+    seen_before = len(world.wiki.requests_seen)
 
-    outcome = run(worker, digest_request(wiki_site, alice))
+    outcome = run(world.worker, digest_request(world.site, alice))
 
     assert outcome.status is JobStatus.DONE, outcome.reason
-    assert graphql.offline_mints[alice] == 2
-    sent = [s[3] for s in wiki.requests_seen[seen_before:]]
+    assert world.forge.offline_mints[alice] == 2
+    sent = [s[3] for s in world.wiki.requests_seen[seen_before:]]
     assert sent[0] == revoked
     assert sent[-1] not in (revoked, app_token)
     assert app_token not in sent
-    stored = items(stack, wiki_site)
+    stored = items(world.stack, world.site)
     assert stored["SYSTEM"]["token"]["S"] == app_token  # the app token was not touched
     assert stored[offline_token_sk(alice)]["token"]["S"] == sent[-1]
 
 
 def test_a_user_confluence_keeps_refusing_is_reminted_once_then_deferred(
-    triggers: ModuleType,
-    worker: ModuleType,
-    graphql: ForgeEmulator,
-    wiki: ConfluenceEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
+    world: OfflineWorld,
     refused: set[str],
 ) -> None:
-    app_token = install(triggers, graphql, wiki_site)
+    app_token = install(world.triggers, world.forge, world.site)
     alice = account()
     refused.add(alice)  # Confluence refuses every token acting as Alice
 
-    outcome = run(worker, digest_request(wiki_site, alice))
+    outcome = run(world.worker, digest_request(world.site, alice))
 
     assert outcome.status is JobStatus.DEFERRED
     assert "rejected" in outcome.reason
-    assert graphql.offline_mints[alice] == 2  # the first, and exactly one fresh mint
-    sent = bearers(wiki)
+    assert world.forge.offline_mints[alice] == 2  # the first, and exactly one fresh mint
+    sent = bearers(world.wiki)
     assert {token_subject(t) for t in sent} == {alice}  # never the app's token instead
     assert app_token not in sent
     assert len(set(sent)) == 2
-    stored = items(stack, wiki_site)
+    stored = items(world.stack, world.site)
     assert set(stored) == {"SYSTEM"}  # both user tokens removed, the app token kept
     assert stored["SYSTEM"]["token"]["S"] == app_token
 
 
 def test_an_app_token_the_gateway_refuses_is_removed_exactly_and_the_job_deferred(
-    triggers: ModuleType,
-    worker: ModuleType,
-    graphql: ForgeEmulator,
-    wiki: ConfluenceEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
     alice = account()
-    graphql.fail_graphql_next(1, 401)  # the system token expired or was revoked at Forge
+    world.forge.fail_graphql_next(1, 401)  # the system token expired or was revoked at Forge
 
-    outcome = run(worker, digest_request(wiki_site, alice))
+    outcome = run(world.worker, digest_request(world.site, alice))
 
     assert outcome.status is JobStatus.DEFERRED
     assert "Forge GraphQL rejected the token" in outcome.reason
-    assert items(stack, wiki_site) == {}  # exactly the app token, the only token stored, is gone
-    assert wiki.requests_seen == []  # nothing was asked as the app instead
+    assert items(world.stack, world.site) == {}  # exactly the app token, the only token stored, is gone
+    assert world.wiki.requests_seen == []  # nothing was asked as the app instead
 
 
 def test_a_mint_racing_an_uninstall_leaves_no_token(
-    triggers: ModuleType, worker: ModuleType, graphql: ForgeEmulator, wiki_site: Site, stack: LocalStack
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
-    registry = InstallationRegistry(boto3.client("dynamodb"), stack.physical["AppTable"])
-    installation = registry.get(wiki_site.installation_id)
+    install(world.triggers, world.forge, world.site)
+    registry = InstallationRegistry(boto3.client("dynamodb"), world.stack.physical["AppTable"])
+    installation = registry.get(world.site.installation_id)
     assert installation is not None
-    assert installation.cloud_id == wiki_site.cloud_id
+    assert installation.cloud_id == world.site.cloud_id
     from forge_remote.errors import RetryLater
     from forge_remote.lease import TokenLease
 
-    app_lease = TokenLease(worker.runner.tokens, wiki_site.installation_id, 600)
+    app_lease = TokenLease(world.worker.runner.tokens, world.site.installation_id, 600)
     app_lease.acquire()
-    registry.mark_uninstalled(wiki_site.installation_id)  # lands while the job runs
-    lease = worker.runner._offline_lease(installation, account(), app_lease, lambda: 60_000)
+    registry.mark_uninstalled(world.site.installation_id)  # lands while the job runs
+    lease = world.worker.runner._offline_lease(installation, account(), app_lease, lambda: 60_000)
     with pytest.raises(RetryLater, match="uninstalled"):
         lease.acquire()
-    assert set(items(stack, wiki_site)) == {"SYSTEM"}
+    assert set(items(world.stack, world.site)) == {"SYSTEM"}
 
 
 def test_uninstall_deletes_cached_user_tokens(
-    triggers: ModuleType, worker: ModuleType, graphql: ForgeEmulator, wiki_site: Site, stack: LocalStack
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
     for user in (account(), account()):
-        assert run(worker, digest_request(wiki_site, user)).status is JobStatus.DONE
-    assert len(items(stack, wiki_site)) == 3
+        assert run(world.worker, digest_request(world.site, user)).status is JobStatus.DONE
+    assert len(items(world.stack, world.site)) == 3
 
-    response = call(triggers, graphql, wiki_site, "/forge/uninstall")
+    response = call(world.triggers, world.forge, world.site, "/forge/uninstall")
 
     assert response["statusCode"] == 200
     assert json.loads(response["body"])["tokensDeleted"] == 3
-    assert items(stack, wiki_site) == {}
+    assert items(world.stack, world.site) == {}
 
 
 # -- failures: deferred or dead-lettered, never as the app -----------------------------------------------
@@ -394,84 +390,79 @@ DEFERRED = JobStatus.DEFERRED
     ids=["unknown-user", "not-allowed", "scope-403", "rate-limited", "unavailable", "server-error", "bad-request"],
 )
 def test_a_failed_mint_defers_or_dead_letters_and_never_acts_as_the_app(
-    triggers: ModuleType,
-    worker: ModuleType,
-    graphql: ForgeEmulator,
-    wiki: ConfluenceEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
+    world: OfflineWorld,
     setup: Callable[[ForgeEmulator, str], None],
     status: JobStatus,
     reason: str,
 ) -> None:
-    app_token = install(triggers, graphql, wiki_site)
+    app_token = install(world.triggers, world.forge, world.site)
     alice = account()
-    setup(graphql, alice)
+    setup(world.forge, alice)
 
-    outcome = run(worker, digest_request(wiki_site, alice))
+    outcome = run(world.worker, digest_request(world.site, alice))
 
     assert outcome.status is status
     assert reason in outcome.reason
     assert alice not in outcome.reason
     assert app_token not in outcome.reason
-    assert wiki.requests_seen == []  # no fallback: Confluence was not asked at all
-    assert items(stack, wiki_site)["SYSTEM"]["token"]["S"] == app_token  # only a 401 removes the app token
-    assert offline_token_sk(alice) not in items(stack, wiki_site)
+    assert world.wiki.requests_seen == []  # no fallback: Confluence was not asked at all
+    assert items(world.stack, world.site)["SYSTEM"]["token"]["S"] == app_token  # only a 401 removes the app token
+    assert offline_token_sk(alice) not in items(world.stack, world.site)
     if reason == "HTTP 429":
         assert outcome.delay_s >= 300 * 0.9  # Retry-After honoured (the delay is jittered ±10 %)
 
 
 def test_an_unreachable_gateway_defers(
-    triggers: ModuleType, worker: ModuleType, graphql: ForgeEmulator, wiki: ConfluenceEmulator, wiki_site: Site
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
     closed = "127.0.0.1:9"  # discard port: nothing listens on loopback
-    worker.runner.allowed_api_hosts = (*worker.runner.allowed_api_hosts, closed)
-    worker.runner.graphql_url = f"http://{closed}/graphql"
+    world.worker.runner.allowed_api_hosts = (*world.worker.runner.allowed_api_hosts, closed)
+    world.worker.runner.graphql_url = f"http://{closed}/graphql"
 
-    outcome = run(worker, digest_request(wiki_site, account()))
+    outcome = run(world.worker, digest_request(world.site, account()))
 
     assert outcome.status is JobStatus.DEFERRED
     assert "Forge GraphQL unreachable" in outcome.reason
-    assert wiki.requests_seen == []
+    assert world.wiki.requests_seen == []
 
 
 def test_a_graphql_url_off_the_allow_list_dead_letters_without_sending_the_app_token(
-    triggers: ModuleType, worker: ModuleType, graphql: ForgeEmulator, wiki_site: Site
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
-    worker.runner.graphql_url = "https://graphql.attacker.example/graphql"
+    install(world.triggers, world.forge, world.site)
+    world.worker.runner.graphql_url = "https://world.forge.attacker.example/graphql"
 
-    outcome = run(worker, digest_request(wiki_site, account()))
+    outcome = run(world.worker, digest_request(world.site, account()))
 
     assert outcome.status is JobStatus.DEAD
     assert "FORGE_GRAPHQL_URL refused" in outcome.reason
-    assert graphql.graphql_requests == []
+    assert world.forge.graphql_requests == []
 
 
 def test_a_digest_with_no_account_goes_to_the_dlq(
-    triggers: ModuleType, worker: ModuleType, graphql: ForgeEmulator, wiki_site: Site, stack: LocalStack
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
 
-    response = run_through_sqs(worker, stack, digest_request(wiki_site, None))
+    response = run_through_sqs(world.worker, world.stack, digest_request(world.site, None))
 
     assert response["batchItemFailures"] == []  # dead-lettered, not deferred
-    assert dlq_reasons(stack) == ["user-digest needs requestedBy or args.accountId"]
-    assert graphql.graphql_requests == []
+    assert dlq_reasons(world.stack) == ["user-digest needs requestedBy or args.accountId"]
+    assert world.forge.graphql_requests == []
 
 
 def test_a_refused_user_is_dead_lettered_through_sqs_with_a_reason(
-    triggers: ModuleType, worker: ModuleType, graphql: ForgeEmulator, wiki_site: Site, stack: LocalStack
+    world: OfflineWorld,
 ) -> None:
-    install(triggers, graphql, wiki_site)
+    install(world.triggers, world.forge, world.site)
     bot = account()
-    graphql.offline_user_errors[bot] = "not-allowed"  # e.g. a service account (Atlassian ID-9158)
+    world.forge.offline_user_errors[bot] = "not-allowed"  # e.g. a service account (Atlassian ID-9158)
 
-    response = run_through_sqs(worker, stack, digest_request(wiki_site, bot))
+    response = run_through_sqs(world.worker, world.stack, digest_request(world.site, bot))
 
     assert response["batchItemFailures"] == []
-    (reason,) = dlq_reasons(stack)
+    (reason,) = dlq_reasons(world.stack)
     assert reason.startswith("Forge will not mint a token for this user")
     assert bot not in reason
 
@@ -481,24 +472,19 @@ def test_a_refused_user_is_dead_lettered_through_sqs_with_a_reason(
 
 def test_no_token_reaches_a_log_or_a_reason(
     all_logs: Callable[[], str],  # first: capture is in place before the functions bind their log streams
-    triggers: ModuleType,
-    worker: ModuleType,
-    graphql: ForgeEmulator,
-    wiki: ConfluenceEmulator,
-    wiki_site: Site,
-    stack: LocalStack,
+    world: OfflineWorld,
 ) -> None:
-    app_token = install(triggers, graphql, wiki_site)
+    app_token = install(world.triggers, world.forge, world.site)
     alice, bob = account(), account()
-    reasons = [run(worker, digest_request(wiki_site, alice)).reason]
-    wiki.revoke(bearers(wiki)[-1])
-    reasons.append(run(worker, digest_request(wiki_site, alice)).reason)  # rejected, removed, re-minted
-    graphql.offline_user_errors[bob] = "unknown-user"
-    reasons.append(run(worker, digest_request(wiki_site, bob)).reason)
-    graphql.fail_graphql_next(1, 401)
-    reasons.append(run(worker, digest_request(wiki_site, account())).reason)
+    reasons = [run(world.worker, digest_request(world.site, alice)).reason]
+    world.wiki.revoke(bearers(world.wiki)[-1])
+    reasons.append(run(world.worker, digest_request(world.site, alice)).reason)  # rejected, removed, re-minted
+    world.forge.offline_user_errors[bob] = "unknown-user"
+    reasons.append(run(world.worker, digest_request(world.site, bob)).reason)
+    world.forge.fail_graphql_next(1, 401)
+    reasons.append(run(world.worker, digest_request(world.site, account())).reason)
 
-    user_tokens = set(bearers(wiki))
+    user_tokens = set(bearers(world.wiki))
     assert len(user_tokens) == 2
     assert all(len(t) > 450 for t in user_tokens)
     assert len(app_token) > 450

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from types import ModuleType
 from typing import Any
@@ -48,6 +49,24 @@ def emulated_site(site_confluence: ConfluenceEmulator) -> Site:
     return Site(new_installation_id(), base.rsplit("/", 1)[1], base, "https://example.atlassian.net")
 
 
+@dataclass(frozen=True)
+class UiWorld:
+    """This module's world: moto, the Forge emulator, a Confluence site on the emulator, forge_calls."""
+
+    stack: LocalStack
+    forge: ForgeEmulator
+    confluence: ConfluenceEmulator
+    site: Site
+    calls: ModuleType
+
+
+@pytest.fixture
+def ui(
+    stack: LocalStack, forge: ForgeEmulator, site_confluence: ConfluenceEmulator, emulated_site: Site, calls: ModuleType
+) -> UiWorld:
+    return UiWorld(stack, forge, site_confluence, emulated_site, calls)
+
+
 def call(
     module: ModuleType,
     method: str,
@@ -83,125 +102,101 @@ def days_ago(days: float) -> datetime:
 
 
 # -- GET /api/pages/recent ----------------------------------------------------------------------------
-def test_recent_pages_are_the_users_newest_first_within_the_window(
-    calls: ModuleType, forge: ForgeEmulator, emulated_site: Site, site_confluence: ConfluenceEmulator
-) -> None:
-    site_confluence.add_space("ENG", "Engineering")
-    fresh = [site_confluence.add_page("ENG", f"Fresh {n}", last_modified=days_ago(n + 0.5)) for n in range(3)]
-    site_confluence.add_page("ENG", "Old", last_modified=days_ago(30))
-    headers, user_token = as_user(forge, emulated_site, READER)
-    status, body = call(calls, "GET", "/api/pages/recent", headers, query="days=7")
+def test_recent_pages_are_the_users_newest_first_within_the_window(ui: UiWorld) -> None:
+    ui.confluence.add_space("ENG", "Engineering")
+    fresh = [ui.confluence.add_page("ENG", f"Fresh {n}", last_modified=days_ago(n + 0.5)) for n in range(3)]
+    ui.confluence.add_page("ENG", "Old", last_modified=days_ago(30))
+    headers, user_token = as_user(ui.forge, ui.site, READER)
+    status, body = call(ui.calls, "GET", "/api/pages/recent", headers, query="days=7")
     assert status == 200, body
     assert [p["title"] for p in body["pages"]] == [p["title"] for p in fresh]
     assert body["partial"] is False
-    assert set(bearers(site_confluence)) == {user_token}  # as the user, never as the app
+    assert set(bearers(ui.confluence)) == {user_token}  # as the user, never as the app
 
 
-def test_recent_pages_cannot_include_what_the_user_may_not_see(
-    calls: ModuleType, forge: ForgeEmulator, emulated_site: Site, site_confluence: ConfluenceEmulator
-) -> None:
-    site_confluence.add_space("ENG", "Engineering")
-    site_confluence.add_space("HR", "People")
-    site_confluence.add_page("ENG", "Roadmap", last_modified=days_ago(1))
-    site_confluence.add_page("HR", "Salaries", last_modified=days_ago(1))
-    site_confluence.restrict_space("HR", {ADMIN})
-    reader, _ = as_user(forge, emulated_site, READER)
-    admin, _ = as_user(forge, emulated_site, ADMIN)
-    assert [p["title"] for p in call(calls, "GET", "/api/pages/recent", reader)[1]["pages"]] == ["Roadmap"]
-    assert sorted(p["title"] for p in call(calls, "GET", "/api/pages/recent", admin)[1]["pages"]) == [
+def test_recent_pages_cannot_include_what_the_user_may_not_see(ui: UiWorld) -> None:
+    ui.confluence.add_space("ENG", "Engineering")
+    ui.confluence.add_space("HR", "People")
+    ui.confluence.add_page("ENG", "Roadmap", last_modified=days_ago(1))
+    ui.confluence.add_page("HR", "Salaries", last_modified=days_ago(1))
+    ui.confluence.restrict_space("HR", {ADMIN})
+    reader, _ = as_user(ui.forge, ui.site, READER)
+    admin, _ = as_user(ui.forge, ui.site, ADMIN)
+    assert [p["title"] for p in call(ui.calls, "GET", "/api/pages/recent", reader)[1]["pages"]] == ["Roadmap"]
+    assert sorted(p["title"] for p in call(ui.calls, "GET", "/api/pages/recent", admin)[1]["pages"]) == [
         "Roadmap",
         "Salaries",
     ]
 
 
-def test_a_call_without_a_user_token_is_refused_and_sends_nothing(
-    calls: ModuleType, forge: ForgeEmulator, emulated_site: Site, site_confluence: ConfluenceEmulator
-) -> None:
-    headers = forge.headers(emulated_site, principal=READER, system_token=forge.app_token())
+def test_a_call_without_a_user_token_is_refused_and_sends_nothing(ui: UiWorld) -> None:
+    headers = ui.forge.headers(ui.site, principal=READER, system_token=ui.forge.app_token())
     for method, path, body in (("GET", "/api/pages/recent", None), ("POST", "/api/jobs", {"job": "space-digest"})):
-        status, answer = call(calls, method, path, headers, body)
+        status, answer = call(ui.calls, method, path, headers, body)
         assert status == 403
         assert answer["error"] == "user_token_required"
         assert "appUserToken" in answer["message"]
-    assert site_confluence.requests_seen == []  # no silent fall back to the app's token
+    assert ui.confluence.requests_seen == []  # no silent fall back to the app's token
 
 
 @pytest.mark.parametrize("query", ["days=0", "days=91", "days=x", "limit=0", "limit=201", "limit=-1"])
-def test_out_of_range_parameters_are_a_400(
-    calls: ModuleType, forge: ForgeEmulator, emulated_site: Site, site_confluence: ConfluenceEmulator, query: str
-) -> None:
-    status, body = call(calls, "GET", "/api/pages/recent", as_user(forge, emulated_site, READER)[0], query=query)
+def test_out_of_range_parameters_are_a_400(ui: UiWorld, query: str) -> None:
+    status, body = call(ui.calls, "GET", "/api/pages/recent", as_user(ui.forge, ui.site, READER)[0], query=query)
     assert status == 400
     assert body["error"] == "bad_request"
-    assert site_confluence.requests_seen == []
+    assert ui.confluence.requests_seen == []
 
 
-def test_a_slow_confluence_gets_a_partial_answer_inside_the_budget(
-    calls: ModuleType, forge: ForgeEmulator, emulated_site: Site, site_confluence: ConfluenceEmulator
-) -> None:
-    site_confluence.add_space("ENG", "Engineering")
+def test_a_slow_confluence_gets_a_partial_answer_inside_the_budget(ui: UiWorld) -> None:
+    ui.confluence.add_space("ENG", "Engineering")
     for n in range(40):
-        site_confluence.add_page("ENG", f"Page {n}", last_modified=days_ago(1 + n / 100))
-    site_confluence.delay_s = 0.8  # 5 pages per answer: all 40 need 8 answers, more than the budget holds
-    headers, _ = as_user(forge, emulated_site, READER)
+        ui.confluence.add_page("ENG", f"Page {n}", last_modified=days_ago(1 + n / 100))
+    ui.confluence.delay_s = 0.8  # 5 pages per answer: all 40 need 8 answers, more than the budget holds
+    headers, _ = as_user(ui.forge, ui.site, READER)
     # A Lambda with 6 s left: the route keeps 2 s to answer, and no request may outlive the rest.
-    status, body = call(calls, "GET", "/api/pages/recent", headers, timeout_s=6)
+    status, body = call(ui.calls, "GET", "/api/pages/recent", headers, timeout_s=6)
     assert status == 200, body
     assert body["partial"] is True
     assert "time" in body["partialReason"]
     assert 0 < len(body["pages"]) < 40
 
 
-def test_the_limit_stops_the_search_and_says_so(
-    calls: ModuleType, forge: ForgeEmulator, emulated_site: Site, site_confluence: ConfluenceEmulator
-) -> None:
-    site_confluence.add_space("ENG", "Engineering")
+def test_the_limit_stops_the_search_and_says_so(ui: UiWorld) -> None:
+    ui.confluence.add_space("ENG", "Engineering")
     for n in range(12):
-        site_confluence.add_page("ENG", f"Page {n}", last_modified=days_ago(1 + n / 100))
-    status, body = call(calls, "GET", "/api/pages/recent", as_user(forge, emulated_site, READER)[0], query="limit=7")
+        ui.confluence.add_page("ENG", f"Page {n}", last_modified=days_ago(1 + n / 100))
+    status, body = call(ui.calls, "GET", "/api/pages/recent", as_user(ui.forge, ui.site, READER)[0], query="limit=7")
     assert status == 200
     assert len(body["pages"]) == 7
     assert body["partial"] is True
     assert body["partialReason"] == "stopped at limit=7"
-    assert len(site_confluence.requests_seen) == 2  # 5 + 2 of the second answer: no page fetched past the limit
+    assert len(ui.confluence.requests_seen) == 2  # 5 + 2 of the second answer: no page fetched past the limit
 
 
 # -- POST /api/jobs -------------------------------------------------------------------------------------
-def test_a_site_administrator_requests_a_job_and_is_recorded(
-    calls: ModuleType,
-    forge: ForgeEmulator,
-    emulated_site: Site,
-    site_confluence: ConfluenceEmulator,
-    stack: LocalStack,
-) -> None:
-    site_confluence.set_admins({ADMIN})
-    headers, user_token = as_user(forge, emulated_site, ADMIN)
-    status, body = call(calls, "POST", "/api/jobs", headers, {"job": "space-digest", "args": {"spaceKeys": ["ENG"]}})
+def test_a_site_administrator_requests_a_job_and_is_recorded(ui: UiWorld) -> None:
+    ui.confluence.set_admins({ADMIN})
+    headers, user_token = as_user(ui.forge, ui.site, ADMIN)
+    status, body = call(ui.calls, "POST", "/api/jobs", headers, {"job": "space-digest", "args": {"spaceKeys": ["ENG"]}})
     assert status == 202, body
     assert body["requestedBy"] == ADMIN
-    [request] = queued(stack)
+    [request] = queued(ui.stack)
     assert request["job"] == "space-digest"
-    assert request["installationId"] == emulated_site.installation_id  # from the FIT, never the body
+    assert request["installationId"] == ui.site.installation_id  # from the FIT, never the body
     assert request["requestedBy"] == ADMIN
     assert request["requestId"] == body["requestId"]
-    assert bearers(site_confluence) == [user_token]  # Confluence was asked, as this user
+    assert bearers(ui.confluence) == [user_token]  # Confluence was asked, as this user
 
 
-def test_a_user_who_is_not_an_administrator_may_not_request_a_job(
-    calls: ModuleType,
-    forge: ForgeEmulator,
-    emulated_site: Site,
-    site_confluence: ConfluenceEmulator,
-    stack: LocalStack,
-) -> None:
-    site_confluence.set_admins({ADMIN})
-    headers, _ = as_user(forge, emulated_site, READER)
+def test_a_user_who_is_not_an_administrator_may_not_request_a_job(ui: UiWorld) -> None:
+    ui.confluence.set_admins({ADMIN})
+    headers, _ = as_user(ui.forge, ui.site, READER)
     # The front end cannot vouch for the user: a body claiming admin rights changes nothing.
     body = {"job": "space-digest", "args": {}, "admin": True, "requestedBy": ADMIN}
-    status, answer = call(calls, "POST", "/api/jobs", headers, body)
+    status, answer = call(ui.calls, "POST", "/api/jobs", headers, body)
     assert status == 403
     assert answer["error"] == "forbidden"
-    assert queued(stack) == []
+    assert queued(ui.stack) == []
 
 
 @pytest.mark.parametrize(
@@ -214,16 +209,9 @@ def test_a_user_who_is_not_an_administrator_may_not_request_a_job(
     ],
     ids=["unknown job", "args not an object", "no job", "too large"],
 )
-def test_a_bad_job_request_is_a_400_and_queues_nothing(
-    calls: ModuleType,
-    forge: ForgeEmulator,
-    emulated_site: Site,
-    site_confluence: ConfluenceEmulator,
-    stack: LocalStack,
-    body: dict[str, Any],
-) -> None:
-    site_confluence.set_admins({ADMIN})
-    status, answer = call(calls, "POST", "/api/jobs", as_user(forge, emulated_site, ADMIN)[0], body)
+def test_a_bad_job_request_is_a_400_and_queues_nothing(ui: UiWorld, body: dict[str, Any]) -> None:
+    ui.confluence.set_admins({ADMIN})
+    status, answer = call(ui.calls, "POST", "/api/jobs", as_user(ui.forge, ui.site, ADMIN)[0], body)
     assert status == 400
     assert answer["error"] == "bad_request"
-    assert queued(stack) == []
+    assert queued(ui.stack) == []
