@@ -13,7 +13,6 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from forge_remote import aws
 from forge_remote.errors import MalformedEvent, NotAllowed
-from forge_remote.jobs import JobRequest, put_job_requests
 from forge_remote.payloads import decode_body, json_object
 from forge_remote.ui_calls import ui_call
 
@@ -52,6 +51,8 @@ def request_job() -> tuple[dict[str, Any], int]:
     call = ui_call(router)
     if not is_site_admin(call.confluence_as_user()):
         raise NotAllowed("only a Confluence administrator of this site may request jobs")
+    from forge_remote.jobs import JobRequest, put_job_requests  # off the cold start of the other routes
+
     request = JobRequest(
         job=job, installation_id=call.invocation.installation_id, args=args, requested_by=call.invocation.principal
     )

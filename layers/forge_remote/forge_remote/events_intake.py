@@ -14,7 +14,6 @@ from typing import Any
 from forge_remote import aws
 from forge_remote.errors import DeliveryInProgress, ServiceUnavailable
 from forge_remote.fit import Invocation
-from forge_remote.jobs import JobRequest, put_job_requests
 from forge_remote.keys import EVENTS_IDEMPOTENCY_PK
 from forge_remote.payloads import ForgeEvent, page_ref
 
@@ -80,6 +79,8 @@ class EventIntake:
         @idempotent_function(data_keyword_argument="delivery", persistence_store=store, config=self._config)  # type: ignore[untyped-decorator]
         def enqueue(delivery: dict[str, Any]) -> dict[str, Any]:
             installation_id = delivery["installationId"]
+            from forge_remote.jobs import JobRequest, put_job_requests  # off the cold start of other routes
+
             request = JobRequest(job=PAGE_SNAPSHOT_JOB, installation_id=installation_id, args=delivery["args"])
             put_job_requests(aws.events(), bus, [request])
             return {"jobs": 1, "requestId": request.request_id}
