@@ -112,6 +112,11 @@ def emulator_from(state: dict[str, Any]) -> tuple[ForgeEmulator, Site]:
     if not isinstance(private_key, rsa.RSAPrivateKey):
         raise CliError("state file holds no RSA key")
     forge.keys = [SigningKey(kid=state["kid"], private_key=private_key)]
+    token_pem = state.get("tokenKeyPem")
+    if token_pem:  # app tokens the stack's own Forge emulator recognises as its own (GraphQL mints)
+        token_key = serialization.load_pem_private_key(token_pem.encode(), password=None)
+        if isinstance(token_key, rsa.RSAPrivateKey):
+            forge.token_key = token_key
     return forge, site_from(state)
 
 

@@ -223,6 +223,15 @@ class ForgeEmulator:
         )
 
     # -- tokens
+    @property
+    def token_key(self) -> rsa.RSAPrivateKey:
+        """The key app and user tokens are signed with (shared with ``forge_cli`` by ``make local``)."""
+        return self._token_key
+
+    @token_key.setter
+    def token_key(self, key: rsa.RSAPrivateKey) -> None:
+        self._token_key = key
+
     def app_token(self, lifetime_s: float = 3 * 3600, *, subject: str = "app", issued_at: float | None = None) -> str:
         """An app (or user) token: a JWT whose ``exp`` is its expiry on the stack's clock."""
         now = clock.now() if issued_at is None else issued_at

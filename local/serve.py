@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from forge_remote.config import PRODUCTION_JWKS_URL  # installed in the venv from layers/forge_remote
 from local.forge_emulator import DEFAULT_APP_ID, Site
@@ -89,15 +90,21 @@ def journal_path(state_file: Path) -> Path:
 def write_state(path: Path, rt: LocalRuntime, site: Site, page: dict[str, Any], journal: OutcomeJournal) -> None:
     """What ``forge_cli`` needs to act as Forge for this run. Owner-only: it holds the dev signing key."""
     key = rt.forge.keys[0]
-    pem = key.private_key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+
+    def pem_of(private_key: rsa.RSAPrivateKey) -> str:
+        encoding, private_format = serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8
+        return private_key.private_bytes(encoding, private_format, serialization.NoEncryption()).decode()
+
+    pem = pem_of(key.private_key)
     state = {
         "note": "dev-only signing key of a running `make local`; trusted by nothing else; deleted on exit",
         "gatewayUrl": rt.gateway_url,
         "appId": rt.forge.app_ari,
         "kid": key.kid,
         "privateKeyPem": pem,
+        # App tokens the CLI delivers must be ones this stack's Forge emulator issued: its GraphQL
+        # (offline user tokens) accepts only those, as Forge accepts only its own.
+        "tokenKeyPem": pem_of(rt.forge.token_key),
         "site": {
             "installationId": site.installation_id,
             "cloudId": site.cloud_id,
@@ -193,7 +200,7 @@ def banner(rt: LocalRuntime, args: argparse.Namespace, page_id: str = "") -> str
         ("FIT keys (JWKS)", PRODUCTION_JWKS_URL if production else rt.forge.jwks_url),
         # Production mode sends tokens to the real Confluence only: the emulator is not part of it.
         *([] if production else [("Confluence emulator apiBaseUrl", rt.confluence.start())]),
-        ("tokens may be sent to", args.allowed_api_hosts or "the Confluence emulator only"),
+        ("tokens may be sent to", args.allowed_api_hosts or "the Confluence emulator and the Forge emulator's GraphQL"),
         ("moto (DynamoDB, SQS, EventBridge)", rt.moto.url),
     ]
     width = max(len(label) for label, _ in parts)

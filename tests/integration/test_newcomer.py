@@ -525,3 +525,18 @@ def test_a_job_module_dropped_into_the_package_is_registered_without_editing_ini
     shipped = {f"confluence_jobs.{p.stem}" for p in JOBS_PACKAGE.glob("*.py") if p.stem != "__init__"}
     assert set(report["modules"]) == {"confluence_jobs", "confluence_jobs.label_audit", *shipped}
     assert report["heavy"] == []
+
+
+def test_a_job_acting_as_a_user_runs_under_make_local(
+    installed: tuple[LocalRuntime, serve.Shared], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The CLI delivers app tokens the stack's own Forge emulator issued: its GraphQL mints user tokens
+    only for those, so a job acting as a user runs under `make local` as it does in the demo."""
+    _, shared = installed
+    args = json.dumps({"accountId": "557058:newcomer-alice"})
+    assert cli(shared, "job", "user-digest", "--args", args, "--wait", "--result-kind", "USER_DIGEST") == 0, (
+        capsys.readouterr().out
+    )
+    out = capsys.readouterr().out
+    assert "done" in out
+    assert '"pages"' in out
