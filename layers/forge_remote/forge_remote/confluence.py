@@ -79,6 +79,17 @@ def shared_session() -> requests.Session:
     return _session
 
 
+def bounded_timeouts(
+    timeout_s: tuple[float, float], remaining_ms: Callable[[], int], margin_s: float, what: str
+) -> tuple[float, float]:
+    """Connect and read timeouts cut to the time this invocation has left less ``margin_s`` (a request
+    never outlives the Lambda); ``RetryLater`` when less than ``MIN_REQUEST_S`` is left for ``what``."""
+    left_s = remaining_ms() / 1000 - margin_s
+    if left_s < MIN_REQUEST_S:
+        raise RetryLater(f"not enough time left in this invocation for {what}", 0)
+    return (min(timeout_s[0], left_s), min(timeout_s[1], left_s))
+
+
 def retry_after_s(value: str | None, now: float) -> float | None:
     """``Retry-After`` in seconds (delta-seconds or HTTP-date); None when absent, negative or garbage."""
     if not value or not value.strip():
@@ -132,7 +143,7 @@ def error_message(response: requests.Response, token: str = "") -> str:
     find, and its head survives. Text that still shows the token once decoded (percent-encoded, JSON
     or HTML escapes) is withheld entirely.
     """
-    message = _redact(_error_text(response)[:MAX_ERROR_SCAN_CHARS], token)[:MAX_ERROR_CHARS]
+    message = redact(_error_text(response)[:MAX_ERROR_SCAN_CHARS], token)[:MAX_ERROR_CHARS]
     if token and _token_spans(_decoded(message), token):
         return f"{REDACTED} (the error text echoed the token in an encoded form)"
     return message
@@ -396,17 +407,12 @@ class ConfluenceClient:
                 raise self._error(response, token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _timeouts(self) -> tuple[float, float]:
-        """Connect and read timeouts, cut to the time this invocation has left (never past it)."""
-        if self._remaining_ms is None:
-            return self._timeout_s
-        left_s = self._remaining_ms() / 1000 - self._safety_margin_s
-        if left_s < MIN_REQUEST_S:
-            raise RetryLater("not enough time left in this invocation for another request", 0)
-        return (min(self._timeout_s[0], left_s), min(self._timeout_s[1], left_s))
-
     def _send(self, method: str, url: str, params: Mapping[str, str] | None, token: str) -> requests.Response:
-        timeouts = self._timeouts()
+        timeouts = (
+            self._timeout_s
+            if self._remaining_ms is None
+            else bounded_timeouts(self._timeout_s, self._remaining_ms, self._safety_margin_s, "another request")
+        )
         self.request_count += 1
         session = self._session or shared_session()
         path = urlsplit(url).path
@@ -513,7 +519,7 @@ def _token_spans(text: str, token: str) -> list[tuple[int, int]]:
     return spans
 
 
-def _redact(text: str, token: str) -> str:
+def redact(text: str, token: str) -> str:
     """Replace every piece of the token (see ``_token_spans``) in text a server sent back."""
     spans = _token_spans(text, token)
     if not spans:

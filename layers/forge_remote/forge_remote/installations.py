@@ -127,6 +127,20 @@ class InstallationRegistry:
         """The transaction item a token write is bundled with: fails if the installation is gone."""
         return {"Update": self._active_update(facts)}  # type: ignore[typeddict-item]
 
+    def still_installed(self, installation_id: str) -> TransactWriteItemTypeDef:
+        """A transaction item that fails unless the installation is active, changing nothing: for token
+        writes that must not outlive an uninstall but have no call's facts to record (offline mints)."""
+        check: dict[str, Any] = {
+            "ConditionCheck": {
+                "TableName": self.table_name,
+                "Key": self._key(installation_id),
+                "ConditionExpression": "#status = :active",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {":active": {"S": InstallationStatus.ACTIVE.value}},
+            }
+        }
+        return check  # type: ignore[return-value]
+
     def record_lifecycle(self, facts: InstallationFacts, event_type: str) -> bool:
         """Record installed/upgraded. False if the installation was already uninstalled."""
         field = "upgradedAt" if event_type.endswith(":upgraded:app") else "installedAt"

@@ -31,12 +31,11 @@ import re
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
 import requests
 
 from forge_remote import clock
-from forge_remote.confluence import retry_after_s, shared_session
+from forge_remote.confluence import bounded_timeouts, redact, retry_after_s, shared_session
 from forge_remote.errors import (
     ConfigurationError,
     DisallowedApiBaseUrl,
@@ -46,14 +45,11 @@ from forge_remote.errors import (
     TokenRejected,
     TokenUnavailable,
 )
-from forge_remote.installations import InstallationStatus
-from forge_remote.keys import INSTALLATION_SK, installation_pk, offline_token_sk
+from forge_remote.installations import InstallationRegistry
+from forge_remote.keys import offline_token_sk
 from forge_remote.lease import REQUEST_MARGIN_S, TokenLease
 from forge_remote.tokens import MAX_PAYLOAD_CHARS, PutOutcome, StoredToken, TokenStore, token_expiry, token_sha256
 from forge_remote.urls import require_allowed_api_base
-
-if TYPE_CHECKING:
-    from mypy_boto3_dynamodb.type_defs import TransactWriteItemTypeDef
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +59,10 @@ MUTATION = (
 )
 TIMEOUT_S = (3.05, 10.0)  # connect, read: a mint is one small POST
 SAFETY_MARGIN_S = 3.0  # left in the invocation to record a deferral after a mint gives up
-MIN_REQUEST_S = 1.0
 MAX_TOKEN_CHARS = 3 * MAX_PAYLOAD_CHARS  # a JWT with a payload segment we would still read
 MAX_REASON_CHARS = 200  # of Forge's own message, in DLQ reasons and logs
 RATE_LIMIT_DELAY_S = 60.0  # a 429 without Retry-After
 MAX_DELAY_S = 1800.0
-REDACTED = "[redacted]"
 # Forge's words for "this account can never be impersonated" (lenient: the messages are not a contract).
 _PERMANENT_MESSAGE = re.compile(
     r"not\s+found|does\s*n[o']t\s+exist|no\s+such\s+user|unknown\s+user|invalid\s+user|"
@@ -95,32 +89,12 @@ def graphql_url_allowed(url: str, allowed_hosts: Collection[str]) -> str:
         raise ConfigurationError(f"FORGE_GRAPHQL_URL refused: {exc.reason.replace('apiBaseUrl', 'the URL')}") from None
 
 
-def still_installed_check(app_table: str, installation_id: str) -> TransactWriteItemTypeDef:
-    """A transaction item that fails unless the installation's record says active: bundled with every
-    offline token write, so a mint that races an uninstall cannot leave a token behind."""
-    check: dict[str, Any] = {
-        "ConditionCheck": {
-            "TableName": app_table,
-            "Key": {"pk": {"S": installation_pk(installation_id)}, "sk": {"S": INSTALLATION_SK}},
-            "ConditionExpression": "#status = :active",
-            "ExpressionAttributeNames": {"#status": "status"},
-            "ExpressionAttributeValues": {":active": {"S": InstallationStatus.ACTIVE.value}},
-        }
-    }
-    return check  # type: ignore[return-value]
-
-
-def _redact(text: str, secrets: Collection[str]) -> str:
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    return text
-
-
 def _forge_message(messages: list[str], secrets: Collection[str]) -> str:
     """Forge's first message, with the app token and the account id taken out, short."""
     first = " ".join((messages[0] if messages else "no message").split())
-    return _redact(first[:2000], secrets)[:MAX_REASON_CHARS]
+    for secret in secrets:  # every piece of the token, as the Confluence client redacts its errors
+        first = redact(first[:2000], secret)
+    return first[:MAX_REASON_CHARS]
 
 
 def _messages(errors: object) -> list[str]:
@@ -175,7 +149,7 @@ class OfflineTokenMinter:
 
     def mint(self, *, account_id: str, cloud_id: str, app_token: str, remaining_ms: Callable[[], int]) -> MintedToken:
         """A token acting as ``account_id``, or raise (see the module docstring for which error)."""
-        timeouts = self._timeouts(remaining_ms)
+        timeouts = bounded_timeouts(self._timeout_s, remaining_ms, SAFETY_MARGIN_S, "minting a user token")
         variables = {"input": {"contextIds": [self.context_id(cloud_id)], "userId": account_id}}
         body = {"query": MUTATION, "variables": variables}
         self.mint_count += 1
@@ -192,12 +166,6 @@ class OfflineTokenMinter:
             raise OfflineTokenUnavailable(f"Forge GraphQL unreachable ({type(exc).__name__})") from None
         logger.info("offline token mint -> HTTP %d", response.status_code)
         return self._read(response, (app_token, account_id))
-
-    def _timeouts(self, remaining_ms: Callable[[], int]) -> tuple[float, float]:
-        left_s = remaining_ms() / 1000 - SAFETY_MARGIN_S
-        if left_s < MIN_REQUEST_S:
-            raise RetryLater("not enough time left in this invocation to mint a user token", 0)
-        return (min(self._timeout_s[0], left_s), min(self._timeout_s[1], left_s))
 
     def _read(self, response: requests.Response, secrets: tuple[str, str]) -> MintedToken:
         status = response.status_code
@@ -274,7 +242,7 @@ class OfflineTokenLease(TokenLease):
         minter: OfflineTokenMinter,
         cloud_id: str,
         app_token: Callable[[], str],
-        app_table: str,
+        installations: InstallationRegistry,
         remaining_ms: Callable[[], int],
         request_margin_s: float = REQUEST_MARGIN_S,
     ) -> None:
@@ -285,7 +253,7 @@ class OfflineTokenLease(TokenLease):
         self._minter = minter
         self._cloud_id = cloud_id
         self._app_token = app_token
-        self._app_table = app_table
+        self._installations = installations
         self._remaining_ms = remaining_ms
 
     def _fetch(self, min_validity_s: float) -> StoredToken:
@@ -310,7 +278,7 @@ class OfflineTokenLease(TokenLease):
             account_id=self.account_id,
             sk=self.sk,
             not_after=not_after,
-            guard=still_installed_check(self._app_table, self.installation_id),
+            guard=self._installations.still_installed(self.installation_id),
         )
         if outcome is PutOutcome.INSTALLATION_GONE:
             raise RetryLater("the installation was uninstalled while a user token was minted")  # next run discards it
@@ -329,11 +297,11 @@ class OfflineTokenLease(TokenLease):
 
 @dataclass
 class OfflineTokens:
-    """The container's way to user clients: one minter, the token store, the app table for the guard."""
+    """The container's way to user clients: one minter, the token store, the registry for the guard."""
 
     store: TokenStore
     minter: OfflineTokenMinter
-    app_table: str
+    installations: InstallationRegistry
     min_validity_s: float
 
     def lease(
@@ -353,6 +321,6 @@ class OfflineTokens:
             minter=self.minter,
             cloud_id=cloud_id,
             app_token=app_token,
-            app_table=self.app_table,
+            installations=self.installations,
             remaining_ms=remaining_ms,
         )

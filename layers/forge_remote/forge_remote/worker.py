@@ -191,7 +191,7 @@ class JobRunner:
             from forge_remote.offline_tokens import OfflineTokenMinter, OfflineTokens
 
             minter = OfflineTokenMinter(self.graphql_url, self.offline_token_context_id, self.allowed_api_hosts)
-            self.offline_tokens = OfflineTokens(self.tokens, minter, self.installations.table_name, self.min_validity_s)
+            self.offline_tokens = OfflineTokens(self.tokens, minter, self.installations, self.min_validity_s)
         return self.offline_tokens.lease(
             installation.installation_id,
             account_id,
