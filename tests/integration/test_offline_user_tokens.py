@@ -431,7 +431,7 @@ def test_a_graphql_url_off_the_allow_list_dead_letters_without_sending_the_app_t
     world: OfflineWorld,
 ) -> None:
     install(world.triggers, world.forge, world.site)
-    world.worker.runner.graphql_url = "https://world.forge.attacker.example/graphql"
+    world.worker.runner.graphql_url = "https://graphql.attacker.example/graphql"
 
     outcome = run(world.worker, digest_request(world.site, account()))
 
