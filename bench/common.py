@@ -36,6 +36,7 @@ FUNCTIONS = {
     "ForgeTriggersFunction": "functions/forge_triggers",
     "ConfluenceWorkerFunction": "functions/confluence_worker",
     "JobSchedulerFunction": "functions/job_scheduler",
+    "TokenWakeupFunction": "functions/token_wakeup",
 }
 
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})

@@ -1,10 +1,15 @@
-"""Lambda's SQS event source mapping and EventBridge Scheduler, played locally against moto.
+"""Lambda's SQS and DynamoDB-stream event source mappings and EventBridge Scheduler, played locally
+against moto.
 
 ``SqsPoller`` does what the mapping does for the worker: receive up to ``BatchSize`` messages (from
 the template's SQS event), build the real SQS event records, invoke the function, delete what
 succeeded and leave what failed in the queue with whatever visibility the function gave it
 (``ReportBatchItemFailures`` semantics). The queue's own ``RedrivePolicy`` moves a message to the DLQ
 after ``maxReceiveCount`` receives; moto implements that on receive, as SQS does.
+
+``StreamPoller`` does what a DynamoDB event source mapping does: read the table's stream from where
+it stood when the poller started, keep the records the template's ``FilterCriteria`` match, and
+invoke the function with them in batches.
 
 Time: a deferred job is hidden by SQS for real seconds (a minute and up). The demo and the tests do
 not wait for that: ``release_deferred()`` makes the failed records visible again at once. It stands
@@ -42,6 +47,17 @@ class SqsEventSource:
     function: str
     queue: str  # logical id of the queue
     batch_size: int = 10
+    report_batch_item_failures: bool = False
+
+
+@dataclass(frozen=True)
+class StreamEventSource:
+    """A function's ``Type: DynamoDB`` event: which table's stream, batch size, filter patterns."""
+
+    function: str
+    table: str  # logical id of the table
+    batch_size: int = 100
+    filters: tuple[dict[str, Any], ...] = ()
     report_batch_item_failures: bool = False
 
 
@@ -84,6 +100,37 @@ def sqs_event_sources(template: dict[str, Any]) -> list[SqsEventSource]:
             )
         )
     return sources
+
+
+def stream_event_sources(template: dict[str, Any]) -> list[StreamEventSource]:
+    sources = []
+    for function, _, props in _function_events(template, "DynamoDB"):
+        stream = props["Stream"]
+        arg = stream.get("Fn::GetAtt") if isinstance(stream, dict) else None
+        if not arg:
+            raise ValueError(f"{function}: DynamoDB Stream must be !GetAtt <table>.StreamArn locally")
+        logical = arg[0] if isinstance(arg, list) else str(arg).split(".", 1)[0]
+        filters = tuple(json.loads(f["Pattern"]) for f in props.get("FilterCriteria", {}).get("Filters", []))
+        sources.append(
+            StreamEventSource(
+                function=function,
+                table=logical,
+                batch_size=int(props.get("BatchSize", 100)),
+                filters=filters,
+                report_batch_item_failures="ReportBatchItemFailures" in props.get("FunctionResponseTypes", []),
+            )
+        )
+    return sources
+
+
+def matches_filter(pattern: Any, value: Any) -> bool:
+    """Lambda event filtering, the part templates here use: an object pattern matches an object whose
+    fields all match; a list pattern matches a value equal to one of its entries (exact match)."""
+    if isinstance(pattern, dict):
+        return isinstance(value, dict) and all(k in value and matches_filter(p, value[k]) for k, p in pattern.items())
+    if isinstance(pattern, list):
+        return any(value == entry for entry in pattern)
+    raise ValueError(f"unsupported filter pattern {pattern!r}")
 
 
 def schedules(template: dict[str, Any]) -> list[Schedule]:
@@ -275,6 +322,101 @@ class SqsPoller:
         if self._thread is not None:
             self._thread.join(timeout=5)  # a daemon thread: never hold up shutdown for a slow drain
             self._thread = None
+
+
+@dataclass
+class StreamPoller:
+    """Feeds one table's stream to one function. Reads from where the stream stood at ``open()``."""
+
+    source: StreamEventSource
+    streams: Any  # a dynamodbstreams client
+    stream_arn: str
+    region: str
+    invoke: Invoke
+    _iterators: dict[str, str] = field(default_factory=dict)  # shard id -> next iterator
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def open(self, position: str = "LATEST") -> StreamPoller:
+        """Start reading: from now (``LATEST``, as a new event source mapping does) or from the
+        stream's oldest record (``TRIM_HORIZON``)."""
+        with self._lock:
+            self._open_new_shards(position)
+        return self
+
+    def _open_new_shards(self, position: str) -> None:
+        shards = self.streams.describe_stream(StreamArn=self.stream_arn)["StreamDescription"].get("Shards", [])
+        for shard in shards:
+            if shard["ShardId"] not in self._iterators:
+                self._iterators[shard["ShardId"]] = self.streams.get_shard_iterator(
+                    StreamArn=self.stream_arn, ShardId=shard["ShardId"], ShardIteratorType=position
+                )["ShardIterator"]
+
+    # -- background polling for ``make local``
+    _thread: threading.Thread | None = None
+    _stopping: threading.Event = field(default_factory=threading.Event)
+
+    def start(self, interval_s: float = 0.5) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="stream-poller", daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.poll_once()
+            except Exception:
+                logger.exception("stream poller error; retrying")
+            self._stopping.wait(interval_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def poll_once(self) -> int:
+        """Read what is new and invoke the function with the records its filters keep; returns how many."""
+        with self._lock:
+            self._open_new_shards("TRIM_HORIZON")  # a shard opened since: read it whole
+            kept: list[dict[str, Any]] = []
+            for shard_id, iterator in list(self._iterators.items()):
+                response = self.streams.get_records(ShardIterator=iterator)
+                self._iterators[shard_id] = response.get("NextShardIterator") or iterator
+                for record in response.get("Records", []):
+                    event_record = _stream_record(record, self.stream_arn, self.region)
+                    if not self.source.filters or any(matches_filter(f, event_record) for f in self.source.filters):
+                        kept.append(event_record)
+        for start in range(0, len(kept), self.source.batch_size):
+            result = self.invoke(self.source.function, {"Records": kept[start : start + self.source.batch_size]})
+            if isinstance(result, dict) and result.get("batchItemFailures"):
+                logger.warning("%s reported stream records failed: %s", self.source.function, result)
+        return len(kept)
+
+
+def streams_client(session: Any) -> Any:
+    """A DynamoDB Streams client. Account-based endpoints are off: moto routes them to DynamoDB itself."""
+    from botocore.config import Config
+
+    return session.client("dynamodbstreams", config=Config(account_id_endpoint_mode="disabled"))
+
+
+def _stream_record(record: Any, stream_arn: str, region: str) -> dict[str, Any]:
+    """A GetRecords record as Lambda hands it over: JSON-safe, with ``eventSourceARN``."""
+    dynamodb = dict(record.get("dynamodb", {}))
+    created = dynamodb.get("ApproximateCreationDateTime")
+    if created is not None and not isinstance(created, int | float):
+        dynamodb["ApproximateCreationDateTime"] = int(created.timestamp())
+    return {
+        "eventID": record.get("eventID"),
+        "eventName": record.get("eventName"),
+        "eventVersion": record.get("eventVersion", "1.1"),
+        "eventSource": "aws:dynamodb",
+        "awsRegion": region,
+        "dynamodb": dynamodb,
+        "eventSourceARN": stream_arn,
+    }
 
 
 def queue_depth(sqs: SQSClient, queue_url: str) -> tuple[int, int]:

@@ -32,7 +32,17 @@ from local.gateway import LocalGateway
 from local.handlers import load_handler
 from local.lambda_context import LocalLambdaContext
 from local.moto_server import MotoServer
-from local.poller import ScheduleTimer, SqsPoller, queue_depth, schedules, sqs_event_sources
+from local.poller import (
+    PollReport,
+    ScheduleTimer,
+    SqsPoller,
+    StreamPoller,
+    queue_depth,
+    schedules,
+    sqs_event_sources,
+    stream_event_sources,
+    streams_client,
+)
 from local.stack import TEMPLATE, LocalStack
 
 # Local-only settings on top of the template's: no X-Ray daemon and no CloudWatch to publish to.
@@ -85,6 +95,7 @@ class LocalRuntime:
         self._stack: LocalStack | None = None
         self._gateway: LocalGateway | None = None
         self._poller: SqsPoller | None = None
+        self._stream_pollers: list[StreamPoller] = []
         self._timer: ScheduleTimer | None = None
 
     # -- lifecycle
@@ -135,6 +146,17 @@ class LocalRuntime:
             invoke=self.invoke,
         )
         self._timer = ScheduleTimer(schedules(self._stack.template), self.invoke)
+        streams = streams_client(session)
+        self._stream_pollers = [
+            StreamPoller(
+                source=stream_source,
+                streams=streams,
+                stream_arn=self._stack.stream_arns[stream_source.table],
+                region=self.moto.region,
+                invoke=self.invoke,
+            ).open()
+            for stream_source in stream_event_sources(self._stack.template)
+        ]
 
     def _load_functions(self, stack: LocalStack) -> None:
         template_globals = stack.template.get("Globals", {}).get("Function", {})
@@ -156,6 +178,9 @@ class LocalRuntime:
         """Stop every server and put the process back as it was (environment, clock, boto3 clients)."""
         if self._poller is not None:
             self._poller.stop()
+        for stream_poller in self._stream_pollers:
+            stream_poller.stop()
+        self._stream_pollers = []
         self.functions.clear()
         for server in (self._gateway, self.confluence, self.forge):
             if server is not None:
@@ -231,6 +256,28 @@ class LocalRuntime:
         if self._timer is None:
             raise RuntimeError("local runtime not started")
         return self._timer.fire(name, input)
+
+    def deliver_streams(self) -> int:
+        """Hand the tables' new stream records to the functions they feed (the token wake-up); how many."""
+        return sum(stream_poller.poll_once() for stream_poller in self._stream_pollers)
+
+    def settle(self, max_rounds: int = 20) -> PollReport:
+        """Stream records and queued jobs, in rounds, until neither has anything new: what AWS's event
+        source mappings do in the background, done now. Returns what the job queue's poller did."""
+        report = PollReport()
+        for _ in range(max_rounds):
+            delivered = self.deliver_streams()
+            drained = self.poller.drain()
+            report.add(drained)
+            if not delivered and not drained.received:
+                return report
+        raise RuntimeError(f"still busy after {max_rounds} rounds of streams and queue")
+
+    def start_polling(self, interval_s: float = 1.0) -> None:
+        """Background polling of the job queue and the streams, as on AWS (``make local``)."""
+        self.poller.start(interval_s)
+        for stream_poller in self._stream_pollers:
+            stream_poller.start(min(interval_s, 0.5))
 
     def advance(self, seconds: float) -> int:
         """Let ``seconds`` pass: token expiry moves on (the stack's clock) and deferred jobs become

@@ -3,7 +3,7 @@ itself (one source of truth), against whatever endpoint boto3 is pointed at (mot
 each function's environment the way CloudFormation would.
 
 Only the intrinsics the template uses are resolved: ``Ref``, ``Fn::GetAtt`` (``Arn``,
-``QueueName``) and ``Fn::Sub`` with ``${AWS::StackName}`` / ``${AWS::Region}`` / resource names.
+``QueueName``, ``StreamArn``) and ``Fn::Sub`` with ``${AWS::StackName}`` / ``${AWS::Region}`` / resource names.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class LocalStack:
     parameters: dict[str, str] = field(default_factory=dict)
     physical: dict[str, str] = field(default_factory=dict)  # logical id -> name / url
     arns: dict[str, str] = field(default_factory=dict)
+    stream_arns: dict[str, str] = field(default_factory=dict)  # table logical id -> its stream's ARN
 
     @classmethod
     def from_template(cls, path: Path = TEMPLATE, **kwargs: Any) -> LocalStack:
@@ -84,6 +85,8 @@ class LocalStack:
     def _get_att(self, logical: str, attribute: str) -> str:
         if attribute == "Arn" and logical in self.arns:
             return self.arns[logical]
+        if attribute == "StreamArn" and logical in self.stream_arns:
+            return self.stream_arns[logical]
         if attribute == "QueueName" and logical in self.physical:
             return self.physical[logical].rsplit("/", 1)[-1]
         raise KeyError(f"cannot resolve GetAtt {logical}.{attribute} locally")
@@ -109,7 +112,12 @@ class LocalStack:
             }
             if props.get("GlobalSecondaryIndexes"):
                 request["GlobalSecondaryIndexes"] = props["GlobalSecondaryIndexes"]
+            stream = props.get("StreamSpecification")
+            if stream:
+                request["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": stream["StreamViewType"]}
             description = dynamodb.create_table(**request)["TableDescription"]
+            if stream:
+                self.stream_arns[logical] = description["LatestStreamArn"]
             ttl = props.get("TimeToLiveSpecification")
             if ttl and ttl.get("Enabled"):
                 dynamodb.update_time_to_live(TableName=name, TimeToLiveSpecification=ttl)

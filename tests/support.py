@@ -31,7 +31,7 @@ from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site
 from local.handlers import load_handler
 from local.lambda_context import LocalLambdaContext
-from local.poller import sqs_record
+from local.poller import StreamPoller, sqs_record, stream_event_sources, streams_client
 from local.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +40,7 @@ FUNCTIONS = {
     "ForgeTriggersFunction": "functions/forge_triggers",
     "ConfluenceWorkerFunction": "functions/confluence_worker",
     "JobSchedulerFunction": "functions/job_scheduler",
+    "TokenWakeupFunction": "functions/token_wakeup",
 }
 WORKER_TIMEOUT_S = 120  # the template's worker timeout
 
@@ -138,6 +139,31 @@ class LocalWorld:
     def calls(self) -> ModuleType:
         """forge_calls, loaded when a test first sends it something."""
         return self.load("ForgeCallsFunction")
+
+    @cached_property
+    def wakeup(self) -> ModuleType:
+        """token_wakeup, loaded when a test first delivers the tokens table's stream."""
+        return self.load("TokenWakeupFunction")
+
+    @cached_property
+    def _token_stream(self) -> StreamPoller:
+        (source,) = stream_event_sources(self.stack.template)
+
+        def invoke(_: str, event: Any) -> Any:
+            return self.wakeup.lambda_handler(event, LocalLambdaContext(function_name="token-wakeup", timeout_s=30))
+
+        return StreamPoller(
+            source=source,
+            streams=streams_client(boto3.session.Session()),
+            stream_arn=self.stack.stream_arns[source.table],
+            region=self.stack.region,
+            invoke=invoke,
+        ).open("TRIM_HORIZON")
+
+    def deliver_token_stream(self) -> int:
+        """What Lambda's stream event source mapping does: the tokens table's records since the last call,
+        filtered by the template's criteria, to the token wake-up. Returns how many records it got."""
+        return self._token_stream.poll_once()
 
     # -- HTTP, as API Gateway calls the functions
     def send(self, method: str, path: str, headers: dict[str, str], body: Any = None) -> dict[str, Any]:

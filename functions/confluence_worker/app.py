@@ -3,7 +3,8 @@
 Partial batch failures (Powertools batch processor): a deferred job is made visible again after a
 growing delay and reported failed, so SQS counts the receive and, past the redrive limit, moves it
 to the DLQ; a request that can never succeed goes to the DLQ at once; the rest of the batch is
-unaffected either way.
+unaffected either way. A job deferred for lack of a token is also parked, so the next token delivery
+wakes it (``token_wakeup``); each request id runs to the end at most once (``RunOnce``).
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from confluence_jobs import registry
 
-from forge_remote import aws
+from forge_remote import aws, clock
 from forge_remote.config import Settings
 from forge_remote.errors import BadJobRequest, JobDeferred
 from forge_remote.installations import InstallationRegistry
+from forge_remote.job_activity import JobActivity
 from forge_remote.jobs import JobRequest
 from forge_remote.logs import use_function_logger
+from forge_remote.parking import ParkingLot, wake_parked
 from forge_remote.results import ResultStore
+from forge_remote.run_once import RunOnce
 from forge_remote.tokens import TokenStore
 from forge_remote.worker import JobRunner, JobStatus, Outcome
 
@@ -49,9 +53,12 @@ runner = JobRunner(
     graphql_url=settings.forge_graphql_url,
     offline_token_context_id=settings.offline_token_context_id,
 )
+parking = ParkingLot(_dynamodb, settings.app_table)
+activity = JobActivity(_dynamodb, settings.app_table)
+run_once = RunOnce(settings.app_table)
 
 
-def _dead_letter(record: SQSRecord, reason: str) -> None:
+def _dead_letter(record: SQSRecord, reason: str, request: JobRequest | None = None) -> None:
     aws.sqs().send_message(
         QueueUrl=DLQ_URL,
         MessageBody=record.body,
@@ -62,10 +69,17 @@ def _dead_letter(record: SQSRecord, reason: str) -> None:
     )
     metrics.add_metric(name="JobsDeadLettered", unit=MetricUnit.Count, value=1)
     logger.error("job request sent to the DLQ", extra={"reason": reason, "message_id": record.message_id})
+    if request is not None:  # for the installation's status page; the DLQ cannot be read per installation
+        activity.record_dead(request.installation_id, request.request_id, request.job, reason)
 
 
-def _defer(record: SQSRecord, outcome: Outcome) -> None:
-    """Keep the message, visible again after the delay; the batch processor reports it failed."""
+def _defer(record: SQSRecord, request: JobRequest, outcome: Outcome) -> None:
+    """Keep the message, visible again after the delay; the batch processor reports it failed.
+
+    A job waiting for a token is also parked, so the next token delivery wakes it long before the
+    delay ends. A token stored between this job's check and its parking would wake nobody: so once
+    parked, the store is looked at again, and a usable token wakes the job at once.
+    """
     aws.sqs().change_message_visibility(
         QueueUrl=QUEUE_URL,
         ReceiptHandle=record.receipt_handle,
@@ -73,13 +87,33 @@ def _defer(record: SQSRecord, outcome: Outcome) -> None:
     )
     metrics.add_metric(name="JobsDeferred", unit=MetricUnit.Count, value=1)
     logger.warning("job deferred", extra={"reason": outcome.reason, "delay_s": outcome.delay_s})
+    if outcome.waiting_for_token:
+        parking.park(
+            request.installation_id,
+            request.request_id,
+            job=request.job,
+            receipt_handle=record.receipt_handle,
+            retry_at=clock.now() + outcome.delay_s,
+        )
+        metrics.add_metric(name="JobsParked", unit=MetricUnit.Count, value=1)
+        if runner.token_usable(request.installation_id):
+            woken = wake_parked(parking, aws.sqs(), QUEUE_URL, request.installation_id, request_id=request.request_id)
+            metrics.add_metric(name="JobsWoken", unit=MetricUnit.Count, value=len(woken.woken))
     raise JobDeferred(outcome.reason, outcome.delay_s)
 
 
 def _run(request: JobRequest, receive_count: int, lambda_context: LambdaContext) -> Outcome:
     if lambda_context.get_remaining_time_in_millis() < MIN_REMAINING_MS:
         return Outcome(JobStatus.DEFERRED, "too little time left in this invocation", RESTART_DELAY_S)
-    return runner.run(request, receive_count=receive_count, remaining_ms=lambda_context.get_remaining_time_in_millis)
+    if receive_count > 1:
+        parking.unpark(request.installation_id, request.request_id)  # back by its delay, or woken: not waiting
+    return run_once.run(
+        request.request_id,
+        lambda: runner.run(
+            request, receive_count=receive_count, remaining_ms=lambda_context.get_remaining_time_in_millis
+        ),
+        lambda_context,
+    )
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
@@ -94,16 +128,23 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     try:
         outcome = _run(request, receive_count, lambda_context)
         match outcome.status:
+            case JobStatus.DEFERRED if receive_count >= settings.job_max_receives:
+                # The queue would move it to the DLQ on the next receive, without a word: say why now.
+                _dead_letter(record, f"{outcome.reason} (gave up after {receive_count} attempts)", request)
             case JobStatus.DEFERRED:
-                _defer(record, outcome)
+                _defer(record, request, outcome)
             case JobStatus.DEAD:
-                _dead_letter(record, outcome.reason)
+                _dead_letter(record, outcome.reason, request)
             case JobStatus.DISCARDED:
                 metrics.add_metric(name="JobsDiscarded", unit=MetricUnit.Count, value=1)
                 logger.info("job discarded", extra={"reason": outcome.reason})
+            case JobStatus.DONE if outcome.repeated:
+                metrics.add_metric(name="JobsRepeatedDeliveries", unit=MetricUnit.Count, value=1)
+                logger.info("job already done; repeated delivery acknowledged", extra={"receive_count": receive_count})
             case JobStatus.DONE:
                 metrics.add_metric(name="JobsDone", unit=MetricUnit.Count, value=1)
                 logger.info("job done", extra={"summary": outcome.summary, "receive_count": receive_count})
+                activity.record_done(request.installation_id, request.job, outcome.summary)
     finally:
         logger.remove_keys(["job", "installation_id", "request_id"])
 

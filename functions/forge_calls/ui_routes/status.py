@@ -1,4 +1,10 @@
-"""``GET /api/status``: the calling installation's token state, in words a page can show. Never a token."""
+"""``GET /api/status``: the calling installation's token health, in figures a page can put in words.
+
+Can background jobs run now, and until when; when the last token arrived and from what kind of
+call; how many jobs wait for a token; which jobs went to the dead-letter queue and why; the last run
+of each job kind. Everything is read by key or by one query of the installation's own partition
+(no scan), and nothing returned is a token.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +13,9 @@ from typing import Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
-from forge_remote import clock
+from forge_remote import aws, clock
+from forge_remote.job_activity import JobActivity
+from forge_remote.parking import ParkingLot
 from forge_remote.ui_calls import ui_call
 
 router = Router()
@@ -17,13 +25,19 @@ def _iso(epoch_s: float | None) -> str | None:
     return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds") if epoch_s else None
 
 
+def _job_stores(app_table: str) -> tuple[ParkingLot, JobActivity]:
+    client = aws.dynamodb()  # the container's one client (aws.py keeps it)
+    return ParkingLot(client, app_table), JobActivity(client, app_table)
+
+
 @router.get("/api/status")
 def status() -> dict[str, Any]:
     call = ui_call(router)
     wiring, invocation = call.wiring, call.invocation
-    captured = wiring.capture_tokens(invocation)
+    installation_id = invocation.installation_id
     now = clock.now()
     min_validity = wiring.settings.token_min_validity_s
+    states = wiring.tokens.states(installation_id, account_id=invocation.principal)
     tokens = [
         {
             "subject": state.subject,
@@ -33,16 +47,38 @@ def status() -> dict[str, Any]:
             # Background jobs act as the app: only the app token can make them runnable.
             **({"usableByJobs": state.expires_at - now >= min_validity} if state.subject == "system" else {}),
         }
-        for state in wiring.tokens.states(invocation.installation_id, account_id=invocation.principal)
+        for state in states
     ]
-    installation = wiring.installations.get(invocation.installation_id)
+    app_token = next((s for s in states if s.subject == "system"), None)
+    # A job takes a token only while it is valid for the minimum more: that is when jobs stop.
+    usable_until = app_token.expires_at - min_validity if app_token else None
+    installation = wiring.installations.get(installation_id)
+    parking, activity = _job_stores(wiring.settings.app_table)
     return {
-        "installationId": invocation.installation_id,
+        "installationId": installation_id,
+        "now": _iso(now),
         "installation": {
             "status": installation.status if installation else "unknown",
             "installedAt": _iso(installation.installed_at) if installation else None,
         },
+        "jobs": {
+            "canRun": usable_until is not None and usable_until > now,
+            "canRunUntil": _iso(usable_until) if usable_until and usable_until > now else None,
+            "waitingForToken": parking.waiting(installation_id),
+            "deadLettered": [
+                {"job": d.job, "reason": d.reason, "at": _iso(d.at), "requestId": d.request_id}
+                for d in activity.dead_lettered(installation_id)
+            ],
+            "lastResults": [
+                {"job": r.job, "finishedAt": _iso(r.finished_at), "summary": r.summary}
+                for r in activity.last_runs(installation_id)
+            ],
+        },
+        "lastToken": {
+            "at": _iso(app_token.received_at) if app_token else None,
+            "from": app_token.delivered_by if app_token else None,
+        },
         "tokens": tokens,
-        "captured": captured,
+        "captured": call.captured,
         "tokenMinValiditySeconds": min_validity,
     }

@@ -19,6 +19,7 @@ PRODUCTION_JWKS_URL = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
 DEFAULT_ALLOWED_API_HOSTS = ("api.atlassian.com",)
 DEFAULT_TOKEN_MIN_VALIDITY_S = 600
+DEFAULT_JOB_MAX_RECEIVES = 10  # the jobs queue's maxReceiveCount: about 2.5 h of waiting for a token
 # Offline user impersonation (partly preview at Atlassian): where the offlineUserAuthToken mutation is
 # sent, and the context id it names. Both are settings because Atlassian may still move them.
 DEFAULT_FORGE_GRAPHQL_URL = "https://api.atlassian.com/graphql"
@@ -101,6 +102,9 @@ class Settings:
     token_min_validity_s: int = DEFAULT_TOKEN_MIN_VALIDITY_S
     forge_graphql_url: str = DEFAULT_FORGE_GRAPHQL_URL
     offline_token_context_id: str = DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
+    # The jobs queue's maxReceiveCount: the worker dead-letters a job itself on its last receive, with
+    # the reason, instead of leaving SQS's redrive to move it there without one.
+    job_max_receives: int = DEFAULT_JOB_MAX_RECEIVES
 
     def required(self, name: str) -> str:
         """A setting only some functions need (``jobs_bus``, ``jobs_queue_url``, ``jobs_dlq_url``).
@@ -125,6 +129,13 @@ class Settings:
         if not 0 <= validity <= 4 * 3600:
             raise ConfigurationError("TOKEN_MIN_VALIDITY_S must be between 0 and 14400")
         jwks_url = jwks_url_setting(env.get("FORGE_JWKS_URL", "").strip() or PRODUCTION_JWKS_URL)
+        raw_receives = env.get("JOB_MAX_RECEIVES", "").strip()
+        try:
+            max_receives = int(raw_receives) if raw_receives else DEFAULT_JOB_MAX_RECEIVES
+        except ValueError as exc:
+            raise ConfigurationError("JOB_MAX_RECEIVES must be a whole number") from exc
+        if not 1 <= max_receives <= 1000:  # SQS's own bounds for maxReceiveCount
+            raise ConfigurationError("JOB_MAX_RECEIVES must be between 1 and 1000")
         return cls(
             app_ari=app_ari(_required(env, "FORGE_APP_ID")),
             tokens_table=_required(env, "TOKENS_TABLE"),
@@ -139,4 +150,5 @@ class Settings:
             offline_token_context_id=context_id_template(
                 env.get("OFFLINE_TOKEN_CONTEXT_ID", "").strip() or DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
             ),
+            job_max_receives=max_receives,
         )

@@ -52,11 +52,12 @@ class HttpWiring:
             installations=InstallationRegistry(client, settings.app_table),
         )
 
-    def capture_tokens(self, invocation: Invocation) -> dict[str, str]:
+    def capture_tokens(self, invocation: Invocation, *, delivered_by: str | None = None) -> dict[str, str]:
         """Token rule 1: store what this verified call delivered (app token, and user token if any).
 
         Each write is bundled with the installation's "still installed" update, so a call that
-        races an uninstall can never leave a token behind. Returns outcome names for the response.
+        races an uninstall can never leave a token behind. ``delivered_by`` (keepalive, event,
+        lifecycle, ui) is recorded with a stored token for status pages. Returns outcome names.
         """
         outcomes: dict[str, str] = {}
         facts = installation_facts(invocation)
@@ -65,6 +66,7 @@ class HttpWiring:
                 invocation.installation_id,
                 invocation.system_token,
                 guard=self.installations.active_guard(facts),
+                delivered_by=delivered_by,
             )
             outcomes["system"] = outcome.value
         if invocation.user_token and invocation.principal:
@@ -73,6 +75,7 @@ class HttpWiring:
                 invocation.user_token,
                 account_id=invocation.principal,
                 guard=self.installations.active_guard(facts),
+                delivered_by=delivered_by,
             )
             outcomes["user"] = outcome.value
         return outcomes

@@ -61,6 +61,8 @@ class TokenState:
     subject: str
     expires_at: float
     expiry_source: str
+    received_at: float | None = None
+    delivered_by: str | None = None  # the kind of Forge call that brought it: keepalive, event, lifecycle, ui
 
 
 def token_sha256(token: str) -> str:
@@ -149,13 +151,15 @@ class TokenStore:
         guard: TransactWriteItemTypeDef | None = None,
         sk: str | None = None,
         not_after: float | None = None,
+        delivered_by: str | None = None,
     ) -> PutOutcome:
         """Store ``token`` unless the stored one expires no earlier (rules 1-3).
 
         ``guard`` is a transaction item written atomically with the token (the installation
         registry's "still installed" update, or a check of it), so a token can never be stored after
         uninstall. ``sk`` overrides the key ``account_id`` implies (offline user tokens live under
-        ``OFFLINE#<accountId>``); ``not_after`` bounds the expiry (see ``token_expiry``).
+        ``OFFLINE#<accountId>``); ``not_after`` bounds the expiry (see ``token_expiry``); ``delivered_by``
+        names the kind of call that brought the token, for status pages.
         """
         sk = sk or token_sk(account_id)
         digest = token_sha256(token)
@@ -180,6 +184,8 @@ class TokenStore:
             "receivedAt": {"N": f"{now:.3f}"},
             "ttl": {"N": str(int(expires_at) + TTL_GRACE_S)},
         }
+        if delivered_by:
+            item["deliveredBy"] = {"S": delivered_by}
         put: dict[str, Any] = {
             "TableName": self.table_name,
             "Item": item,
@@ -230,6 +236,18 @@ class TokenStore:
             raise TokenUnavailable(installation_id, f"stored token is valid for less than {min_validity_s:.0f}s")
         return stored
 
+    def usable(self, installation_id: str, min_validity_s: float) -> bool:
+        """Is an app token valid for ``min_validity_s`` more seconds stored? Reads its expiry only."""
+        item = self._client.get_item(
+            TableName=self.table_name,
+            Key=self._key(installation_id, SYSTEM_TOKEN_SK),
+            ProjectionExpression="expiresAt",
+            ConsistentRead=True,
+        ).get("Item")
+        if not item:
+            return False
+        return float(item["expiresAt"]["N"]) - clock.now() >= min_validity_s
+
     def invalidate(
         self, installation_id: str, token: str, *, account_id: str | None = None, sk: str | None = None
     ) -> bool:
@@ -256,7 +274,7 @@ class TokenStore:
             item = self._client.get_item(
                 TableName=self.table_name,
                 Key=self._key(installation_id, sk),
-                ProjectionExpression="subject, expiresAt, expirySource",
+                ProjectionExpression="subject, expiresAt, expirySource, receivedAt, deliveredBy",
                 ConsistentRead=True,
             ).get("Item")
             if item:
@@ -265,6 +283,8 @@ class TokenStore:
                         subject="system" if sk == SYSTEM_TOKEN_SK else "user",
                         expires_at=float(item["expiresAt"]["N"]),
                         expiry_source=item.get("expirySource", {}).get("S", "exp"),
+                        received_at=float(item["receivedAt"]["N"]) if "receivedAt" in item else None,
+                        delivered_by=item.get("deliveredBy", {}).get("S"),
                     )
                 )
         return states

@@ -12,6 +12,9 @@ route reads everything it needs from ``UiCall``, put in the resolver's context b
   token store's rules (valid long enough, re-checked before every request).
 - ``call.remaining_ms()``: what is left of the answer's budget; both clients stop waiting and stop
   sending before it runs out (``RetryLater``), so a route can answer with what it has.
+- ``call.captured``: what became of the tokens the call delivered. Every UI call stores them (token
+  rule 1) before its route runs, so a person opening any page keeps the installation's jobs supplied
+  and wakes the jobs waiting for a token.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ class UiCall:
     wiring: HttpWiring
     lambda_remaining_ms: Callable[[], int] | None = None
     started: float = field(default_factory=time.monotonic)
+    captured: dict[str, str] = field(default_factory=dict)
 
     def remaining_ms(self) -> int:
         """Milliseconds left before the answer must leave: Forge's 25 s or the Lambda's, less a margin."""
@@ -87,7 +91,9 @@ def provide_ui_call(wiring: HttpWiring) -> Callable[[APIGatewayHttpResolver, Nex
     def with_ui_call(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
         context = app.lambda_context
         remaining = getattr(context, "get_remaining_time_in_millis", None)
-        app.append_context(ui_call=UiCall(app.context["invocation"], wiring, remaining))
+        invocation = app.context["invocation"]
+        captured = wiring.capture_tokens(invocation, delivered_by="ui")
+        app.append_context(ui_call=UiCall(invocation, wiring, remaining, captured=captured))
         return next_middleware(app)
 
     return with_ui_call

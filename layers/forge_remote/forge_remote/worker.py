@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forge_remote.config import DEFAULT_FORGE_GRAPHQL_URL, DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
-from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected
+from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected, TokenUnavailable
 from forge_remote.installations import Installation, InstallationRegistry
 from forge_remote.jobs import Job, JobContext, JobRegistry, JobRequest
 from forge_remote.lease import TokenLease
@@ -55,6 +55,9 @@ class Outcome:
     reason: str = ""
     delay_s: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+    # Deferred because no usable app token is stored: the next token delivery can wake it (parking.py).
+    waiting_for_token: bool = False
+    repeated: bool = False  # done before: a repeated delivery, acknowledged without running (run_once.py)
 
 
 @dataclass
@@ -84,7 +87,7 @@ class JobRunner:
             return Outcome(JobStatus.DISCARDED, "installation is uninstalled")
         if installation is None or not installation.api_base_url:
             # Tokens and the installation record are written together: no record means no token yet.
-            return self._defer(receive_count, "installation not seen yet")
+            return self._defer(receive_count, "installation not seen yet", waiting_for_token=True)
         return self._run_with_token(job, request, installation, receive_count, remaining_ms)
 
     def _run_with_token(
@@ -118,7 +121,11 @@ class JobRunner:
                 logger.warning("%s; invalidated it", exc.reason)
                 if attempt == 1 and lease is not None and lease.replacement_available():
                     continue
-                return self._defer(receive_count, f"{exc.reason} and no other token to retry with")
+                reason = f"{exc.reason} and no other token to retry with"
+                return self._defer(receive_count, reason, waiting_for_token=lease is app_lease)
+            except TokenUnavailable as exc:
+                # Only the app token comes from Forge's deliveries; a user's offline token is minted.
+                return self._defer(receive_count, exc.reason, at_least=exc.delay_s, waiting_for_token=True)
             except PermanentFailure as exc:
                 return Outcome(JobStatus.DEAD, exc.reason)
             except RetryLater as exc:
@@ -177,6 +184,7 @@ class JobRunner:
             results=self.results,
             remaining_ms=remaining_ms,
             user_client_factory=confluence_as,
+            app_token=lease.token,
         )
         result = job(context)
         return Outcome(JobStatus.DONE, summary=result.summary if result else {})
@@ -200,6 +208,12 @@ class JobRunner:
             remaining_ms=remaining_ms,
         )
 
+    def token_usable(self, installation_id: str) -> bool:
+        """Is an app token valid for the job minimum stored now? (A job parked a moment ago may have
+        missed the delivery that stored it.)"""
+        return self.tokens.usable(installation_id, self.min_validity_s)
+
     @staticmethod
-    def _defer(receive_count: int, reason: str, *, at_least: float = 0) -> Outcome:
-        return Outcome(JobStatus.DEFERRED, reason, deferral_delay(receive_count, at_least=at_least))
+    def _defer(receive_count: int, reason: str, *, at_least: float = 0, waiting_for_token: bool = False) -> Outcome:
+        delay = deferral_delay(receive_count, at_least=at_least)
+        return Outcome(JobStatus.DEFERRED, reason, delay, waiting_for_token=waiting_for_token)

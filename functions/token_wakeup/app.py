@@ -1,0 +1,68 @@
+"""Token wake-up: a stored app token wakes the installation's parked jobs.
+
+Fed by the tokens table's stream (keys only: no token ever leaves the table this way), filtered by
+the event source mapping to inserts and replacements of app-token items (``sk = SYSTEM``). For each
+installation it checks that the stored token is usable by jobs, then makes every parked job's
+message visible at once (``forge_remote.parking``). Jobs that cannot be woken keep their delay: the
+queue brings them back anyway, so a failure here delays a job, it never loses one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType, process_partial_response
+from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from forge_remote import aws
+from forge_remote.config import Settings
+from forge_remote.keys import INSTALLATION_PK_PREFIX
+from forge_remote.logs import use_function_logger
+from forge_remote.parking import ParkingLot, wake_parked
+from forge_remote.tokens import TokenStore
+
+logger = Logger()
+use_function_logger(logger)
+metrics = Metrics()
+# A failed record is retried from its sequence number; the rest of the batch is not replayed.
+processor = BatchProcessor(event_type=EventType.DynamoDBStreams, raise_on_entire_batch_failure=False)
+settings = Settings.from_env()
+QUEUE_URL = settings.required("jobs_queue_url")
+_dynamodb = aws.dynamodb()
+parking = ParkingLot(_dynamodb, settings.app_table)
+tokens = TokenStore(_dynamodb, settings.tokens_table)
+
+
+def record_handler(record: DynamoDBRecord) -> None:
+    pk = record.dynamodb.keys.get("pk") if record.dynamodb else None
+    if not isinstance(pk, str) or not pk.startswith(INSTALLATION_PK_PREFIX):
+        logger.warning("stream record without an installation key ignored", extra={"event_id": record.event_id})
+        return
+    installation_id = pk[len(INSTALLATION_PK_PREFIX) :]
+    if not tokens.usable(installation_id, settings.token_min_validity_s):
+        # Stored but too short-lived for a job (or already replaced): waking would only defer again.
+        logger.info("token stored but not usable by jobs; parked jobs left waiting")
+        return
+    report = wake_parked(parking, aws.sqs(), QUEUE_URL, installation_id)
+    if report.woken or report.already_back:
+        metrics.add_metric(name="JobsWoken", unit=MetricUnit.Count, value=len(report.woken))
+        logger.info(
+            "parked jobs woken",
+            extra={"installation_id": installation_id, "woken": len(report.woken), "already_back": report.already_back},
+        )
+
+
+@logger.inject_lambda_context
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        response = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        # Most deliveries wake nothing and record nothing: publish only what was recorded.
+        if metrics.metric_set:
+            metrics.flush_metrics()
+    return dict(response)
