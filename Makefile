@@ -15,7 +15,7 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONDONTWRITEBYTECODE := 1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv demo local test lint format unit bench sam-validate build clean
+.PHONY: help venv chromium demo local test lint format unit bench sam-validate build clean
 
 # No prerequisites: listing the targets must work before anything is installed.
 help:  ## list these targets (what plain `make` does)
@@ -45,7 +45,13 @@ lint: venv  ## ruff, ruff format --check, strict mypy and cfn-lint, no tests
 	$(BIN)/mypy layers/forge_remote/forge_remote functions local bench
 	$(BIN)/cfn-lint template.yaml
 
-unit: venv  ## every test, no lint (PYTEST_ARGS="tests/unit" or "-k name" picks some)
+# The status page's browser tests drive Debian's Chromium, never a downloaded browser; they fail without it.
+chromium:  ## Debian's Chromium for the browser tests, installed with apt-get (root or sudo) if missing
+	@command -v chromium >/dev/null || { echo "installing Debian's chromium for the status page's browser tests"; \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo="sudo"; \
+	  $$sudo apt-get update -qq && $$sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+
+unit: venv chromium  ## every test, no lint (PYTEST_ARGS="tests/unit" or "-k name" picks some)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test: lint unit  ## lint, type-check, template lint, and every test

@@ -1,7 +1,8 @@
 """``make local`` (``python -m local.serve``): the embedded stack left running on 127.0.0.1.
 
-The same ``LocalRuntime`` as the demo and the tests, plus a poller thread that drains the jobs queue
-every second (deferred jobs come back after their real delay here: nothing advances time).
+The same ``LocalRuntime`` as the demo and the tests, plus poller threads that drain the jobs queue
+every second and hand the tokens table's stream to the token wake-up (deferred jobs come back after
+their real delay, or as soon as a token is stored: nothing advances time).
 
 Two ways to call it:
 - The Forge emulator: ``.venv/bin/python -m local.forge_cli COMMAND`` (the banner prints each one)
@@ -36,6 +37,7 @@ from forge_remote.config import PRODUCTION_JWKS_URL  # installed in the venv fro
 from local.forge_emulator import DEFAULT_APP_ID, Site
 from local.job_outcomes import OutcomeJournal, journal_worker_outcomes
 from local.runtime import LocalRuntime
+from local.ui_dev import DEFAULT_UI_PORT, StatusPageServer, UiBuildError, start_status_page
 
 ROOT = Path(__file__).resolve().parents[1]
 STATE_FILE = ROOT / ".cache" / "local-stack.json"
@@ -66,6 +68,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"], help="the functions' log level"
+    )
+    parser.add_argument(
+        "--ui-port",
+        type=int,
+        default=DEFAULT_UI_PORT,
+        help="port of the token status page on 127.0.0.1 (default 8788; any free port if taken)",
     )
     parser.add_argument(
         "--state-file",
@@ -136,6 +144,7 @@ class Shared:
     state_file: Path
     journal: OutcomeJournal
     page_id: str  # the seeded page, so the banner's page-snapshot command finds something
+    site: Site  # the emulated site the CLI acts for (the status page shows it too)
 
     def remove(self) -> None:
         self.state_file.unlink(missing_ok=True)  # the dev key does not outlive the run
@@ -152,8 +161,9 @@ def share_with_forge_cli(rt: LocalRuntime, state_file: Path) -> Shared:
     journal = OutcomeJournal(journal_path(state_file))
     journal.create()
     journal_worker_outcomes(rt.functions[rt.poller.source.function].module, journal)
-    write_state(state_file, rt, rt.site(), page, journal)
-    return Shared(state_file=state_file, journal=journal, page_id=str(page["id"]))
+    site = rt.site()
+    write_state(state_file, rt, site, page, journal)
+    return Shared(state_file=state_file, journal=journal, page_id=str(page["id"]), site=site)
 
 
 def shown_path(path: Path) -> str:
@@ -193,7 +203,8 @@ def forge_cli_commands(args: argparse.Namespace, page_id: str) -> list[str]:
     ]
 
 
-def banner(rt: LocalRuntime, args: argparse.Namespace, page_id: str = "") -> str:
+def banner(rt: LocalRuntime, args: argparse.Namespace, page_id: str = "", status_page: str = "") -> str:
+    """``status_page``: the page's URL, or why it is not served (emulator mode only)."""
     production = args.jwks == "production"
     parts = [
         ("gateway (API Gateway HTTP API)", rt.gateway_url),
@@ -214,11 +225,23 @@ def banner(rt: LocalRuntime, args: argparse.Namespace, page_id: str = "") -> str
             "The Forge emulator CLI cannot call this mode (its dev key is not Atlassian's).",
         ]
     else:
+        lines += [f"Token status page, in a browser on this machine: {status_page}", ""]
         lines += ["Act as Forge from another terminal, in the repository root (state: " + str(args.state_file) + "):"]
         lines += [f"  {command}" for command in forge_cli_commands(args, page_id)]
         lines += [f"  {cli_command(args, '--help')}   # every command"]  # a comment: still runs as printed
         lines += ["Or by hand: curl -i -X POST " + rt.gateway_url + "/forge/keepalive   (401: no FIT)"]
     return "\n".join(lines)
+
+
+def serve_status_page(rt: LocalRuntime, shared: Shared | None, port: int) -> tuple[StatusPageServer | None, str]:
+    """The status page for the emulated site, and its URL; or None and why (the stack runs without it)."""
+    if shared is None:
+        return None, ""
+    try:
+        page = start_status_page(rt.forge, shared.site, rt.gateway_url, port=port)
+    except UiBuildError as exc:
+        return None, f"not served: {exc}".splitlines()[0]
+    return page, page.page_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
     with runtime as rt:
         # Production FITs are Atlassian's: no dev key to share, so no state file and no emulated site.
         shared = share_with_forge_cli(rt, args.state_file) if args.jwks == "emulator" else None
-        rt.poller.start(args.poll_interval)
-        print(banner(rt, args, shared.page_id if shared else ""), flush=True)
+        rt.start_polling(args.poll_interval)
+        page, page_note = serve_status_page(rt, shared, args.ui_port)
+        print(banner(rt, args, shared.page_id if shared else "", page_note), flush=True)
         try:
             # Wake up now and then: the kernel may deliver SIGINT to one of the server threads, and
             # Python runs handlers only in the main thread, which an untimed wait never wakes.
@@ -250,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             pass
         finally:
             print("\nstopping the local stack", flush=True)
+            if page is not None:
+                page.stop()
             if shared is not None:
                 shared.remove()
     return 0

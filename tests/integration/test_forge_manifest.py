@@ -34,7 +34,7 @@ TSLIB_VERSION = "2.9.1"
 REPO = ROOT
 APP_DIR = REPO / "forge-app"
 MANIFEST = APP_DIR / "manifest.yml"
-UI_SCRIPT = APP_DIR / "static" / "status" / "status.js"
+UI_SCRIPT = APP_DIR / "src" / "status" / "api.js"  # the page's calls (built into static/status/status.js)
 TEMPLATE = REPO / "template.yaml"
 # Versioned directory: bumping the pin installs afresh instead of trusting an old cache.
 CACHE = REPO / ".cache" / f"forge-manifest-{FORGE_MANIFEST_VERSION}"

@@ -1,0 +1,466 @@
+"""The token status page in a real headless Chromium, against the local stack.
+
+Chromium is Debian's package (``/usr/bin/chromium``, or ``$CHROMIUM``), driven by Python's playwright
+with no browser download: a missing Chromium fails these tests, it never skips them. The page is the
+dev bundle served by ``local.ui_dev`` (the deployed page's HTML and CSS, ``@forge/bridge`` played by the
+local stack), and each state is produced the way the other tests drive the stack: Forge emulator
+tokens, the stack's clock moved on, the uninstall call. Expected times and durations are worked out
+here, in Python, from the very ``/api/status`` answer the page received, and the browser runs in a
+time zone of its own (UTC+05:30), so a page that showed UTC, or the browser's clock, would fail.
+
+``STATUS_PAGE_SCREENSHOTS=docs/screenshots`` writes each state's screenshot there (the README's).
+The build check (the deployed bundle is what ``forge-app/src`` builds) runs ``npm ci`` in ``forge-app/``
+when its lockfile changed, then esbuild: this is where ``make test`` builds the page.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import requests
+from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
+
+from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
+from local import serve
+from local.forge_emulator import Site
+from local.runtime import LocalRuntime
+from local.ui_dev import (
+    INVOKE_PATH,
+    STATIC_DIR,
+    StatusPageServer,
+    UiBuildError,
+    build_dev_bundle,
+    check_committed_bundle,
+)
+from tests.support import ROOT
+
+CHROMIUM = Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+# The viewer's time zone: half an hour off any whole-hour zone, and no daylight saving.
+VIEWER_TZ = "Asia/Kolkata"
+VIEWER_OFFSET = timezone(timedelta(hours=5, minutes=30))
+SCREENSHOTS = os.environ.get("STATUS_PAGE_SCREENSHOTS")
+HOUR = 3600
+
+
+# -- expected words, worked out independently of the page's JavaScript
+def parse(iso: str) -> datetime:
+    return datetime.fromisoformat(iso)
+
+
+def local_hhmm(iso: str) -> str:
+    return parse(iso).astimezone(VIEWER_OFFSET).strftime("%H:%M")
+
+
+def local_date_time(iso: str, now: str) -> str:
+    """An instant on another day than ``now``, as en-GB shows it: "Sun 29 Nov, 07:19" (the year too if
+    it is not ``now``'s)."""
+    when = parse(iso).astimezone(VIEWER_OFFSET)
+    year = " %Y" if when.year != parse(now).astimezone(VIEWER_OFFSET).year else ""
+    return when.strftime(f"%a %-d %b{year}, %H:%M")
+
+
+def duration(seconds: float) -> str:
+    s = max(0, int(seconds))
+    if s < 60:
+        return "less than a minute"
+    if s < HOUR:
+        return f"{s // 60} min"
+    hours, minutes = divmod(s // 60, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+def relative(iso: str, now: str) -> str:
+    seconds = (parse(iso) - parse(now)).total_seconds()
+    return f"{duration(seconds)} from now" if seconds > 0 else f"{duration(-seconds)} ago"
+
+
+def jobs_until(status: dict[str, Any]) -> str:
+    until = status["jobs"]["canRunUntil"]
+    return f"Jobs can run until {local_hhmm(until)}, {relative(until, status['now'])}."
+
+
+# -- the browser and the page
+@pytest.fixture(scope="module")
+def dev_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    try:
+        return build_dev_bundle(tmp_path_factory.mktemp("ui-dev") / "status.js")
+    except UiBuildError as exc:
+        pytest.fail(f"could not build the status page's dev bundle: {exc}", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext]:
+    if not CHROMIUM.is_file():
+        pytest.fail(
+            f"Chromium is not at {CHROMIUM}: the status page's browser tests need it. Install Debian's package "
+            "(sudo apt-get install -y chromium) or point $CHROMIUM at a Chromium binary.",
+            pytrace=False,
+        )
+    with sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),  # a new, empty profile
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            locale="en-GB",
+            timezone_id=VIEWER_TZ,
+            viewport={"width": 900, "height": 800},
+        )
+        try:
+            yield context
+        finally:
+            context.close()
+
+
+@pytest.fixture
+def rt() -> Iterator[LocalRuntime]:
+    with LocalRuntime() as runtime:
+        runtime.confluence.add_space("ENG", "Engineering")
+        yield runtime
+
+
+class Shown:
+    """The page as the browser shows it, and the /api/status answer it was built from."""
+
+    def __init__(self, page: Page, status: dict[str, Any], bridge_answers: list[Response]) -> None:
+        self.page = page
+        self.status = status
+        self.bridge_answers = bridge_answers
+
+    @property
+    def state(self) -> str | None:
+        return self.page.get_attribute("#verdict", "data-state")
+
+    def text(self, selector: str) -> str:
+        return " ".join(self.page.inner_text(selector).split())
+
+    def screenshot(self, name: str) -> None:
+        if SCREENSHOTS:
+            directory = ROOT / SCREENSHOTS if not Path(SCREENSHOTS).is_absolute() else Path(SCREENSHOTS)
+            directory.mkdir(parents=True, exist_ok=True)
+            self.page.screenshot(path=str(directory / f"status-{name}.png"), full_page=True)
+
+
+@pytest.fixture
+def open_page(browser: BrowserContext, dev_bundle: Path, rt: LocalRuntime) -> Iterator[Callable[..., Shown]]:
+    """Open the status page for ``site``; ``app_token_lifetime_s=None``: the UI call hands over no app
+    token, so the page shows what the rest of the stack left (Forge's UI calls would bring a fresh one)."""
+    servers: list[StatusPageServer] = []
+    pages: list[Page] = []
+
+    def open_(
+        site: Site, *, app_token_lifetime_s: float | None = None, bundle: Path | None = None, init_script: str = ""
+    ) -> Shown:
+        server = StatusPageServer(rt.forge, site, rt.gateway_url, bundle=bundle or dev_bundle)
+        server.app_token_lifetime_s = app_token_lifetime_s
+        server.start()
+        servers.append(server)
+        page = browser.new_page()
+        pages.append(page)
+        problems: list[str] = []
+        page.on("pageerror", lambda error: problems.append(f"page error: {error}"))
+        page.on("console", lambda message: problems.append(message.text) if message.type == "error" else None)
+        answers: list[Response] = []  # what the dev bridge gave the page, read once the page has settled
+        page.on("response", lambda response: answers.append(response) if INVOKE_PATH in response.url else None)
+        if init_script:
+            page.add_init_script(init_script)
+        with page.expect_response(
+            lambda r: INVOKE_PATH in r.url and (r.request.post_data_json or {}).get("path") == "/api/status"
+        ) as answer:
+            page.goto(server.page_url)
+        reply = answer.value.json()
+        assert reply["status"] == 200, reply
+        # Selectors, not wait_for_function: the page's policy forbids the eval that one polls with.
+        page.wait_for_selector("#verdict:not([data-state='loading'])")
+        page.locator("#recent").get_by_text("Loading").wait_for(state="detached")
+        # A content security policy violation (an inline script or style) is reported as a console error.
+        assert problems == [], problems
+        return Shown(page, reply["body"], answers)
+
+    yield open_
+    for page in pages:
+        page.close()
+    for server in servers:
+        server.stop()
+
+
+# -- driving the stack as Forge and the worker do
+def forge_call(rt: LocalRuntime, site: Site, path: str, body: Any = None, token: str | None = None) -> int:
+    response = rt.call("POST", path, rt.forge.headers(site, system_token=token), body if body is not None else {})
+    assert response.status_code < 300, response.text
+    return response.status_code
+
+
+def install(rt: LocalRuntime, lifetime_s: float = 3 * HOUR) -> Site:
+    site = rt.site()
+    forge_call(rt, site, "/forge/lifecycle", rt.forge.installed_event(site), rt.forge.app_token(lifetime_s=lifetime_s))
+    return site
+
+
+def page_event(rt: LocalRuntime, site: Site, title: str, *, token: str | None) -> None:
+    page_id = str(rt.confluence.add_page("ENG", title)["id"])
+    forge_call(rt, site, "/forge/events", rt.forge.page_event(page_id, "ENG", title=title), token)
+
+
+def enqueue(rt: LocalRuntime, site: Site, job: str, args: dict[str, Any]) -> None:
+    request = JobRequest(job=job, installation_id=site.installation_id, args=args)
+    body = {"source": JOB_SOURCE, "detail-type": JOB_DETAIL_TYPE, "detail": request.to_detail()}
+    boto3.client("sqs").send_message(QueueUrl=rt.poller.queue_url, MessageBody=json.dumps(body))
+
+
+# -- the build
+def test_the_deployed_bundle_is_what_the_sources_build() -> None:
+    """static/status/status.js (what the manifest's resource serves) is rebuilt from forge-app/src and
+    compared byte for byte: a source change without `npm run build` fails here."""
+    try:
+        check_committed_bundle()
+    except UiBuildError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+def test_the_deployed_bundle_uses_forges_bridge_not_the_dev_shim() -> None:
+    bundle = (STATIC_DIR / "status.js").read_text(encoding="utf-8")
+    assert INVOKE_PATH not in bundle  # the dev shim's endpoint
+    assert "__bridge" in bundle  # @forge/bridge's own code, which talks to the bridge Forge puts in the frame
+
+
+# -- the four states
+def test_healthy_jobs_can_run_for_hours(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
+    site = install(rt)
+    page_event(rt, site, "Release notes", token=rt.forge.app_token())  # a job that runs and leaves a result
+    rt.settle()
+    rt.advance(15 * 60)
+    forge_call(rt, site, "/forge/keepalive", token=rt.forge.app_token(lifetime_s=3 * HOUR))
+    rt.advance(30 * 60)
+
+    shown = open_page(site)
+    status = shown.status
+    assert shown.state == "healthy"
+    verdict = shown.text("#verdict")
+    assert verdict.startswith("Background jobs can run.")
+    assert jobs_until(status) in verdict
+    assert re.search(r"2 h (19|20) min from now", verdict), verdict  # keepalive's 3 h, less 30 min and a job's 10
+    last = status["lastToken"]["at"]
+    assert shown.text("#last-token") == (
+        f"The last token arrived at {local_hhmm(last)}, {relative(last, status['now'])}, with Forge's hourly keepalive."
+    )
+    assert "30 min ago" in shown.text("#last-token")
+    assert shown.text("#waiting") == "No job is waiting for a token."
+    assert shown.text("#dead-letters") == "No job of this site is in the dead-letter queue."
+    results = shown.text("#last-results")
+    assert results.startswith("Job Finished What it did Page snapshot")
+    finished = status["jobs"]["lastResults"][0]["finishedAt"]
+    assert f"{local_hhmm(finished)}, {relative(finished, status['now'])}" in results
+    installed = shown.text("#installation")
+    assert installed.startswith("Installed at ")
+    assert "Release notes" in shown.text("#recent")  # the user's own call, as that user
+    assert shown.page.title() == "Background jobs and Forge tokens"
+    assert len(shown.bridge_answers) == 2  # the status and the recent pages
+    for answer in shown.bridge_answers:  # the page gets what Forge's bridge gives it: never a FIT or a token
+        assert "eyJ" not in answer.text()
+    shown.screenshot("healthy")
+
+
+def test_expiring_soon_jobs_can_run_for_less_than_an_hour(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
+    site = install(rt, lifetime_s=3 * HOUR)
+    rt.advance(2 * HOUR + 20 * 60)  # 40 min left on the token; a job needs 10 of them
+
+    shown = open_page(site)
+    assert shown.state == "expiring"
+    verdict = shown.text("#verdict")
+    assert verdict.startswith("Background jobs can run, but not for long.")
+    assert jobs_until(shown.status) in verdict
+    assert re.search(r"(29|30) min from now", verdict), verdict
+    assert "If no fresh token arrives before then, jobs wait for the next one." in verdict
+    last = shown.status["lastToken"]["at"]
+    assert shown.text("#last-token") == (
+        f"The last token arrived at {local_hhmm(last)}, 2 h 20 min ago, when the app was installed or upgraded."
+    )
+    shown.screenshot("expiring-soon")
+
+
+def test_no_token_jobs_wait_and_dead_letters_show_their_reasons(
+    rt: LocalRuntime, open_page: Callable[..., Shown]
+) -> None:
+    site = install(rt, lifetime_s=3 * HOUR)
+    rt.advance(4 * HOUR)  # the token expired and no Forge call brought another
+    page_event(rt, site, "Written during the lull", token=None)
+    page_event(rt, site, "Also written during the lull", token=None)
+    enqueue(rt, site, "page-snapshots", {"pageId": "1"})  # no such job kind: straight to the DLQ
+    rt.settle()
+
+    shown = open_page(site)
+    status = shown.status
+    assert shown.state == "no-token"
+    assert status["jobs"]["waitingForToken"] == 2
+    verdict = shown.text("#verdict")
+    assert verdict.startswith("Background jobs cannot run now.")
+    assert "No stored app token is valid for the 10 min a job needs." in verdict
+    assert "Jobs wait for a token and run as soon as one arrives." in verdict
+    assert shown.text("#waiting").startswith("2 jobs are waiting for a token.")
+    assert "4 h ago, when the app was installed or upgraded." in shown.text("#last-token")
+    [dead] = status["jobs"]["deadLettered"]
+    rows = shown.page.locator("#dead-letters tbody tr")
+    assert rows.count() == 1
+    cells = [" ".join(cell.split()) for cell in rows.first.locator("td").all_inner_texts()]
+    assert cells == [
+        "Page snapshots",
+        dead["reason"],
+        f"{local_hhmm(dead['at'])}, {relative(dead['at'], status['now'])}",
+        dead["requestId"],
+    ]
+    assert "page-snapshots" in dead["reason"]  # the worker's own words say which job kind is unknown
+    assert shown.text("#last-results") == "No job has finished for this site yet."
+    shown.screenshot("no-token")
+
+    # The hourly keepalive brings a token: the parked jobs run, and "Check again" shows it.
+    forge_call(rt, site, "/forge/keepalive", token=rt.forge.app_token(lifetime_s=3 * HOUR))
+    rt.settle()
+    with shown.page.expect_response(lambda r: INVOKE_PATH in r.url):
+        shown.page.click("#refresh")
+    shown.page.wait_for_selector("#verdict[data-state='healthy']")
+    assert shown.text("#waiting") == "No job is waiting for a token."
+    assert shown.text("#last-token").endswith("less than a minute ago, with Forge's hourly keepalive.")
+    assert shown.page.locator("#last-results tbody tr").count() == 1  # one job kind: both snapshots ran
+    assert shown.page.locator("#dead-letters tbody tr").count() == 1
+
+
+def test_uninstalled(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
+    site = install(rt)
+    page_event(rt, site, "Release notes", token=rt.forge.app_token())
+    rt.settle()
+    rt.advance(2 * 24 * HOUR)
+    forge_call(rt, site, "/forge/uninstall")
+
+    shown = open_page(site)
+    assert shown.status["installation"]["status"] == "uninstalled"
+    assert shown.state == "uninstalled"
+    verdict = shown.text("#verdict")
+    assert verdict.startswith("The app is uninstalled from this site.")
+    assert "no background job runs for this site" in verdict
+    installed = shown.status["installation"]["installedAt"]
+    assert (
+        shown.text("#installation")
+        == f"Uninstalled. It had been installed at {local_date_time(installed, shown.status['now'])}, 2 days ago."
+    )
+    assert shown.text("#last-token") == "None kept: the tokens were deleted when the app was uninstalled."
+    shown.screenshot("uninstalled")
+
+
+# -- the deployed bundle, with Forge's side of the bridge
+# What Forge's host page does for the frame: answer @forge/bridge's callBridge('invoke', ...). Here it
+# hands the call to the dev bridge's endpoint, so the deployed bundle runs against the local stack.
+HOST_BRIDGE = """
+globalThis.__bridgeCalls = [];
+globalThis.__bridge = {
+  callBridge: async (name, payload) => {
+    globalThis.__bridgeCalls.push([name, payload.invokeType, payload.path, payload.method]);
+    const response = await fetch('INVOKE_PATH', {
+      method: 'POST',
+      headers: { 'content-type': 'application/json' },
+      body: JSON.stringify({ path: payload.path, method: payload.method, headers: payload.headers, body: payload.body }),
+    });
+    return { success: true, payload: await response.json() };
+  },
+};
+""".replace("INVOKE_PATH", INVOKE_PATH)
+
+
+def test_the_deployed_bundle_calls_forge_through_the_bridge(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
+    site = install(rt, lifetime_s=HOUR)
+    # The UI call hands over a fresh app token, as Forge's do: jobs can run on it, and it is the last one.
+    shown = open_page(site, app_token_lifetime_s=3 * HOUR, bundle=STATIC_DIR / "status.js", init_script=HOST_BRIDGE)
+    calls = shown.page.evaluate("globalThis.__bridgeCalls")
+    assert ["invoke", "ui-remote-fetch", "/api/status", "GET"] in calls
+    assert ["invoke", "ui-remote-fetch", "/api/pages/recent?days=7&limit=20", "GET"] in calls
+    assert shown.state == "healthy"
+    assert shown.text("#last-token").endswith("less than a minute ago, when someone opened the app's page.")
+
+
+# -- the dev bridge endpoint itself
+def test_the_dev_bridge_answers_its_own_page_only(rt: LocalRuntime, dev_bundle: Path) -> None:
+    site = install(rt)
+    server = StatusPageServer(rt.forge, site, rt.gateway_url, bundle=dev_bundle)
+    server.start()
+    try:
+        call = {"path": "/api/status", "method": "GET"}
+        own = requests.post(server.url + INVOKE_PATH, json=call, headers={"Origin": server.url}, timeout=30)
+        assert own.status_code == 200
+        assert own.json()["status"] == 200
+        assert "eyJ" not in own.text
+        elsewhere = requests.post(
+            server.url + INVOKE_PATH, json=call, headers={"Origin": "https://evil.example"}, timeout=30
+        )
+        assert elsewhere.status_code == 403
+        cross_site = requests.post(
+            server.url + INVOKE_PATH, json=call, headers={"Sec-Fetch-Site": "cross-site"}, timeout=30
+        )
+        assert cross_site.status_code == 403
+        form = requests.post(
+            server.url + INVOKE_PATH, data=json.dumps(call), headers={"Content-Type": "text/plain"}, timeout=30
+        )
+        assert form.status_code == 415
+        for bad in ({"path": "https://elsewhere/api", "method": "GET"}, {"path": "/api/status", "method": "TRACE"}):
+            assert requests.post(server.url + INVOKE_PATH, json=bad, timeout=30).status_code == 400
+        assert requests.get(server.url + "/status/../../template.yaml", timeout=30).status_code == 404
+        page = requests.get(server.page_url, timeout=30)
+        assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    finally:
+        server.stop()
+
+
+def test_times_are_the_backends_not_the_browsers(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
+    """The stack's clock is hours ahead of the browser's: durations follow the backend's ``now``."""
+    site = install(rt, lifetime_s=3 * HOUR)
+    rt.advance(2 * HOUR)
+    shown = open_page(site)
+    now = parse(shown.status["now"])
+    assert now - datetime.now(UTC) > timedelta(hours=1, minutes=59)
+    assert re.search(r"(49|50) min from now", shown.text("#verdict"))
+    assert shown.text("#checked-at") == f"Checked at {local_hhmm(shown.status['now'])} (by the backend's clock)."
+
+
+def test_make_local_serves_the_page_for_the_site_the_forge_cli_acts_for(
+    tmp_path: Path, browser: BrowserContext
+) -> None:
+    """The wiring ``python -m local.serve`` uses: the page shows the emulated site the CLI's commands act for."""
+    with LocalRuntime() as rt:
+        shared = serve.share_with_forge_cli(rt, tmp_path / "state.json")
+        server, url = serve.serve_status_page(rt, shared, port=0)
+        assert server is not None, url
+        try:
+            assert url == server.page_url
+            assert url.startswith("http://127.0.0.1:")
+            args = serve.parse_args(["--state-file", str(tmp_path / "state.json")])
+            assert url in serve.banner(rt, args, shared.page_id, url)
+            token = rt.forge.app_token(lifetime_s=2 * HOUR)  # the page's call brings a newer one (3 h)
+            forge_call(rt, shared.site, "/forge/lifecycle", rt.forge.installed_event(shared.site), token)
+            page = browser.new_page()
+            try:
+                page.goto(url)
+                page.wait_for_selector("#verdict[data-state='healthy']")
+                # make local's stand-in hands over a fresh app token with each call, as Forge's UI calls do
+                assert page.inner_text("#last-token").endswith("when someone opened the app's page.")
+            finally:
+                page.close()
+        finally:
+            server.stop()
+            shared.remove()
