@@ -22,6 +22,13 @@ user's accountId (``ForgeEmulator.app_token(subject=accountId)``). ``restrict_sp
 pages visible only to some users (and the app); searches, page reads and space listings answer as
 Confluence does for content the caller cannot view: left out, or a 404. ``set_admins`` names the
 Confluence administrators ``user/current?expand=operations`` reports.
+
+The personal data reporting API is served on the same host, as on ``api.atlassian.com``:
+``POST /app/report-accounts/`` with ``{"accounts": [{"accountId", "updatedAt"}]}`` (1 to 90, each
+``updatedAt`` an ISO 8601 time) answers 200 ``{"accounts": [{"accountId", "status"}]}`` for the
+accounts ``close_account`` / ``update_account`` named, or 204 when none of the reported accounts
+needs action; a bad body is a 400. ``script_report`` queues answers for the next reports (a 429 with
+``Retry-After``, a malformed body); ``reports_seen`` keeps every body received.
 """
 
 from __future__ import annotations
@@ -57,6 +64,8 @@ AUTHOR_ID = "557058:0f6d1c5e-emulator"
 APP_SUBJECT = "app"  # the ``sub`` of ForgeEmulator.app_token() without a subject
 APP_DISPLAY_NAME = "Forge app (emulated)"
 _PREFIX = re.compile(r"/ex/confluence/(?P<cloud>[^/]+)/wiki(?P<rest>/.*)")
+REPORT_PATHS = ("/app/report-accounts", "/app/report-accounts/")
+MAX_REPORTED_ACCOUNTS = 90
 
 
 def jwt_not_expired(token: str) -> bool:
@@ -84,6 +93,15 @@ class Fault:
     status: int
     retry_after: str | None = None
     ratelimit_reset: str | None = None
+
+
+@dataclass(frozen=True)
+class ScriptedReport:
+    """One queued answer of the reporting API (see ``ConfluenceEmulator.script_report``)."""
+
+    status: int
+    body: Any = None  # JSON-encoded unless a str (sent as it is)
+    retry_after: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,6 +143,9 @@ class ConfluenceEmulator:
         self._validate = token_validator or jwt_not_expired
         self._revoked: set[str] = set()
         self._faults: list[Fault] = []
+        self.account_statuses: dict[str, str] = {}  # accountId -> "closed" | "updated"
+        self.reports_seen: list[list[dict[str, Any]]] = []
+        self._scripted_reports: list[ScriptedReport] = []
         self._next_id = 98300
         self._lock = threading.RLock()
         self._server = LoopbackServer(self._wsgi, port)
@@ -335,6 +356,50 @@ class ConfluenceEmulator:
         with self._lock:
             self._faults.extend(Fault(status, retry_after, ratelimit_reset) for _ in range(n))
 
+    # -- personal data reporting
+    def close_account(self, account_id: str) -> None:
+        """Reports of ``account_id`` answer ``closed`` from now on."""
+        with self._lock:
+            self.account_statuses[account_id] = "closed"
+
+    def update_account(self, account_id: str) -> None:
+        """Reports of ``account_id`` answer ``updated`` from now on."""
+        with self._lock:
+            self.account_statuses[account_id] = "updated"
+
+    def script_report(self, status: int, body: Any = None, *, retry_after: str | None = None) -> None:
+        """Answer the next report (after those already scripted) with this, whatever it carries."""
+        with self._lock:
+            self._scripted_reports.append(ScriptedReport(status, body, retry_after))
+
+    def _report_accounts(self, request: Request) -> Response:
+        try:
+            document = json.loads(request.get_data(as_text=True) or "null")
+        except ValueError:
+            return _json(400, {"code": 400, "message": "body is not JSON"})
+        accounts = document.get("accounts") if isinstance(document, dict) else None
+        if (
+            not isinstance(accounts, list)
+            or not 1 <= len(accounts) <= MAX_REPORTED_ACCOUNTS
+            or not all(_reported_account(a) for a in accounts)
+        ):
+            return _json(400, {"code": 400, "message": "accounts must list 1 to 90 {accountId, updatedAt}"})
+        with self._lock:
+            self.reports_seen.append(accounts)
+            scripted = self._scripted_reports.pop(0) if self._scripted_reports else None
+            answer = [
+                {"accountId": a["accountId"], "status": self.account_statuses[a["accountId"]]}
+                for a in accounts
+                if a["accountId"] in self.account_statuses
+            ]
+        if scripted is not None:
+            headers = {"Retry-After": scripted.retry_after} if scripted.retry_after is not None else None
+            text = scripted.body if isinstance(scripted.body, str) else json.dumps(scripted.body)
+            return Response(text, status=scripted.status, content_type="application/json", headers=headers)
+        if not answer:
+            return Response(status=204)
+        return _json(200, {"accounts": answer})
+
     # -- HTTP
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -362,6 +427,8 @@ class ConfluenceEmulator:
                     return _v2_error(404, "NOT_FOUND", "Not Found")
                 return _v1_error(403, "Current user not permitted to use Confluence")
             return _json(401, {"code": 401, "message": "Unauthorized"})
+        if request.method == "POST" and request.path in REPORT_PATHS:
+            return self._report_accounts(request)
         with self._lock:
             fault = self._faults.pop(0) if self._faults else None
         if fault is not None:
@@ -614,6 +681,20 @@ def _operations(viewer: Viewer, *, admin: bool) -> list[dict[str, str]]:
         return [{"operation": "use", "targetType": "application"}]
     granted = ["administer"] if admin else []
     return [{"operation": op, "targetType": "application"} for op in [*granted, "use", "create_space"]]
+
+
+def _reported_account(entry: Any) -> bool:
+    """``{"accountId": <id>, "updatedAt": <ISO 8601>}``, as the reporting API takes it."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("accountId"), str) or not entry["accountId"]:
+        return False
+    updated_at = entry.get("updatedAt")
+    if not isinstance(updated_at, str):
+        return False
+    try:
+        datetime.fromisoformat(updated_at.replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
 
 
 # -- plumbing

@@ -31,7 +31,7 @@ LAYER = ROOT / "layers" / "forge_remote"
 VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 MAKE_TARGETS = ("demo", "test", "local", "bench", "build", "sam-validate", "format", "clean", "lint", "unit", "help")
 RST_MARKUP = re.compile(r"``|:(func|class|mod|meth|attr|data|exc|obj|ref):`")
-SHIPPED_JOBS = {"page-snapshot", "space-digest", "user-digest"}
+SHIPPED_JOBS = {"page-snapshot", "personal-data-report", "space-digest", "user-digest"}
 
 
 def free_port() -> int:
@@ -308,7 +308,7 @@ def total_messages(rt: LocalRuntime) -> int:
         (["job", "page-snapshot", "--args", "'{}'"], "--args is not valid JSON"),  # quotes the shell did not eat
         (
             ["job", "page-snapshots", "--wait"],
-            "unknown job 'page-snapshots': the worker has page-snapshot, space-digest",
+            "unknown job 'page-snapshots': the worker has page-snapshot, personal-data-report, space-digest",
         ),
         (["job", "space-digest", "--wait", "--timeout", "0"], "--timeout must be a positive number"),
     ],

@@ -69,7 +69,7 @@ class EventIntake:
             key_attr="pk",
             sort_key_attr="sk",
             static_pk_value=EVENTS_IDEMPOTENCY_PK,
-            expiry_attr="ttl",
+            expiry_attr="ttl",  # the table's TTL attribute (epoch s): every record expires after the window
             boto3_client=aws.dynamodb(),
         )
         self._config = IdempotencyConfig(

@@ -6,6 +6,12 @@ installations also carry ``activePk = "ACTIVE"`` and ``activeSk = <installationI
 Uninstalled is terminal: an installation id changes on reinstall, so nothing revives it. A FIT that
 acted on a destructive route is recorded under ``sk = FIT#<jti>`` until ``ONCE_TTL_S`` has passed.
 
+Every registry item carries a DynamoDB ``ttl``: an active one ``ACTIVE_TTL_S`` ahead, pushed forward by
+every token delivery (Forge calls at least hourly), so an installation whose uninstall never reached
+us still ages out; an uninstalled one until its data's retention ends plus ``TOMBSTONE_GRACE_S`` (the
+tombstone refuses late token writes). While its cleanup (``cleanup.py``) is pending, an uninstalled
+item sits in the same sparse GSI under ``activePk = "CLEANUP"``, where the scheduled sweep finds it.
+
 The registry takes plain values (``InstallationFacts``), not a verified ``Invocation``: storage knows
 nothing of FITs, and the caller (``http_wiring.py``) says which facts of a call are recorded.
 """
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
-from forge_remote.keys import ACTIVE_PK, INSTALLATION_SK, installation_pk, once_sk
+from forge_remote.keys import ACTIVE_PK, CLEANUP_PK, INSTALLATION_SK, installation_pk, once_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -33,6 +39,19 @@ class InstallationStatus(enum.StrEnum):
 
 
 ONCE_TTL_S = 3600  # far beyond a FIT's lifetime (at most 5 min, plus clock leeway)
+ACTIVE_TTL_S = 90 * 86400  # refreshed by every token delivery: only a silently vanished installation ages out
+# An uninstalled item outlives its data by this much: a token write racing the uninstall (a FIT lives
+# 5 min, a Forge retry a few more) must still find it and fail its "still installed" condition.
+TOMBSTONE_GRACE_S = 86400
+
+
+@dataclass(frozen=True)
+class UninstallMark:
+    """What ``mark_uninstalled`` recorded: when, until when the data is kept, where the cleanup stopped."""
+
+    uninstalled_at: int
+    retain_until: int
+    cursor: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,7 @@ class InstallationRegistry:
             ":active": {"S": InstallationStatus.ACTIVE.value},
             ":activePk": {"S": ACTIVE_PK},
             ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
+            ":ttl": {"N": str(int(clock.now()) + ACTIVE_TTL_S)},
         }
         sets = [
             "installationId = :id",
@@ -100,6 +120,7 @@ class InstallationRegistry:
             "#status = :active",
             "activePk = :activePk",
             "activeSk = :id",
+            "#ttl = :ttl",
         ]
         optional = {
             "cloudId": facts.cloud_id,
@@ -119,7 +140,7 @@ class InstallationRegistry:
             "Key": self._key(facts.installation_id),
             "UpdateExpression": "SET " + ", ".join(sets),
             "ConditionExpression": "attribute_not_exists(#status) OR #status <> :uninstalled",
-            "ExpressionAttributeNames": {"#status": "status"},
+            "ExpressionAttributeNames": {"#status": "status", "#ttl": "ttl"},
             "ExpressionAttributeValues": values,
         }
 
@@ -152,21 +173,92 @@ class InstallationRegistry:
             return False
         return True
 
-    def mark_uninstalled(self, installation_id: str) -> None:
-        """Terminal: removes the installation from the active index before its tokens are deleted."""
-        self._client.update_item(
+    def mark_uninstalled(self, installation_id: str, *, retention_s: int = 0) -> UninstallMark:
+        """Terminal: out of the active index (before its tokens are deleted), into the cleanup one.
+
+        Idempotent: a retry keeps the first ``uninstalledAt`` and retention deadline, and returns the
+        cursor where an interrupted cleanup stopped. The item expires ``TOMBSTONE_GRACE_S`` after the
+        data it stands for.
+        """
+        now = int(clock.now())
+        attributes = self._client.update_item(
             TableName=self.table_name,
             Key=self._key(installation_id),
             UpdateExpression=(
-                "SET installationId = :id, #status = :uninstalled, uninstalledAt = :now REMOVE activePk, activeSk"
+                "SET installationId = :id, #status = :uninstalled, uninstalledAt = if_not_exists(uninstalledAt, :now),"
+                " retainUntil = if_not_exists(retainUntil, :retain), activePk = :cleanup, activeSk = :id"
             ),
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues={
                 ":id": {"S": installation_id},
                 ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
-                ":now": {"N": str(int(clock.now()))},
+                ":now": {"N": str(now)},
+                ":retain": {"N": str(now + max(0, retention_s))},
+                ":cleanup": {"S": CLEANUP_PK},
+            },
+            ReturnValues="ALL_NEW",
+        )["Attributes"]
+        mark = UninstallMark(
+            uninstalled_at=int(_n(attributes, "uninstalledAt") or now),
+            retain_until=int(_n(attributes, "retainUntil") or now),
+            cursor=_s(attributes, "cleanupCursor"),
+        )
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=self._key(installation_id),
+            UpdateExpression="SET #ttl = :ttl",
+            ExpressionAttributeNames={"#ttl": "ttl"},
+            ExpressionAttributeValues={":ttl": {"N": str(mark.retain_until + TOMBSTONE_GRACE_S)}},
+        )
+        return mark
+
+    def cleanup_state(self, installation_id: str) -> UninstallMark | None:
+        """The uninstall record of an installation whose cleanup is still pending, else None."""
+        item = self._client.get_item(
+            TableName=self.table_name, Key=self._key(installation_id), ConsistentRead=True
+        ).get("Item")
+        if not item or _s(item, "status") != InstallationStatus.UNINSTALLED or _s(item, "activePk") != CLEANUP_PK:
+            return None
+        now = int(clock.now())
+        return UninstallMark(
+            uninstalled_at=int(_n(item, "uninstalledAt") or now),
+            retain_until=int(_n(item, "retainUntil") or now),
+            cursor=_s(item, "cleanupCursor"),
+        )
+
+    def record_cleanup_cursor(self, installation_id: str, cursor: str) -> None:
+        """Where the cleanup walk got to (the last sort key handled): a retry continues after it."""
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=self._key(installation_id),
+            UpdateExpression="SET cleanupCursor = :cursor",
+            ConditionExpression="#status = :uninstalled",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":cursor": {"S": cursor},
+                ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
             },
         )
+
+    def finish_cleanup(self, installation_id: str, *, strip_site: bool) -> None:
+        """The cleanup walked the whole partition: out of the cleanup index. ``strip_site`` (no retention)
+        also drops the site URL, leaving a tombstone of ids and times only."""
+        removed = "activePk, activeSk, cleanupCursor" + (", siteUrl" if strip_site else "")
+        self._client.update_item(
+            TableName=self.table_name,
+            Key=self._key(installation_id),
+            UpdateExpression=f"SET cleanedAt = :now REMOVE {removed}",
+            ConditionExpression="#status = :uninstalled",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={
+                ":now": {"N": str(int(clock.now()))},
+                ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
+            },
+        )
+
+    def iter_cleanup_pending_ids(self, page_size: int = 100) -> Iterator[list[str]]:
+        """Uninstalled installations whose cleanup has not finished, one list per GSI page."""
+        yield from self._iter_index(CLEANUP_PK, page_size)
 
     def act_once(self, installation_id: str, invocation_id: str, *, ttl_s: int = ONCE_TTL_S) -> bool:
         """Record that the call with this FIT ``jti`` acted; False if it already did (a replay).
@@ -216,12 +308,15 @@ class InstallationRegistry:
 
     def iter_active_ids(self, page_size: int = 500) -> Iterator[list[str]]:
         """Active installation ids, one list per GSI page (never a scan, never a token item)."""
+        yield from self._iter_index(ACTIVE_PK, page_size)
+
+    def _iter_index(self, partition: str, page_size: int) -> Iterator[list[str]]:
         paginator = self._client.get_paginator("query")
         pages = paginator.paginate(
             TableName=self.table_name,
             IndexName=ACTIVE_INDEX,
-            KeyConditionExpression="activePk = :active",
-            ExpressionAttributeValues={":active": {"S": ACTIVE_PK}},
+            KeyConditionExpression="activePk = :partition",
+            ExpressionAttributeValues={":partition": {"S": partition}},
             ProjectionExpression="activeSk",
             PaginationConfig={"PageSize": page_size},
         )

@@ -50,6 +50,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item size limit
+# Every result expires (DynamoDB TTL): a job that wants its records longer or shorter says so with
+# ``ttl_s``; an uninstall shortens it to the retention period (``cleanup.py``).
+DEFAULT_RESULT_TTL_S = 90 * 86400
 ITEM_BUDGET_BYTES = 380_000  # what put() lets a whole item reach (see the module docstring)
 MIN_ITEM_BUDGET_BYTES = 1024  # room for the keys and a last-resort marker
 NUMBER_BYTES = 21  # DynamoDB stores a number in at most 21 bytes
@@ -263,12 +266,22 @@ def fit(record: dict[str, Any], limit: int) -> tuple[str, Marker]:
 
 # -- the store ---------------------------------------------------------------------------------------
 class ResultStore:
-    def __init__(self, client: DynamoDBClient, table_name: str, *, item_budget_bytes: int = ITEM_BUDGET_BYTES) -> None:
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        table_name: str,
+        *,
+        item_budget_bytes: int = ITEM_BUDGET_BYTES,
+        default_ttl_s: int = DEFAULT_RESULT_TTL_S,
+    ) -> None:
         if not MIN_ITEM_BUDGET_BYTES <= item_budget_bytes <= MAX_ITEM_BYTES:
             raise ValueError(f"item budget must be between {MIN_ITEM_BUDGET_BYTES} and {MAX_ITEM_BYTES} bytes")
+        if default_ttl_s <= 0:
+            raise ValueError("default_ttl_s must be positive: every result expires")
         self._client = client
         self.table_name = table_name
         self.item_budget_bytes = item_budget_bytes
+        self.default_ttl_s = default_ttl_s
 
     def put(
         self, installation_id: str, kind: str, key: str, record: dict[str, Any], *, ttl_s: int | None = None
@@ -280,16 +293,16 @@ class ResultStore:
         and strings are cut, keeping their first items or characters, and the stored record gets a
         ``"_truncated": {<JSON Pointer>: {"kept": n, "total": m}}`` field; as a last resort only that
         marker is stored. The module docstring has the exact rule. Returns what was stored and cut,
-        and logs a warning when something was.
+        and logs a warning when something was. The item expires after ``ttl_s`` seconds
+        (``default_ttl_s`` if not given).
         """
         now = clock.now()
         item: dict[str, Any] = {
             "pk": {"S": installation_pk(installation_id)},
             "sk": {"S": result_sk(kind, key)},
             "updatedAt": {"N": str(int(now))},
+            "ttl": {"N": str(int(now + (self.default_ttl_s if ttl_s is None else ttl_s)))},
         }
-        if ttl_s is not None:
-            item["ttl"] = {"N": str(int(now + ttl_s))}
         others = sum(_attribute_bytes(name, value) for name, value in item.items())
         text, cut = fit(record, self.item_budget_bytes - others - utf8_bytes("data"))
         item["data"] = {"S": text}

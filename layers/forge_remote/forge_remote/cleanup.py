@@ -1,0 +1,176 @@
+"""What an uninstall does to the installation's data: tokens now, the rest removed or set to expire.
+
+``InstallationCleanup.uninstall`` marks the installation uninstalled (terminal; a retry keeps the first
+time and deadline), deletes every item of its partition in the tokens table, then walks its partition
+in the app table page by page:
+
+- retention 0 (``DATA_RETENTION_DAYS``, the default): every item is deleted;
+- retention N days: every item gets ``ttl = uninstalledAt + N days`` (an earlier ``ttl`` is kept), so
+  DynamoDB removes it then. Readers never see an uninstalled installation's data anyway: its jobs are
+  discarded and its routes refuse it.
+
+Generic on purpose: the walk does not list kinds of item, so whatever a job or a later version stores
+under ``INST#<installationId>`` goes too. Two kinds are left to their own (short) ``ttl``: the
+registry item itself (the tombstone that refuses late token writes) and the ``FIT#`` once-records.
+
+Resumable and idempotent: after each page the walk records where it got to (``cleanupCursor`` on the
+registry item); it stops when ``remaining_ms`` runs low and reports itself incomplete, and the next
+call (Forge's retry of preUninstall, or the scheduled sweep over the registry's ``CLEANUP`` index)
+continues from there. Doing a page twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from forge_remote.errors import ConfigurationError
+from forge_remote.installations import InstallationRegistry, UninstallMark
+from forge_remote.keys import INSTALLATION_SK, ONCE_SK_PREFIX, installation_pk
+from forge_remote.tokens import TokenStore
+
+if TYPE_CHECKING:
+    from mypy_boto3_dynamodb import DynamoDBClient
+
+logger = logging.getLogger(__name__)
+
+DAY_S = 86400
+MAX_RETENTION_DAYS = 365
+PAGE_SIZE = 25  # one BatchWriteItem per page
+MIN_PAGE_MS = 1500  # a page is not started with less time than this left (a query and a batch write)
+
+
+def retention_days_setting(env: Mapping[str, str] | None = None) -> int:
+    """``DATA_RETENTION_DAYS``: whole days between 0 (the default: removed promptly) and 365."""
+    raw = (os.environ if env is None else env).get("DATA_RETENTION_DAYS", "").strip()
+    try:
+        days = int(raw) if raw else 0
+    except ValueError as exc:
+        raise ConfigurationError("DATA_RETENTION_DAYS must be a whole number of days") from exc
+    if not 0 <= days <= MAX_RETENTION_DAYS:
+        raise ConfigurationError(f"DATA_RETENTION_DAYS must be between 0 and {MAX_RETENTION_DAYS}")
+    return days
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    complete: bool
+    tokens_deleted: int = 0
+    deleted: int = 0  # app-table items deleted (retention 0)
+    expiring: int = 0  # app-table items given the retention ``ttl``
+    pages: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cleanup": "complete" if self.complete else "incomplete",
+            "tokensDeleted": self.tokens_deleted,
+            "itemsDeleted": self.deleted,
+            "itemsExpiring": self.expiring,
+        }
+
+
+def _kept_by_walk(sk: str) -> bool:
+    """Items the walk leaves to their own ``ttl``: the tombstone and the FIT once-records."""
+    return sk == INSTALLATION_SK or sk.startswith(ONCE_SK_PREFIX)
+
+
+class InstallationCleanup:
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        *,
+        tokens: TokenStore,
+        installations: InstallationRegistry,
+        retention_days: int = 0,
+        page_size: int = PAGE_SIZE,
+    ) -> None:
+        self._client = client
+        self.tokens = tokens
+        self.installations = installations
+        self.table_name = installations.table_name
+        self.retention_s = retention_days * DAY_S
+        self.page_size = page_size
+
+    def uninstall(self, installation_id: str, *, remaining_ms: Callable[[], int]) -> CleanupReport:
+        """preUninstall: mark, delete the tokens, then as much of the walk as ``remaining_ms`` allows."""
+        mark = self.installations.mark_uninstalled(installation_id, retention_s=self.retention_s)
+        tokens_deleted = self.tokens.delete_installation(installation_id)
+        report = self._walk(installation_id, mark, remaining_ms)
+        return CleanupReport(report.complete, tokens_deleted, report.deleted, report.expiring, report.pages)
+
+    def resume(self, installation_id: str, *, remaining_ms: Callable[[], int]) -> CleanupReport:
+        """The scheduled sweep: continue a pending cleanup (tokens again too: a late write may have landed)."""
+        mark = self.installations.cleanup_state(installation_id)
+        if mark is None:
+            return CleanupReport(complete=True)
+        tokens_deleted = self.tokens.delete_installation(installation_id)
+        report = self._walk(installation_id, mark, remaining_ms)
+        return CleanupReport(report.complete, tokens_deleted, report.deleted, report.expiring, report.pages)
+
+    def _walk(self, installation_id: str, mark: UninstallMark, remaining_ms: Callable[[], int]) -> CleanupReport:
+        pk = {"S": installation_pk(installation_id)}
+        cursor = mark.cursor
+        deleted = expiring = pages = 0
+        while True:
+            if remaining_ms() < MIN_PAGE_MS:
+                logger.warning(
+                    "cleanup stopped for lack of time; it continues on the next call", extra={"pages": pages}
+                )
+                return CleanupReport(False, deleted=deleted, expiring=expiring, pages=pages)
+            query: dict[str, Any] = {
+                "TableName": self.table_name,
+                "KeyConditionExpression": "pk = :pk",
+                "ExpressionAttributeValues": {":pk": pk},
+                "ExpressionAttributeNames": {"#ttl": "ttl"},
+                "ProjectionExpression": "pk, sk, #ttl",
+                "ConsistentRead": True,
+                "Limit": self.page_size,
+            }
+            if cursor is not None:
+                query["ExclusiveStartKey"] = {"pk": pk, "sk": {"S": cursor}}
+            page = self._client.query(**query)
+            items = [i for i in page.get("Items", []) if not _kept_by_walk(i["sk"]["S"])]
+            if self.retention_s == 0:
+                deleted += self._delete([{"pk": i["pk"], "sk": i["sk"]} for i in items])
+            else:
+                expiring += sum(self._expire(item, mark.retain_until) for item in items)
+            pages += 1
+            last = page.get("LastEvaluatedKey")
+            if not last:
+                self.installations.finish_cleanup(installation_id, strip_site=self.retention_s == 0)
+                return CleanupReport(True, deleted=deleted, expiring=expiring, pages=pages)
+            cursor = last["sk"]["S"]
+            self.installations.record_cleanup_cursor(installation_id, cursor)
+
+    def _delete(self, keys: list[dict[str, Any]]) -> int:
+        pending: list[Any] = [{"DeleteRequest": {"Key": key}} for key in keys]
+        for _ in range(8):
+            if not pending:
+                return len(keys)
+            response = self._client.batch_write_item(RequestItems={self.table_name: pending})
+            pending = list(response.get("UnprocessedItems", {}).get(self.table_name, []))
+        if pending:
+            raise RuntimeError(f"could not delete {len(pending)} items of an uninstalled installation")
+        return len(keys)
+
+    def _expire(self, item: dict[str, Any], retain_until: int) -> bool:
+        """Give one item the retention ``ttl`` unless it already expires sooner; True if it was changed."""
+        current = item.get("ttl", {}).get("N")
+        if current is not None and float(current) <= retain_until:
+            return False
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key={"pk": item["pk"], "sk": item["sk"]},
+                UpdateExpression="SET #ttl = :ttl",
+                # Never resurrect an item deleted meanwhile, never lengthen a shorter life.
+                ConditionExpression="attribute_exists(pk) AND (attribute_not_exists(#ttl) OR #ttl > :ttl)",
+                ExpressionAttributeNames={"#ttl": "ttl"},
+                ExpressionAttributeValues={":ttl": {"N": str(retain_until)}},
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
