@@ -37,6 +37,8 @@ logger = logging.getLogger(__name__)
 
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 RATE_LIMITED = frozenset({429, 503})  # these may say when to come back
+# Counted per response as ``ConfluenceRefusals`` by status: token refused, not allowed, rate limited.
+COUNTED_STATUSES = frozenset({401, 403, 429})
 SERVER_ERRORS = frozenset({500, 502, 504})
 LOGGED_HEADERS = (
     "Retry-After",
@@ -429,6 +431,10 @@ class ConfluenceClient:
             logger.warning("Confluence %s %s failed: %s", method, path, type(exc).__name__)
             raise
         _log_exchange(method, path, response)
+        if response.status_code in COUNTED_STATUSES:
+            from forge_remote import counts  # only refusals pay for it (cold start)
+
+            counts.count("ConfluenceRefusals", "status", str(response.status_code))
         return response
 
     def _error(self, response: requests.Response, token: str) -> Exception:

@@ -6,7 +6,8 @@
   nothing stored. A route reads the verified call with ``invocation(app)``.
 - ``register_error_handlers(app)``: one JSON error shape (``{"error": code, "message": text}``) for
   400, 401, 403, 404, 409, 502 and 503, the same in every function.
-Responses and logs name the reason, never the token.
+Responses and logs name the reason, never the token. Every refused FIT is counted as ``FitRejections``
+with its reason as a dimension (the reason's fixed part: no claim values, no token).
 """
 
 from __future__ import annotations
@@ -57,6 +58,14 @@ def error_response(status: int, code: str, message: str, headers: Mapping[str, s
     )
 
 
+def count_rejection(reason: str) -> None:
+    """One ``FitRejections`` datapoint; the dimension is the reason up to its first colon (what follows
+    may quote the request: ``app.apiBaseUrl rejected: <why>``)."""
+    from forge_remote import counts  # only refused calls pay for it (cold start)
+
+    counts.count("FitRejections", "reason", reason.split(":", 1)[0])
+
+
 def require_fit(verifier: FitVerifier) -> Middleware:
     """Verify the FIT and the kind of call before the route runs; put the ``Invocation`` in ``app.context``."""
 
@@ -66,10 +75,12 @@ def require_fit(verifier: FitVerifier) -> Middleware:
             found = verifier.verify(lower_headers(app.current_event.raw_event))
         except InvalidInvocation as exc:
             logger.warning("Forge invocation rejected: %s", exc.reason, extra={"reason": exc.reason, "path": path})
+            count_rejection(exc.reason)
             return error_response(401, "unauthorized", f"Forge invocation token rejected: {exc.reason}")
         try:
             check_call_kind(path, found)
         except WrongCallKind as exc:
+            count_rejection("wrong call kind for this route")
             logger.warning(
                 "Forge invocation refused on this route: %s",
                 exc.reason,
@@ -104,6 +115,7 @@ def register_error_handlers(app: APIGatewayHttpResolver, *, retry_after_s: int =
     @app.exception_handler(InvalidInvocation)
     def unauthorized(exc: InvalidInvocation) -> Response[Any]:
         logger.warning("request refused: %s", exc.reason, extra={"reason": exc.reason})
+        count_rejection(exc.reason)
         return error_response(401, "unauthorized", exc.reason)
 
     @app.exception_handler(DeliveryInProgress)

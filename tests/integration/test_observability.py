@@ -1,0 +1,160 @@
+"""What the dashboard and alarms read is really published, by the code paths that should publish it:
+FIT rejections by reason (never a token), Confluence refusals by status, the scheduler's token census;
+and the dashboard, the alarms and the README's "What to look at first" agree on names.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from forge_remote import counts
+from local.cfn_yaml import load_template
+from local.forge_emulator import ForgeEmulator, Site
+from local.lambda_context import LocalLambdaContext
+from local.stack import TEMPLATE
+from tests.support import ROOT, Gateway, LocalWorld
+
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+RESOURCES: dict[str, Any] = load_template(TEMPLATE)["Resources"]
+
+
+def emf_documents(text: str) -> list[dict[str, Any]]:
+    """Every embedded-metric-format document printed (Powertools' and the layer's counts)."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("{") and '"_aws"' in line:
+            found.append(json.loads(line))
+    return found
+
+
+def datapoints(text: str, name: str) -> list[dict[str, Any]]:
+    return [d for d in emf_documents(text) if name in d]
+
+
+def dashboard_body() -> dict[str, Any]:
+    """The dashboard's body with every ``${...}`` of its ``!Sub`` replaced by a placeholder."""
+    body = RESOURCES["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    parsed: dict[str, Any] = json.loads(re.sub(r"\$\{[^}]+\}", "placeholder", body))
+    return parsed
+
+
+# -- published by the code --------------------------------------------------------------------------------
+def test_a_refused_fit_is_counted_by_reason_and_names_no_token(
+    gateway: Gateway, forge: ForgeEmulator, site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    token = forge.app_token()
+    headers = forge.headers(site, system_token=token, fit=forge.sign({"iss": "nobody"}))
+    assert gateway("POST", "/forge/keepalive", headers)["statusCode"] == 401
+    assert gateway("POST", "/forge/keepalive", {"content-type": "application/json"})["statusCode"] == 401
+    out = capsys.readouterr().out
+    rejections = datapoints(out, "FitRejections")
+    assert [d["reason"] for d in rejections] == ["missing claim exp", "missing Authorization header"]
+    assert all(d["service"] == "forge-triggers" for d in rejections)
+    assert rejections[0]["_aws"]["CloudWatchMetrics"][0]["Dimensions"] == [["service", "reason"], ["service"]]
+    assert token not in out
+    assert headers["authorization"].split()[1] not in out
+
+
+def test_a_verified_call_of_the_wrong_kind_is_counted_too(
+    gateway: Gateway, forge: ForgeEmulator, site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
+    user_call = forge.headers(site, principal="557058:someone", system_token=forge.app_token())
+    assert gateway("POST", "/forge/keepalive", user_call)["statusCode"] == 403
+    assert [d["reason"] for d in datapoints(capsys.readouterr().out, "FitRejections")] == [
+        "wrong call kind for this route"
+    ]
+
+
+def test_confluence_refusals_are_counted_by_status(local_world: LocalWorld, capsys: pytest.CaptureFixture[str]) -> None:
+    local_world.install()
+    (request,) = local_world.pages(1)
+    local_world.confluence.fail_next(1, status=429, retry_after="0")
+    local_world.enqueue(request)
+    _, response = local_world.run_worker()
+    assert response["batchItemFailures"] == []  # retried in the invocation, done
+    refusals = datapoints(capsys.readouterr().out, "ConfluenceRefusals")
+    assert [(d["status"], d["service"]) for d in refusals] == [("429", "confluence-worker")]
+
+
+def test_the_token_census_counts_installations_holding_a_usable_token(
+    local_world: LocalWorld, forge: ForgeEmulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    local_world.install()  # three hours left: usable
+    mine = local_world.site
+    short = Site(forge.site().installation_id, mine.cloud_id, mine.api_base_url, mine.site_url)
+    local_world.install(short, lifetime_s=120)  # under TOKEN_MIN_VALIDITY_S: not usable by a job
+    scheduler: ModuleType = local_world.load("JobSchedulerFunction")
+    capsys.readouterr()
+    census = scheduler.lambda_handler({"task": "token-census"}, LocalLambdaContext("scheduler", timeout_s=300))
+    assert census == {"task": "token-census", "activeInstallations": 2, "installationsWithUsableToken": 1}
+    (document,) = datapoints(capsys.readouterr().out, "InstallationsWithUsableToken")
+    assert (document["ActiveInstallations"], document["InstallationsWithUsableToken"]) == ([2.0], [1.0])
+    assert document["service"] == "job-scheduler"
+
+
+def test_a_count_is_never_published_with_metrics_disabled(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "true")
+    counts.count("FitRejections", "reason", "token expired")
+    monkeypatch.setenv("POWERTOOLS_METRICS_DISABLED", "false")
+    monkeypatch.delenv("POWERTOOLS_METRICS_NAMESPACE")
+    counts.count("FitRejections", "reason", "token expired")
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("token expired", "token expired"), ("a\nb{c}", "a_b_c_"), ("", "unknown"), ("x" * 100, "x" * counts.MAX_LABEL)],
+)
+def test_dimension_values_are_short_plain_labels(value: str, expected: str) -> None:
+    assert counts.label(value) == expected
+
+
+# -- the dashboard, the alarms and the README agree ---------------------------------------------------
+def published_metric_names() -> set[str]:
+    """Every metric name the code publishes (Powertools ``add_metric`` and the layer's ``counts.count``)."""
+    sources = [*(ROOT / "functions").rglob("*.py"), *(ROOT / "layers" / "forge_remote").rglob("*.py")]
+    text = "\n".join(path.read_text(encoding="utf-8") for path in sources)
+    return set(re.findall(r'add_metric\(\s*name="(\w+)"', text)) | set(re.findall(r'counts\.count\(\s*"(\w+)"', text))
+
+
+def test_every_forge_remote_metric_the_dashboard_and_alarms_read_is_published() -> None:
+    body = json.dumps(dashboard_body())
+    read = set(re.findall(r'\["ForgeRemote", "(\w+)"', body)) | set(re.findall(r'MetricName=\\\\?"(\w+)', body))
+    for resource in RESOURCES.values():
+        if resource["Type"] == "AWS::CloudWatch::Alarm":
+            for query in resource["Properties"].get("Metrics", []):
+                metric = query.get("MetricStat", {}).get("Metric", {})
+                if metric.get("Namespace") == "ForgeRemote":
+                    read.add(metric["MetricName"])
+    assert {"FitRejections", "ConfluenceRefusals", "InstallationsWithUsableToken", "TokensStored"} <= read
+    assert read - published_metric_names() == set()
+
+
+def test_the_readme_names_every_widget_and_alarm() -> None:
+    section = README.split("## What to look at first when something goes wrong", 1)[1].split("\n## ", 1)[0]
+    titles = [w["properties"]["title"] for w in dashboard_body()["widgets"]]
+    assert len(titles) >= 7
+    assert [t for t in titles if f"**{t}**" not in section] == []
+    alarms = [lid for lid, r in RESOURCES.items() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert [a for a in alarms if a not in section] == []
+
+
+def test_alarms_notify_the_alarm_topic() -> None:
+    alarms = {lid: r["Properties"] for lid, r in RESOURCES.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
+    assert {"DeadLetterAlarm", "TokenHealthAlarm", "FitRejectionAlarm"} <= set(alarms)
+    assert all(props["AlarmActions"] == [{"Ref": "DeadLetterAlarmTopic"}] for props in alarms.values())
+
+
+def test_no_function_is_traced_without_a_tracer() -> None:
+    """X-Ray was dropped (cold start); a ``Tracing`` setting would need the Tracer in the code again."""
+    template = load_template(TEMPLATE)
+    functions = [r["Properties"] for r in RESOURCES.values() if r["Type"] == "AWS::Serverless::Function"]
+    assert "Tracing" not in template["Globals"]["Function"]
+    assert all("Tracing" not in props for props in functions)
