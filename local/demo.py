@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import boto3
 import requests
 
 from forge_remote import clock  # installed in the venv from layers/forge_remote (see the Makefile)
@@ -23,7 +24,6 @@ from local.runtime import LocalRuntime
 
 TOKEN_LIFETIME_S = 3 * 3600
 SILENCE_S = 4 * 3600  # no Forge call for four hours: longer than any token lives
-DEFERRAL_S = 120  # longer than the worker's first deferral delay (a minute, jittered)
 
 
 @dataclass
@@ -51,13 +51,15 @@ class Story:
         self.site = rt.site()
         self.first_token = ""
         self.page_id = ""
+        self.deferral_delay_s = 0.0
         self.steps: list[tuple[Step, Callable[[], tuple[bool, str]]]] = [
             (Step("install", "app token stored with its expiry"), self.install),
             (Step("page created", "job runs, snapshot v1 stored"), self.page_created),
             (Step("4 h pass", "stored token expired"), self.time_passes),
-            (Step("page updated", "job deferred: not sent, not lost"), self.page_updated),
-            (Step("keepalive", "fresh token; deferred job succeeds"), self.keepalive),
+            (Step("page updated", "job deferred and parked: not sent, not lost"), self.page_updated),
+            (Step("keepalive", "fresh token wakes the parked job: done at once"), self.keepalive),
             (Step("as a user", "2 jobs as Alice: 1 token minted, only her pages"), self.as_a_user),
+            (Step("account gone", "Alice's account closed: her token and data erased"), self.account_closed),
             (Step("uninstall", "no token left for the installation"), self.uninstall),
         ]
 
@@ -111,9 +113,18 @@ class Story:
         expired_sent = sum(1 for seen in sent if seen[3] == self.first_token)
         depths = self.rt.queue_depths()
         in_queue, in_dlq = sum(depths["queue"]), sum(depths["dlq"])
-        ok = response.status_code == 202 and report.failed == 1 and not sent and in_queue == 1 and in_dlq == 0
+        parked = self._parked_retry_at()
+        self.deferral_delay_s = max(parked) - clock.now() if parked else 0.0
+        ok = (
+            response.status_code == 202
+            and report.failed == 1
+            and not sent
+            and in_queue == 1
+            and in_dlq == 0
+            and len(parked) == 1
+        )
         return ok, (
-            f"job deferred ({report.failed}); requests with the expired token: {expired_sent}; "
+            f"job deferred and parked ({len(parked)}); requests with the expired token: {expired_sent}; "
             f"queue {in_queue}, DLQ {in_dlq}"
         )
 
@@ -130,26 +141,54 @@ class Story:
         )
 
     def keepalive(self) -> tuple[bool, str]:
+        """The next keepalive stores a fresh token, and its stream record wakes the parked job: it runs
+        now, with no time passing, where the deferral delay alone would have kept it waiting."""
         fresh = self.rt.forge.app_token(lifetime_s=TOKEN_LIFETIME_S)
+        parked = self._waiting_for_token()
         response = self.rt.call("POST", "/forge/keepalive", self._headers("keepalive-endpoint", fresh))
-        released = self.rt.advance(DEFERRAL_S)  # the deferral delay passes
         seen_before = len(self.rt.confluence.requests_seen)
-        report = self.rt.poller.drain()
+        started = time.monotonic()
+        report = self.rt.settle()  # the stream reaches the wake-up, the woken job reaches the worker
+        waited = time.monotonic() - started  # real time only: the demo's clock is not moved here
         tokens_sent = {seen[3] for seen in self.rt.confluence.requests_seen[seen_before:]}
         versions = sorted(s["version"] for s in self.rt.results(self.site.installation_id, "SNAPSHOT"))
         depths = self.rt.queue_depths()
         ok = (
             response.status_code == 204
-            and released == 1
+            and parked == 1
             and report.succeeded == 1
+            and waited < 10
             and tokens_sent == {fresh}
             and versions == [1, 2]
+            and self._waiting_for_token() == 0
             and sum(depths["queue"]) + sum(depths["dlq"]) == 0
         )
         expires = _stored_expiry(self.rt, self.site) or 0
         return ok, (
-            f"keepalive -> HTTP {response.status_code}, token until {_when(expires)}; "
-            f"deferred job released and done ({report.succeeded}); snapshots v{versions}"
+            f"keepalive -> HTTP {response.status_code}, token until {_when(expires)}; the parked job was woken "
+            f"and done ({report.succeeded}) {waited * 1000:.0f} ms later, its deferral delay still had "
+            f"{self.deferral_delay_s:.0f} s to run; snapshots v{versions}"
+        )
+
+    def _parked_retry_at(self) -> list[float]:
+        """When the deferral delay of each parked job of the site would bring it back by itself."""
+        from forge_remote.keys import PARKED_SK_PREFIX, installation_pk
+
+        items = boto3.client("dynamodb").query(
+            TableName=self.rt.stack.physical["AppTable"],
+            KeyConditionExpression="pk = :pk AND begins_with(sk, :parked)",
+            ExpressionAttributeValues={
+                ":pk": {"S": installation_pk(self.site.installation_id)},
+                ":parked": {"S": PARKED_SK_PREFIX},
+            },
+        )["Items"]
+        return [float(item["retryAt"]["N"]) for item in items]
+
+    def _waiting_for_token(self) -> int:
+        from forge_remote.parking import ParkingLot
+
+        return ParkingLot(boto3.client("dynamodb"), self.rt.stack.physical["AppTable"]).waiting(
+            self.site.installation_id
         )
 
     def as_a_user(self) -> tuple[bool, str]:
@@ -184,12 +223,34 @@ class Story:
             f"(the app's: {len(sent & app_tokens)}); her digest lists spaces {spaces} (SEC is Bob's)"
         )
 
+    def account_closed(self) -> tuple[bool, str]:
+        """Personal data reporting: Alice closes her Atlassian account; the weekly report learns it and
+        everything the backend kept of her goes (her cached user token, her digest)."""
+        import boto3
+
+        from forge_remote.jobs import JobRequest, put_job_requests
+
+        alice = "557058:demo-alice"
+        self.rt.confluence.close_account(alice)
+        reports_before = len(self.rt.confluence.reports_seen)
+        request = JobRequest(job="personal-data-report", installation_id=self.site.installation_id)
+        put_job_requests(boto3.client("events"), self.rt.stack.physical["JobsBus"], [request])
+        self.rt.poller.drain()
+        reported = [a["accountId"] for r in self.rt.confluence.reports_seen[reports_before:] for a in r]
+        tokens_left = [i["sk"]["S"] for i in self.rt.token_items(self.site.installation_id) if alice in i["sk"]["S"]]
+        digests = self.rt.results(self.site.installation_id, "USER_DIGEST")
+        ok = alice in reported and not tokens_left and not digests
+        return ok, (
+            f"report of {len(reported)} account(s) -> Alice closed; her tokens left {len(tokens_left)}, "
+            f"her digests left {len(digests)}"
+        )
+
     def uninstall(self) -> tuple[bool, str]:
         response = self.rt.call("POST", "/forge/uninstall", self._headers("uninstall-endpoint"), {})
         left = self.rt.token_items(self.site.installation_id)
         deleted = response.json().get("tokensDeleted") if response.status_code == 200 else None
         return response.status_code == 200 and not left, (
-            f"preUninstall -> HTTP {response.status_code}; {deleted} tokens deleted (app + Alice's), {len(left)} left"
+            f"preUninstall -> HTTP {response.status_code}; {deleted} tokens deleted (the app's; Alice's went with her account), {len(left)} left"
         )
 
     def play(self) -> list[Step]:

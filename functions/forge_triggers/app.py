@@ -14,6 +14,8 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from forge_remote import aws
+from forge_remote.cleanup import InstallationCleanup, retention_days_setting
 from forge_remote.events_intake import EventIntake
 from forge_remote.fit import Invocation
 from forge_remote.http_api import invocation, register_error_handlers, require_fit
@@ -26,6 +28,9 @@ use_function_logger(logger)
 metrics = Metrics()
 wiring = HttpWiring.from_env()
 intake = EventIntake(app_table=wiring.settings.app_table, jobs_bus=wiring.settings.required("jobs_bus"))
+cleanup = InstallationCleanup(
+    aws.dynamodb(), tokens=wiring.tokens, installations=wiring.installations, retention_days=retention_days_setting()
+)
 app = APIGatewayHttpResolver()
 app.use([require_fit(wiring.verifier)])
 register_error_handlers(app)
@@ -36,8 +41,12 @@ def _event_body() -> dict[str, Any]:
     return json_object(decode_body(event.body, bool(event.is_base64_encoded)))
 
 
+# What each trigger route's call is, as the status page names where the last token came from.
+_DELIVERED_BY = {"/forge/lifecycle": "lifecycle", "/forge/keepalive": "keepalive", "/forge/events": "event"}
+
+
 def _capture(call: Invocation) -> dict[str, str]:
-    outcomes = wiring.capture_tokens(call)
+    outcomes = wiring.capture_tokens(call, delivered_by=_DELIVERED_BY.get(app.current_event.path))
     if outcomes.get("system") == "stored":
         metrics.add_metric(name="TokensStored", unit=MetricUnit.Count, value=1)
     return outcomes
@@ -58,23 +67,29 @@ def lifecycle() -> dict[str, Any]:
 
 
 @app.post("/forge/uninstall")
-def uninstall() -> dict[str, Any]:
+def uninstall() -> tuple[dict[str, Any], int]:
     call = invocation(app)
     if not wiring.installations.act_once(call.installation_id, call.invocation_id):
         logger.warning("uninstall FIT replayed; nothing done")
-        return {"installation": "unchanged", "replayed": True}
+        return {"installation": "unchanged", "replayed": True}, 200
     try:
         # Mark first, then delete: a token write racing us either lands before the mark (and is deleted
-        # below) or fails its "still installed" condition.
-        wiring.installations.mark_uninstalled(call.installation_id)
-        deleted = wiring.tokens.delete_installation(call.installation_id)
+        # below) or fails its "still installed" condition. Then the rest of the data, as time allows.
+        report = cleanup.uninstall(call.installation_id, remaining_ms=app.lambda_context.get_remaining_time_in_millis)
     except Exception:
         with contextlib.suppress(Exception):  # best effort: the error below is what Forge must see
             wiring.installations.release_once(call.installation_id, call.invocation_id)
         raise
-    logger.info("installation uninstalled", extra={"tokens_deleted": deleted})
+    logger.info("installation uninstalled", extra=report.as_dict())
     metrics.add_metric(name="Uninstalls", unit=MetricUnit.Count, value=1)
-    return {"installation": "uninstalled", "tokensDeleted": deleted}
+    if not report.complete:
+        # Tokens are gone and nothing runs for the installation any more; the rest of its data is
+        # still being removed. Not a success, so Forge retries (this FIT may act again); the retry,
+        # or the scheduled sweep, continues where this one stopped.
+        with contextlib.suppress(Exception):
+            wiring.installations.release_once(call.installation_id, call.invocation_id)
+        return {"installation": "uninstalled", **report.as_dict()}, 503
+    return {"installation": "uninstalled", **report.as_dict()}, 200
 
 
 @app.post("/forge/keepalive")

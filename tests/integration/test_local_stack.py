@@ -155,8 +155,14 @@ def test_event_source_and_schedule_come_from_the_template() -> None:
     (source,) = sqs_event_sources(template)
     assert (source.function, source.queue, source.batch_size) == ("ConfluenceWorkerFunction", "JobsQueue", 10)
     assert source.report_batch_item_failures is True
-    (schedule,) = schedules(template)
-    assert (schedule.function, schedule.input) == ("JobSchedulerFunction", {"job": "space-digest"})
+    found = {s.name: (s.function, s.input) for s in schedules(template)}
+    expected = {
+        "DailyDigest": ("JobSchedulerFunction", {"job": "space-digest"}),
+        "PersonalDataReport": ("JobSchedulerFunction", {"job": "personal-data-report"}),
+        "CleanupSweep": ("JobSchedulerFunction", {"task": "cleanup-sweep"}),
+        "TokenCensus": ("JobSchedulerFunction", {"task": "token-census"}),
+    }
+    assert found == expected
 
 
 @pytest.mark.parametrize(
@@ -326,21 +332,28 @@ def test_a_poisoned_message_goes_to_the_dlq_and_the_rest_of_the_batch_succeeds(r
 
 
 def test_a_job_deferred_past_the_redrive_limit_lands_in_the_dlq(rt: LocalRuntime) -> None:
-    max_receives = rt.stack.resources["JobsQueue"]["Properties"]["RedrivePolicy"]["maxReceiveCount"]
+    max_receives = int(
+        rt.stack.resolve(rt.stack.resources["JobsQueue"]["Properties"]["RedrivePolicy"])["maxReceiveCount"]
+    )
     site, expired = install(rt, lifetime_s=3600)
     rt.confluence.add_space("ENG", "Engineering")
     page_id = str(rt.confluence.add_page("ENG", "Never fetched")["id"])
     rt.advance(2 * 3600)  # the token expires and no Forge call brings another
     enqueue(rt, snapshot_job(site, page_id))
     receives = 0
-    for _ in range(max_receives + 5):
+    for attempt in range(1, max_receives + 5):
         report = rt.poller.drain()
         receives += report.received
-        assert report.failed == report.received  # deferred every time, never "done", never dropped
+        # Deferred every time, never "done", never dropped; the last receive is sent to the DLQ by the worker.
+        assert report.failed == (report.received if attempt < max_receives else 0)
         if rt.advance(1800) == 0:
             break
     assert receives == max_receives
-    assert rt.queue_depths() == {"queue": (0, 0), "dlq": (1, 0)}  # SQS's redrive, not the worker, moved it
+    assert rt.queue_depths() == {"queue": (0, 0), "dlq": (1, 0)}
+    [dead] = boto3.client("sqs").receive_message(QueueUrl=rt.dlq_url, MessageAttributeNames=["All"])["Messages"]
+    reason = dead["MessageAttributes"]["reason"]["StringValue"]
+    assert "valid for less than" in reason
+    assert f"gave up after {max_receives} attempts" in reason
     assert expired not in bearers_seen(rt)
     assert rt.confluence.requests_seen == []
 
@@ -350,7 +363,7 @@ def test_the_schedule_fires_one_job_per_active_installation(rt: LocalRuntime) ->
     rt.confluence.add_page("ENG", "Changed today")
     sites = [install(rt)[0] for _ in range(3)]
     assert forge_call(rt, sites[0], "/forge/uninstall").status_code == 200
-    report = rt.fire_scheduler()  # the template's Input: {"job": "space-digest"}
+    report = rt.fire_scheduler(name="DailyDigest")  # the template's Input: {"job": "space-digest"}
     assert (report["installations"], report["requested"]) == (2, 2)
     assert rt.queue_depths()["queue"] == (2, 0)
     assert rt.poller.drain().succeeded == 2

@@ -120,6 +120,10 @@ class JobContext:
     remaining_ms: Callable[[], int]
     # Set by the worker: builds a client acting as an account (offline user impersonation).
     user_client_factory: Callable[[str], ConfluenceClient] | None = field(default=None, repr=False)
+    # Set by the worker: the app token for a request to another Atlassian API than Confluence's (the
+    # personal data report). The same lease as ``confluence``'s: valid long enough, re-checked per call,
+    # and matched to the lease if the server refuses it.
+    app_token: Callable[[], str] | None = field(default=None, repr=False)
 
     @property
     def installation_id(self) -> str:

@@ -8,11 +8,16 @@ shares the partition ``pk = INST#<installationId>``, so that one query finds all
   (``offline_tokens.py``), kept apart from the UI's because its scopes differ;
 - app table, ``sk = INSTALLATION``: the registry item; ``sk = FIT#<jti>``: a FIT that acted on a
   destructive route (``installations.py``); ``sk = <KIND>#<key>``: a job result, e.g.
-  ``SNAPSHOT#<pageId>#v<version>`` (``results.py``).
+  ``SNAPSHOT#<pageId>#v<version>`` (``results.py``); ``sk = PARKED#<requestId>``: a job waiting for a
+  token (``parking.py``); ``sk = DEAD#<time>#<requestId>``: a job sent to the dead-letter queue, and
+  ``sk = LASTRUN#<job>``: the last run of each job kind (``job_activity.py``); ``sk = PRIVACY#REPORT``:
+  the personal data report's progress (the ``personal-data-report`` job).
 
-Active registry items also carry the sparse GSI keys ``activePk = ACTIVE``, ``activeSk = <installationId>``.
-One partition belongs to no installation: ``pk = IDEMPOTENCY#forge-events``, where Powertools keeps one
-item per product-event delivery (``events_intake.py``; Powertools chooses its ``sk``).
+Active registry items also carry the sparse GSI keys ``activePk = ACTIVE``, ``activeSk = <installationId>``;
+uninstalled ones whose data cleanup is not finished carry ``activePk = CLEANUP`` (``cleanup.py``).
+Two partitions belong to no installation: ``pk = IDEMPOTENCY#forge-events``, where Powertools keeps one
+item per product-event delivery (``events_intake.py``), and ``pk = IDEMPOTENCY#jobs``, one item per job
+request that ran to the end (the worker; Powertools chooses the ``sk`` of both).
 
 Nothing here touches DynamoDB or imports another module of this package: the stores, the FIT
 verifier and the job contract all stand on it.
@@ -34,6 +39,7 @@ RESULT_KIND_PATTERN = re.compile(r"^[A-Z_]+$")
 # -- partitions ------------------------------------------------------------------------------------
 INSTALLATION_PK_PREFIX = "INST#"
 EVENTS_IDEMPOTENCY_PK = "IDEMPOTENCY#forge-events"  # Powertools' static pk: one partition for all deliveries
+JOBS_IDEMPOTENCY_PK = "IDEMPOTENCY#jobs"  # one item per job request done, so a redelivery never runs it again
 
 
 def installation_pk(installation_id: str) -> str:
@@ -71,7 +77,8 @@ def token_sk(account_id: str | None) -> str:
 INSTALLATION_SK = "INSTALLATION"
 ONCE_SK_PREFIX = "FIT#"
 MAX_JTI_CHARS = 200  # a jti is Forge's UUID; anything longer is cut, keeping the key well under 1 KB
-ACTIVE_PK = "ACTIVE"  # the one partition of the ActiveInstallations GSI (attribute ``activePk``)
+ACTIVE_PK = "ACTIVE"  # the ActiveInstallations GSI's partition of active installations (attribute ``activePk``)
+CLEANUP_PK = "CLEANUP"  # ...and of uninstalled ones whose data cleanup is not finished
 
 
 def once_sk(jti: str) -> str:
@@ -89,3 +96,29 @@ def result_sk_prefix(kind: str) -> str:
 def result_sk(kind: str, key: str) -> str:
     """A job result: ``<KIND>#<key>``; ``ValueError`` if ``kind`` is not UPPER_CASE letters and underscores."""
     return f"{result_sk_prefix(kind)}{key}"
+
+
+# Jobs waiting for a token, parked under their installation so the next token delivery finds them.
+PARKED_SK_PREFIX = "PARKED#"
+
+
+def parked_sk(request_id: str) -> str:
+    return f"{PARKED_SK_PREFIX}{request_id}"
+
+
+# What an admin's status page shows of the jobs: the dead-lettered ones (newest first, so the time
+# leads the key) and the last run of each job kind.
+DEAD_SK_PREFIX = "DEAD#"
+LAST_RUN_SK_PREFIX = "LASTRUN#"
+
+
+def dead_sk(at_iso: str, request_id: str) -> str:
+    return f"{DEAD_SK_PREFIX}{at_iso}#{request_id}"
+
+
+def last_run_sk(job: str) -> str:
+    return f"{LAST_RUN_SK_PREFIX}{job}"
+
+
+# The personal data report's progress for an installation (which request, how many batches answered).
+PRIVACY_REPORT_SK = "PRIVACY#REPORT"
