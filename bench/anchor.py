@@ -173,6 +173,23 @@ def forge_calls(rng: random.Random, forge: Any, day_start: float, scenario: Scen
     return calls
 
 
+def call_event(forge: Any, site: Any, call: Call) -> tuple[dict[str, Any], bool]:
+    """The API Gateway event of one Forge call with a fresh FIT, and whether it is a UI call (forge_calls)
+    rather than the keepalive (forge_triggers)."""
+    from local.apigw import http_api_event
+
+    ui = call.kind == "ui"
+    headers = forge.headers(
+        site,
+        system_token=call.token,
+        principal="557058:bench-user" if ui else None,
+        module_key="ui-resolver" if ui else "keepalive-endpoint",
+    )
+    if ui:
+        return http_api_event("GET", "/api/status", headers=headers), True
+    return http_api_event("POST", "/forge/keepalive", headers=headers, body={}), False
+
+
 class Day:
     """One simulated day for one installation: the real handlers, the naive app, and the job runs."""
 
@@ -232,21 +249,10 @@ class Day:
 
     def forge_call(self, call: Call) -> None:
         """One Forge call, delivered now with a fresh FIT, to the real handler and to the naive app."""
-        from local.apigw import http_api_event
         from local.lambda_context import LocalLambdaContext
 
-        ui = call.kind == "ui"
-        headers = self.forge.headers(
-            self.site,
-            system_token=call.token,
-            principal="557058:bench-user" if ui else None,
-            module_key="ui-resolver" if ui else "keepalive-endpoint",
-        )
-        if ui:
-            event, module = http_api_event("GET", "/api/status", headers=headers), self.calls_module
-        else:
-            event = http_api_event("POST", "/forge/keepalive", headers=headers, body={})
-            module = self.triggers_module
+        event, ui = call_event(self.forge, self.site, call)
+        module = self.calls_module if ui else self.triggers_module
         before = self.forge.jwks_fetches
         with quiet():
             response = module.lambda_handler(event, LocalLambdaContext(timeout_s=25 if ui else 6))

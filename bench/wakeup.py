@@ -22,7 +22,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.anchor import HOUR, PRELUDE_H, SCENARIOS, Call, forge_calls, token_exp
+from bench.anchor import HOUR, PRELUDE_H, SCENARIOS, Call, call_event, forge_calls, token_exp
 from bench.common import Row, Section, load_function, median, moto_stack, quiet
 
 ESM_LAG_S = 5.0  # the worker's MaximumBatchingWindowInSeconds
@@ -178,21 +178,10 @@ class LullDay:
     def deliver(self, call: Call) -> bool:
         """One Forge call through the real handler; True if it stored a token usable by jobs."""
         from forge_remote import clock
-        from local.apigw import http_api_event
         from local.lambda_context import LocalLambdaContext
 
-        ui = call.kind == "ui"
-        headers = self.forge.headers(
-            self.site,
-            system_token=call.token,
-            principal="557058:bench-user" if ui else None,
-            module_key="ui-resolver" if ui else "keepalive-endpoint",
-        )
-        if ui:
-            event, module = http_api_event("GET", "/api/status", headers=headers), self.calls_module
-        else:
-            event = http_api_event("POST", "/forge/keepalive", headers=headers, body={})
-            module = self.triggers
+        event, ui = call_event(self.forge, self.site, call)
+        module = self.calls_module if ui else self.triggers
         module.lambda_handler(event, LocalLambdaContext(timeout_s=25 if ui else 6))
         states = [s for s in self.worker.runner.tokens.states(self.site.installation_id) if s.subject == "system"]
         if not states or states[0].received_at == self._stored_at:

@@ -59,19 +59,13 @@ class EventIntake:
             return self._enqueue
         bus = self._jobs_bus
         from aws_lambda_powertools.utilities.idempotency import (
-            DynamoDBPersistenceLayer,
             IdempotencyConfig,
             idempotent_function,
         )
 
-        store = DynamoDBPersistenceLayer(
-            table_name=self._app_table,
-            key_attr="pk",
-            sort_key_attr="sk",
-            static_pk_value=EVENTS_IDEMPOTENCY_PK,
-            expiry_attr="ttl",  # the table's TTL attribute (epoch s): every record expires after the window
-            boto3_client=aws.dynamodb(),
-        )
+        from forge_remote.idempotency import app_table_store
+
+        store = app_table_store(self._app_table, EVENTS_IDEMPOTENCY_PK)
         self._config = IdempotencyConfig(
             event_key_jmespath="[installationId, dedupKey]", expires_after_seconds=DEDUP_WINDOW_S
         )

@@ -85,19 +85,20 @@ class ParkingLot:
 
     def waiting(self, installation_id: str) -> int:
         """How many jobs of this installation wait for a token (a key-only count, no scan)."""
-        count = 0
+        return sum(page.get("Count", 0) for page in self._pages(installation_id, Select="COUNT"))
+
+    def _pages(self, installation_id: str, **query: Any) -> Iterator[Any]:
+        """The query pages of this installation's parked items."""
         paginator = self._client.get_paginator("query")
-        for page in paginator.paginate(
+        yield from paginator.paginate(
             TableName=self.table_name,
             KeyConditionExpression="pk = :pk AND begins_with(sk, :parked)",
             ExpressionAttributeValues={
                 ":pk": {"S": installation_pk(installation_id)},
                 ":parked": {"S": PARKED_SK_PREFIX},
             },
-            Select="COUNT",
-        ):
-            count += page.get("Count", 0)
-        return count
+            **query,
+        )
 
     def claim(self, installation_id: str, request_id: str | None = None) -> Iterator[ParkedJob]:
         """Take the parked jobs (one, if ``request_id`` is given): each is deleted by exactly one caller,
@@ -107,17 +108,7 @@ class ParkingLot:
             if claimed is not None:
                 yield claimed
             return
-        paginator = self._client.get_paginator("query")
-        for page in paginator.paginate(
-            TableName=self.table_name,
-            KeyConditionExpression="pk = :pk AND begins_with(sk, :parked)",
-            ExpressionAttributeValues={
-                ":pk": {"S": installation_pk(installation_id)},
-                ":parked": {"S": PARKED_SK_PREFIX},
-            },
-            ProjectionExpression="pk, sk",
-            ConsistentRead=True,
-        ):
+        for page in self._pages(installation_id, ProjectionExpression="pk, sk", ConsistentRead=True):
             for item in page.get("Items", []):
                 claimed = self._take({"pk": item["pk"], "sk": item["sk"]})
                 if claimed is not None:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from forge_remote import aws
 from forge_remote.keys import JOBS_IDEMPOTENCY_PK
 from forge_remote.worker import JobStatus, Outcome
 
@@ -70,19 +69,13 @@ class RunOnce:
         if self._guarded is not None:
             return self._guarded
         from aws_lambda_powertools.utilities.idempotency import (
-            DynamoDBPersistenceLayer,
             IdempotencyConfig,
             idempotent_function,
         )
 
-        store = DynamoDBPersistenceLayer(
-            table_name=self._app_table,
-            key_attr="pk",
-            sort_key_attr="sk",
-            static_pk_value=JOBS_IDEMPOTENCY_PK,
-            expiry_attr="ttl",
-            boto3_client=aws.dynamodb(),
-        )
+        from forge_remote.idempotency import app_table_store
+
+        store = app_table_store(self._app_table, JOBS_IDEMPOTENCY_PK)
         self._config = IdempotencyConfig(
             event_key_jmespath="requestId",
             raise_on_no_idempotency_key=True,
