@@ -67,10 +67,10 @@ def _dead_letter(record: SQSRecord, reason: str, request: JobRequest | None = No
             "sourceMessageId": {"DataType": "String", "StringValue": record.message_id},
         },
     )
-    metrics.add_metric(name="JobsDeadLettered", unit=MetricUnit.Count, value=1)
-    logger.error("job request sent to the DLQ", extra={"reason": reason, "message_id": record.message_id})
     if request is not None:  # for the installation's status page; the DLQ cannot be read per installation
         activity.record_dead(request.installation_id, request.request_id, request.job, reason)
+    metrics.add_metric(name="JobsDeadLettered", unit=MetricUnit.Count, value=1)
+    logger.error("job request sent to the DLQ", extra={"reason": reason, "message_id": record.message_id})
 
 
 def _defer(record: SQSRecord, request: JobRequest, outcome: Outcome) -> None:
@@ -142,9 +142,9 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
                 metrics.add_metric(name="JobsRepeatedDeliveries", unit=MetricUnit.Count, value=1)
                 logger.info("job already done; repeated delivery acknowledged", extra={"receive_count": receive_count})
             case JobStatus.DONE:
+                activity.record_done(request.installation_id, request.job, outcome.summary)
                 metrics.add_metric(name="JobsDone", unit=MetricUnit.Count, value=1)
                 logger.info("job done", extra={"summary": outcome.summary, "receive_count": receive_count})
-                activity.record_done(request.installation_id, request.job, outcome.summary)
     finally:
         logger.remove_keys(["job", "installation_id", "request_id"])
 
