@@ -60,7 +60,7 @@ format: venv  ## ruff --fix and ruff format, in place
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-bench: venv  ## figures and ratios, side by side in one run (ARGS=--quick: about 2 min)
+bench: venv  ## figures and ratios, side by side in one run (ARGS=--quick: about 3 min)
 	$(BIN)/python -m bench $(ARGS)
 
 # SAM CLI pins its own boto3, so it lives in a venv of its own.
