@@ -4,7 +4,8 @@ Partial batch failures (Powertools batch processor): a deferred job is made visi
 growing delay and reported failed, so SQS counts the receive and, past the redrive limit, moves it
 to the DLQ; a request that can never succeed goes to the DLQ at once; the rest of the batch is
 unaffected either way. A job deferred for lack of a token is also parked, so the next token delivery
-wakes it (``token_wakeup``); each request id runs to the end at most once (``RunOnce``).
+wakes it (``token_wakeup``); from its second delivery on, a request id runs to the end at most once
+(``RunOnce``): a wake-up and the delay's own redelivery can then race.
 """
 
 from __future__ import annotations
@@ -105,15 +106,17 @@ def _defer(record: SQSRecord, request: JobRequest, outcome: Outcome) -> None:
 def _run(request: JobRequest, receive_count: int, lambda_context: LambdaContext) -> Outcome:
     if lambda_context.get_remaining_time_in_millis() < MIN_REMAINING_MS:
         return Outcome(JobStatus.DEFERRED, "too little time left in this invocation", RESTART_DELAY_S)
-    if receive_count > 1:
-        parking.unpark(request.installation_id, request.request_id)  # back by its delay, or woken: not waiting
-    return run_once.run(
-        request.request_id,
-        lambda: runner.run(
+
+    def attempt() -> Outcome:
+        return runner.run(
             request, receive_count=receive_count, remaining_ms=lambda_context.get_remaining_time_in_millis
-        ),
-        lambda_context,
-    )
+        )
+
+    if receive_count == 1:
+        # A first delivery was never parked, so no wake-up can race it: no run-once records to write.
+        return attempt()
+    parking.unpark(request.installation_id, request.request_id)  # back by its delay, or woken: not waiting
+    return run_once.run(request.request_id, attempt, lambda_context)
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:

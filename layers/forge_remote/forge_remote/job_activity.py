@@ -7,7 +7,9 @@ Two kinds of items under the installation (app table), both small and both with 
   the DLQ keeps messages. The DLQ itself cannot be read per installation without receiving every
   message; this record can, newest first, with one query.
 
-Writing them is bookkeeping: a failure is logged and never changes the job's outcome.
+Writing them is bookkeeping: a failure is logged and never changes the job's outcome. A busy job kind
+(a page snapshot per page event) would write its ``LASTRUN#`` item once per run: a container writes it
+at most once a minute per installation and job kind, so the page may show a run up to a minute old.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 DEAD_LETTER_KEEP_S = 14 * 24 * 3600  # the DLQ's MessageRetentionPeriod
 LAST_RUN_KEEP_S = 35 * 24 * 3600  # refreshed by every run; a job kind unused for 5 weeks drops off the page
+LAST_RUN_EVERY_S = 60.0  # per container, installation and job kind
 MAX_SUMMARY_CHARS = 4000  # a summary is a few counts; anything bigger is not shown
 MAX_REASON_CHARS = 500
 
@@ -57,6 +60,7 @@ class JobActivity:
     def __init__(self, client: DynamoDBClient, table_name: str) -> None:
         self._client = client
         self.table_name = table_name
+        self._last_run_written: dict[tuple[str, str], float] = {}
 
     def _put(self, item: dict[str, Any]) -> None:
         try:
@@ -66,6 +70,12 @@ class JobActivity:
 
     def record_done(self, installation_id: str, job: str, summary: dict[str, Any]) -> None:
         now = clock.now()
+        written = self._last_run_written.get((installation_id, job))
+        if written is not None and 0 <= now - written < LAST_RUN_EVERY_S:
+            return
+        if len(self._last_run_written) > 10_000:  # a long-lived container: memory stays bounded
+            self._last_run_written.clear()
+        self._last_run_written[(installation_id, job)] = now
         text = json.dumps(summary, ensure_ascii=False, default=str)
         if len(text) > MAX_SUMMARY_CHARS:
             text = json.dumps({"_truncated": True})
