@@ -363,3 +363,16 @@ def _stream_record_for(world: LocalWorld) -> dict[str, Any]:
             "StreamViewType": "KEYS_ONLY",
         },
     }
+
+
+def test_a_parked_item_whose_delay_ended_long_ago_is_not_counted_as_waiting(local_world: LocalWorld) -> None:
+    """Its message is back in the queue's hands (received again, or moved by SQS's redrive after a
+    crash): the status page must not count it as a job waiting for a token."""
+    _park_one(local_world)
+    assert _waiting(local_world) == 1
+    [item] = _parked(local_world)
+    clock.advance(float(item["retryAt"]["N"]) - clock.now() + 60)  # a minute past its delay: still counted
+    assert _waiting(local_world) == 1
+    clock.advance(3600)
+    assert _waiting(local_world) == 0
+    assert len(_parked(local_world)) == 1  # left to its ttl, not deleted by a reader

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 PARK_GRACE_S = 24 * 3600  # a parked item outlives its delivery's delay by a day, then TTL removes it
+STALE_AFTER_S = 900  # its delay ended this long ago: the job is back in the queue's hands, not waiting
 # SQS's answers for a receipt handle whose delivery is over (the message was received again, deleted,
 # or moved to the DLQ): the job is no longer waiting, so there is nothing to wake.
 _DELIVERY_OVER = {
@@ -84,11 +85,22 @@ class ParkingLot:
         self._client.delete_item(TableName=self.table_name, Key=self._key(installation_id, request_id))
 
     def waiting(self, installation_id: str) -> int:
-        """How many jobs of this installation wait for a token (a key-only count, no scan)."""
-        return sum(page.get("Count", 0) for page in self._pages(installation_id, Select="COUNT"))
+        """How many jobs of this installation wait for a token (one partition's count, no scan).
 
-    def _pages(self, installation_id: str, **query: Any) -> Iterator[Any]:
-        """The query pages of this installation's parked items."""
+        A parked item whose delay ended long ago no longer stands for a waiting job: its message was
+        received again (which unparks it) or left the queue without the worker (SQS's redrive after a
+        crash); it is left to its ``ttl`` but not counted.
+        """
+        pages = self._pages(
+            installation_id,
+            Select="COUNT",
+            FilterExpression="retryAt > :stale",
+            values={":stale": {"N": f"{clock.now() - STALE_AFTER_S:.3f}"}},
+        )
+        return sum(page.get("Count", 0) for page in pages)
+
+    def _pages(self, installation_id: str, *, values: dict[str, Any] | None = None, **query: Any) -> Iterator[Any]:
+        """The query pages of this installation's parked items (``values``: more expression values)."""
         paginator = self._client.get_paginator("query")
         yield from paginator.paginate(
             TableName=self.table_name,
@@ -96,6 +108,7 @@ class ParkingLot:
             ExpressionAttributeValues={
                 ":pk": {"S": installation_pk(installation_id)},
                 ":parked": {"S": PARKED_SK_PREFIX},
+                **(values or {}),
             },
             **query,
         )
