@@ -153,9 +153,13 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
 
 
 @logger.inject_lambda_context
-@metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    response = process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    try:
+        response = process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )
+    finally:
+        # A batch whose every record failed unexpectedly records no outcome: publish only what was recorded.
+        if metrics.metric_set:
+            metrics.flush_metrics()
     return dict(response)

@@ -93,6 +93,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     args = event.get("args", {}) if isinstance(event, dict) else {}
     if not isinstance(job, str) or not isinstance(args, dict):
         # A misconfigured schedule: fail loudly (Scheduler retries, then its DLQ/alarms) rather than no-op.
+        metrics.add_metric(name="ScheduleInputsRefused", unit=MetricUnit.Count, value=1)
         raise ValueError(
             "schedule input must be {'job': <name>, 'args': {...}} or {'task': 'cleanup-sweep' | 'token-census'}"
         )
