@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from local.stack import LocalStack
+
 ROOT = Path(__file__).resolve().parents[1]
 LAYER = ROOT / "layers" / "forge_remote"
 REGION = "us-east-1"
@@ -31,13 +33,7 @@ FAKE_AWS_ENV = {
 }
 CLEARED_AWS_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL", "AWS_SECURITY_TOKEN")
 
-FUNCTIONS = {
-    "ForgeCallsFunction": "functions/forge_calls",
-    "ForgeTriggersFunction": "functions/forge_triggers",
-    "ConfluenceWorkerFunction": "functions/confluence_worker",
-    "JobSchedulerFunction": "functions/job_scheduler",
-    "TokenWakeupFunction": "functions/token_wakeup",
-}
+FUNCTIONS = LocalStack.from_template().functions()  # logical id -> code folder, as the template says
 
 DYNAMODB_WRITES = frozenset({"PutItem", "UpdateItem", "DeleteItem", "TransactWriteItems", "BatchWriteItem"})
 DYNAMODB_READS = frozenset({"GetItem", "Query", "Scan", "BatchGetItem", "TransactGetItems"})

@@ -163,5 +163,5 @@ class LocalStack:
         return {name: str(self.resolve(value)) for name, value in merged.items()}
 
     def functions(self) -> dict[str, str]:
-        """Logical id -> CodeUri folder of every function in the template."""
-        return {lid: props["CodeUri"] for lid, props in self._of_type("AWS::Serverless::Function")}
+        """Logical id -> CodeUri folder (no trailing slash) of every function in the template."""
+        return {lid: props["CodeUri"].rstrip("/") for lid, props in self._of_type("AWS::Serverless::Function")}

@@ -35,13 +35,7 @@ from local.poller import StreamPoller, sqs_record, stream_event_sources, streams
 from local.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
-FUNCTIONS = {
-    "ForgeCallsFunction": "functions/forge_calls",
-    "ForgeTriggersFunction": "functions/forge_triggers",
-    "ConfluenceWorkerFunction": "functions/confluence_worker",
-    "JobSchedulerFunction": "functions/job_scheduler",
-    "TokenWakeupFunction": "functions/token_wakeup",
-}
+FUNCTIONS = LocalStack.from_template().functions()  # logical id -> code folder, as the template says
 WORKER_TIMEOUT_S = 120  # the template's worker timeout
 
 
