@@ -25,7 +25,7 @@ from forge_remote.errors import BadJobRequest, JobDeferred
 from forge_remote.installations import InstallationRegistry
 from forge_remote.job_activity import JobActivity
 from forge_remote.jobs import JobRequest
-from forge_remote.logs import use_function_logger
+from forge_remote.logs import publishing_recorded_metrics, use_function_logger
 from forge_remote.parking import ParkingLot, wake_parked
 from forge_remote.results import ResultStore
 from forge_remote.run_once import RunOnce
@@ -154,12 +154,8 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
+    with publishing_recorded_metrics(metrics):
         response = process_partial_response(
             event=event, record_handler=record_handler, processor=processor, context=context
         )
-    finally:
-        # A batch whose every record failed unexpectedly records no outcome: publish only what was recorded.
-        if metrics.metric_set:
-            metrics.flush_metrics()
     return dict(response)

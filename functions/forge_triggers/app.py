@@ -20,7 +20,7 @@ from forge_remote.events_intake import EventIntake
 from forge_remote.fit import Invocation
 from forge_remote.http_api import invocation, register_error_handlers, require_fit
 from forge_remote.http_wiring import HttpWiring
-from forge_remote.logs import use_function_logger
+from forge_remote.logs import publishing_recorded_metrics, use_function_logger
 from forge_remote.payloads import LIFECYCLE_EVENTS, decode_body, json_object, parse_event
 
 logger = Logger()
@@ -119,10 +119,5 @@ def product_event() -> tuple[dict[str, Any], int]:
 
 @logger.inject_lambda_context(correlation_id_path='headers."x-b3-traceid"')
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
+    with publishing_recorded_metrics(metrics):  # a rejected call records nothing
         return app.resolve(event, context)
-    finally:
-        # Publish what the route recorded. Not log_metrics: a rejected call records nothing, and it
-        # would print a UserWarning (with a site-packages path) for every one of them.
-        if metrics.metric_set:
-            metrics.flush_metrics()

@@ -20,7 +20,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from forge_remote import aws
 from forge_remote.config import Settings
 from forge_remote.keys import INSTALLATION_PK_PREFIX
-from forge_remote.logs import use_function_logger
+from forge_remote.logs import publishing_recorded_metrics, use_function_logger
 from forge_remote.parking import ParkingLot, wake_parked
 from forge_remote.tokens import TokenStore
 
@@ -57,12 +57,8 @@ def record_handler(record: DynamoDBRecord) -> None:
 
 @logger.inject_lambda_context
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    try:
+    with publishing_recorded_metrics(metrics):  # most deliveries wake nothing and record nothing
         response = process_partial_response(
             event=event, record_handler=record_handler, processor=processor, context=context
         )
-    finally:
-        # Most deliveries wake nothing and record nothing: publish only what was recorded.
-        if metrics.metric_set:
-            metrics.flush_metrics()
     return dict(response)

@@ -8,14 +8,25 @@ request id, the correlation id (Forge's ``x-b3-traceid``) and its ``extra`` fiel
 in CloudWatch by the same queries as the handler's lines. Powertools' own recipe
 (``copy_config_to_registered_loggers``); it also stops the records reaching the Lambda runtime's
 root handler, which would print them a second time as plain text.
+
+``publishing_recorded_metrics(metrics)`` wraps a handler's work: the metrics it recorded (embedded
+metric format, log lines too) are published at the end, even if it raised; an invocation that
+recorded none publishes nothing. Powertools' ``log_metrics`` would warn, with a site-packages path,
+for every such invocation (a refused call, a stream record that woke nobody).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 from aws_lambda_powertools import Logger
 from aws_lambda_powertools.logging.utils import copy_config_to_registered_loggers
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools import Metrics
 
 LIBRARY_LOGGER = "forge_remote"
 
@@ -24,3 +35,13 @@ def use_function_logger(logger: Logger) -> None:
     """Send every ``forge_remote.*`` record through ``logger``'s handler, at ``logger``'s level."""
     logging.getLogger(LIBRARY_LOGGER)  # registered even before any library module has logged
     copy_config_to_registered_loggers(source_logger=logger, include={LIBRARY_LOGGER})
+
+
+@contextmanager
+def publishing_recorded_metrics(metrics: Metrics) -> Iterator[None]:
+    """Publish what ``metrics`` recorded inside the block (if anything), however the block ends."""
+    try:
+        yield
+    finally:
+        if metrics.metric_set:
+            metrics.flush_metrics()
