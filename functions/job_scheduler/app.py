@@ -34,14 +34,12 @@ use_function_logger(logger)
 metrics = Metrics()
 settings = Settings.from_env()
 JOBS_BUS = settings.required("jobs_bus")
-installations = InstallationRegistry(aws.dynamodb(), settings.app_table)
+_dynamodb = aws.dynamodb()
+installations = InstallationRegistry(_dynamodb, settings.app_table)
+tokens = TokenStore(_dynamodb, settings.tokens_table)
 cleanup = InstallationCleanup(
-    aws.dynamodb(),
-    tokens=TokenStore(aws.dynamodb(), settings.tokens_table),
-    installations=installations,
-    retention_days=retention_days_setting(),
+    _dynamodb, tokens=tokens, installations=installations, retention_days=retention_days_setting()
 )
-tokens = TokenStore(aws.dynamodb(), settings.tokens_table)
 CLEANUP_SWEEP = "cleanup-sweep"
 TOKEN_CENSUS = "token-census"  # noqa: S105 (a task name)
 SWEEP_MARGIN_MS = 10_000  # left of the invocation when the sweep stops starting installations
@@ -67,9 +65,8 @@ def token_census() -> dict[str, Any]:
     """Active installations, and how many of them hold an app token valid long enough for a job."""
     active = holding = 0
     for ids in installations.iter_active_ids():
-        for installation_id in ids:
-            active += 1
-            holding += tokens.usable(installation_id, settings.token_min_validity_s)
+        active += len(ids)
+        holding += tokens.count_usable(ids, settings.token_min_validity_s)
     return {"task": TOKEN_CENSUS, "activeInstallations": active, "installationsWithUsableToken": holding}
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
+from typing import Any
 
 import boto3
 import jwt
@@ -194,3 +195,37 @@ def test_states_show_expiry_never_the_token(forge: ForgeEmulator, store: TokenSt
     assert [s.subject for s in states] == ["system"]
     assert token not in repr(states)
     assert states[0].expires_at == pytest.approx(clock.now() + 5000, abs=5)
+
+
+def test_count_usable_reads_many_installations_in_batches_and_retries_unprocessed_keys(
+    store: TokenStore, forge: ForgeEmulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    usable = [new_installation_id() for _ in range(130)]
+    short = [new_installation_id() for _ in range(80)]  # stored, but under the minimum a job needs
+    missing = [new_installation_id() for _ in range(15)]  # never got a token
+    for installation_id in usable:
+        store.put_if_newer(installation_id, forge.app_token(lifetime_s=3 * 3600))
+    for installation_id in short:
+        store.put_if_newer(installation_id, forge.app_token(lifetime_s=300))
+    requests: list[int] = []
+    real = store._client.batch_get_item
+
+    def one_key_unprocessed(**kwargs: Any) -> Any:
+        """DynamoDB may leave keys unprocessed (throttling, 16 MB): the first answer leaves one."""
+        keys = kwargs["RequestItems"][store.table_name]["Keys"]
+        requests.append(len(keys))
+        if len(requests) == 1:
+            answer = real(
+                RequestItems={store.table_name: {**kwargs["RequestItems"][store.table_name], "Keys": keys[1:]}}
+            )
+            answer["UnprocessedKeys"] = {
+                store.table_name: {**kwargs["RequestItems"][store.table_name], "Keys": keys[:1]}
+            }
+            return answer
+        return real(**kwargs)
+
+    monkeypatch.setattr(store._client, "batch_get_item", one_key_unprocessed)
+    everyone = usable + short + missing
+    random.Random(7).shuffle(everyone)
+    assert store.count_usable(everyone, 600) == 130
+    assert requests == [100, 1, 100, 25]  # 100 keys a request; the unprocessed key asked again

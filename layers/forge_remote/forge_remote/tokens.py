@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ MAX_TOKEN_LIFETIME_S = 4 * 3600  # Forge's documented maximum
 FALLBACK_LIFETIME_S = 3600  # for a token whose exp cannot be read: well under the ~2 h Forge guarantees
 TTL_GRACE_S = 3600
 MAX_PAYLOAD_CHARS = 16 * 1024  # a token's payload segment; Forge's are a few hundred characters
+BATCH_GET_KEYS = 100  # DynamoDB's BatchGetItem limit
 SANE_EXP_RANGE = (1.0e9, 4.1e9)  # 2001 to 2099: anything else is not an expiry Forge would send
 
 
@@ -247,6 +249,27 @@ class TokenStore:
         if not item:
             return False
         return float(item["expiresAt"]["N"]) - clock.now() >= min_validity_s
+
+    def count_usable(self, installation_ids: Sequence[str], min_validity_s: float) -> int:
+        """How many of these installations hold an app token valid ``min_validity_s`` more seconds:
+        ``usable`` for many at once, 100 keys a request, reading each token's expiry only."""
+        now = clock.now()
+        count = 0
+        for start in range(0, len(installation_ids), BATCH_GET_KEYS):
+            keys = [self._key(i, SYSTEM_TOKEN_SK) for i in installation_ids[start : start + BATCH_GET_KEYS]]
+            request: dict[str, Any] = {
+                self.table_name: {"Keys": keys, "ProjectionExpression": "expiresAt", "ConsistentRead": True}
+            }
+            for _ in range(8):
+                response = self._client.batch_get_item(RequestItems=request)
+                items = response.get("Responses", {}).get(self.table_name, [])
+                count += sum(float(item["expiresAt"]["N"]) - now >= min_validity_s for item in items)
+                request = dict(response.get("UnprocessedKeys") or {})
+                if not request:
+                    break
+            else:
+                raise RuntimeError(f"could not read {len(request[self.table_name]['Keys'])} token expiries")
+        return count
 
     def invalidate(
         self, installation_id: str, token: str, *, account_id: str | None = None, sk: str | None = None
