@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from forge_remote.batch_delete import delete_keys
 from forge_remote.errors import ConfigurationError
 from forge_remote.installations import InstallationRegistry, UninstallMark
 from forge_remote.keys import INSTALLATION_SK, ONCE_SK_PREFIX, installation_pk
@@ -134,7 +135,8 @@ class InstallationCleanup:
             page = self._client.query(**query)
             items = [i for i in page.get("Items", []) if not _kept_by_walk(i["sk"]["S"])]
             if self.retention_s == 0:
-                deleted += self._delete([{"pk": i["pk"], "sk": i["sk"]} for i in items])
+                delete_keys(self._client, self.table_name, [{"pk": i["pk"], "sk": i["sk"]} for i in items])
+                deleted += len(items)
             else:
                 expiring += sum(self._expire(item, mark.retain_until) for item in items)
             pages += 1
@@ -144,17 +146,6 @@ class InstallationCleanup:
                 return CleanupReport(True, deleted=deleted, expiring=expiring, pages=pages)
             cursor = last["sk"]["S"]
             self.installations.record_cleanup_cursor(installation_id, cursor)
-
-    def _delete(self, keys: list[dict[str, Any]]) -> int:
-        pending: list[Any] = [{"DeleteRequest": {"Key": key}} for key in keys]
-        for _ in range(8):
-            if not pending:
-                return len(keys)
-            response = self._client.batch_write_item(RequestItems={self.table_name: pending})
-            pending = list(response.get("UnprocessedItems", {}).get(self.table_name, []))
-        if pending:
-            raise RuntimeError(f"could not delete {len(pending)} items of an uninstalled installation")
-        return len(keys)
 
     def _expire(self, item: dict[str, Any], retain_until: int) -> bool:
         """Give one item the retention ``ttl`` unless it already expires sooner; True if it was changed."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
+from forge_remote.batch_delete import delete_keys
 from forge_remote.errors import TokenUnavailable
 from forge_remote.keys import SYSTEM_TOKEN_SK, installation_pk, token_sk
 
@@ -325,14 +326,5 @@ class TokenStore:
             ConsistentRead=True,
         ):
             keys.extend({"pk": i["pk"], "sk": i["sk"]} for i in page.get("Items", []))
-        for start in range(0, len(keys), 25):
-            pending: list[Any] = [{"DeleteRequest": {"Key": k}} for k in keys[start : start + 25]]
-            for _ in range(8):
-                self.write_count += 1
-                response = self._client.batch_write_item(RequestItems={self.table_name: pending})
-                pending = list(response.get("UnprocessedItems", {}).get(self.table_name, []))
-                if not pending:
-                    break
-            else:
-                raise RuntimeError(f"could not delete {len(pending)} token items of {installation_id}")
+        self.write_count += delete_keys(self._client, self.table_name, keys)
         return len(keys)
