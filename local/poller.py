@@ -216,7 +216,41 @@ def failed_message_ids(result: Any, batch_ids: list[str]) -> set[str]:
 
 
 @dataclass
-class SqsPoller:
+class BackgroundPolling:
+    """What ``make local`` runs: ``poll_round()`` every ``interval_s`` on a daemon thread, until ``stop()``.
+    An error is logged and the next round tried, as an event source mapping keeps polling."""
+
+    _thread: threading.Thread | None = field(default=None, kw_only=True)
+    _stopping: threading.Event = field(default_factory=threading.Event, kw_only=True)
+
+    def poll_round(self) -> None:
+        raise NotImplementedError
+
+    def start(self, interval_s: float = 1.0) -> None:
+        if self._thread is not None:
+            return
+        self._stopping.clear()
+        name = type(self).__name__
+        self._thread = threading.Thread(target=self._run, args=(interval_s,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, interval_s: float) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.poll_round()
+            except Exception:
+                logger.exception("%s error; retrying", type(self).__name__)
+            self._stopping.wait(interval_s)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)  # a daemon thread: never hold up shutdown for a slow round
+            self._thread = None
+
+
+@dataclass
+class SqsPoller(BackgroundPolling):
     """Feeds one queue to one function, batch by batch."""
 
     source: SqsEventSource
@@ -227,8 +261,6 @@ class SqsPoller:
     invoke: Invoke
     _held: list[str] = field(default_factory=list)  # receipt handles of failed records
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _thread: threading.Thread | None = None
-    _stopping: threading.Event = field(default_factory=threading.Event)
 
     def poll_once(self) -> PollReport:
         """One receive and, if it returned messages, one invocation."""
@@ -301,31 +333,12 @@ class SqsPoller:
         """How many failed records are waiting for ``release_deferred()``."""
         return len(self._held)
 
-    # -- background polling for ``make local``
-    def start(self, interval_s: float = 1.0) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="sqs-poller", daemon=True)
-        self._thread.start()
-
-    def _run(self, interval_s: float) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.drain()
-            except Exception:
-                logger.exception("poller error; retrying")
-            self._stopping.wait(interval_s)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)  # a daemon thread: never hold up shutdown for a slow drain
-            self._thread = None
+    def poll_round(self) -> None:
+        self.drain()
 
 
 @dataclass
-class StreamPoller:
+class StreamPoller(BackgroundPolling):
     """Feeds one table's stream to one function. Reads from where the stream stood at ``open()``."""
 
     source: StreamEventSource
@@ -351,30 +364,8 @@ class StreamPoller:
                     StreamArn=self.stream_arn, ShardId=shard["ShardId"], ShardIteratorType=position
                 )["ShardIterator"]
 
-    # -- background polling for ``make local``
-    _thread: threading.Thread | None = None
-    _stopping: threading.Event = field(default_factory=threading.Event)
-
-    def start(self, interval_s: float = 0.5) -> None:
-        if self._thread is not None:
-            return
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._run, args=(interval_s,), name="stream-poller", daemon=True)
-        self._thread.start()
-
-    def _run(self, interval_s: float) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.poll_once()
-            except Exception:
-                logger.exception("stream poller error; retrying")
-            self._stopping.wait(interval_s)
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
+    def poll_round(self) -> None:
+        self.poll_once()
 
     def poll_once(self) -> int:
         """Read what is new and invoke the function with the records its filters keep; returns how many."""
