@@ -8,7 +8,6 @@ of each job kind. Everything is read by key or by one query of the installation'
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
@@ -22,7 +21,7 @@ router = Router()
 
 
 def _iso(epoch_s: float | None) -> str | None:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds") if epoch_s else None
+    return clock.iso(epoch_s) if epoch_s else None
 
 
 def _job_stores(app_table: str) -> tuple[ParkingLot, JobActivity]:

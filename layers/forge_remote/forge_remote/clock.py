@@ -7,6 +7,7 @@ expire without waiting; FIT verification deliberately keeps real time (pyjwt che
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 _offset_s = 0.0
 
@@ -26,3 +27,8 @@ def reset() -> None:
     """Back to wall time."""
     global _offset_s
     _offset_s = 0.0
+
+
+def iso(epoch_s: float) -> str:
+    """An epoch time as ISO 8601 UTC to the second, as status answers and records show it."""
+    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")

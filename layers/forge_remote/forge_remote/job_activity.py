@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -35,10 +34,6 @@ LAST_RUN_KEEP_S = 35 * 24 * 3600  # refreshed by every run; a job kind unused fo
 LAST_RUN_EVERY_S = 60.0  # per container, installation and job kind
 MAX_SUMMARY_CHARS = 4000  # a summary is a few counts; anything bigger is not shown
 MAX_REASON_CHARS = 500
-
-
-def _iso(epoch_s: float) -> str:
-    return datetime.fromtimestamp(epoch_s, UTC).isoformat(timespec="seconds")
 
 
 @dataclass(frozen=True)
@@ -95,7 +90,7 @@ class JobActivity:
         self._put(
             {
                 "pk": {"S": installation_pk(installation_id)},
-                "sk": {"S": dead_sk(_iso(now), request_id)},
+                "sk": {"S": dead_sk(clock.iso(now), request_id)},
                 "job": {"S": job},
                 "reason": {"S": reason[:MAX_REASON_CHARS]},
                 "at": {"N": f"{now:.3f}"},
