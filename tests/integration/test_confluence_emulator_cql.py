@@ -12,19 +12,13 @@ broken CQL) goes through plain ``requests``.
 
 from __future__ import annotations
 
-import functools
-import json
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
-from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 import requests
-from openapi_core import Config, OpenAPI
-from openapi_core.testing import MockRequest, MockResponse
 
 from forge_remote.confluence import ConfluenceClient
 from forge_remote.cql import Cql, and_, contains, date_gte, date_lt, field_eq, field_in, field_ne, id_eq, not_, or_
@@ -32,6 +26,7 @@ from forge_remote.errors import ConfluenceError, NotFound
 from local.confluence_emulator import AUTHOR_ID, ConfluenceEmulator
 from local.cql_eval import CqlError, parse_cql
 from local.forge_emulator import ForgeEmulator
+from tests import confluence_contract as contract
 
 ALICE = "557058:alice-0001"
 BOB = "557058:bob-0002"
@@ -41,50 +36,12 @@ INJECTION = 'x" OR type = page'
 INJECTION_CLOSED = 'x" OR type = "page'  # the form that closes a naive template's quote again
 
 
-# -- the OpenAPI contract, built here so this file does not depend on where other test modules live
-
-
-def _reference_dir() -> Path:
-    """``shared/reference`` beside the checkout (found upwards, wherever this file sits in tests/)."""
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "shared" / "reference"
-        if (candidate / "confluence-openapi-v1.json").is_file():
-            return candidate
-    pytest.fail("shared/reference/confluence-openapi-v1.json not found above this checkout")
-
-
-@functools.cache
-def _openapi() -> dict[str, OpenAPI]:
-    # The v1 file fails strict spec validation (an array default against an item enum); its request
-    # and response schemas, which are what is checked here, are sound.
-    config = Config(spec_validator_cls=None)
-    files = {v: _reference_dir() / f"confluence-openapi-{v}.json" for v in ("v1", "v2")}
-    return {v: OpenAPI.from_dict(json.loads(f.read_text()), config=config) for v, f in files.items()}
+# -- the OpenAPI contract (tests/confluence_contract.py)
 
 
 def check_exchange(response: requests.Response) -> str:
-    """Validate the request against the spec, and the response too when it is a 200.
-
-    The emulator serves ``/ex/confluence/<cloudId>/wiki/...``; the specs' servers are the site's own
-    (v1 ``//your-domain.atlassian.net``, v2 ``https://your-domain.atlassian.net``), so the prefix up to
-    ``/wiki`` is dropped and the request rebuilt on the spec's server.
-    """
-    request = response.request
-    assert request.url is not None
-    assert request.method is not None
-    parts = urlsplit(request.url)
-    _, sep, wiki_rest = parts.path.partition("/wiki/")
-    assert sep, parts.path
-    path = "/wiki/" + wiki_rest
-    version = "v2" if path.startswith("/wiki/api/v2/") else "v1"
-    host = {"v1": "//your-domain.atlassian.net", "v2": "https://your-domain.atlassian.net"}[version]
-    args = dict(parse_qsl(parts.query, keep_blank_values=True))
-    mock = MockRequest(host, request.method.lower(), path, args=args, headers={"Accept": "application/json"})
-    openapi = _openapi()[version]
-    openapi.validate_request(mock)
-    if response.status_code == 200:
-        openapi.validate_response(mock, MockResponse(response.content, 200, dict(response.headers), "application/json"))
-    return version
+    """Validate the request against Atlassian's spec, and the response too when it is a 200."""
+    return contract.check_exchange(contract.load_openapi(), response)
 
 
 # -- the site: two open spaces and six pages whose fields differ just enough
