@@ -128,11 +128,10 @@ class LullDay:
     """One simulated day for one installation, through the real handlers, on one side (wake-up or not)."""
 
     def __init__(self, stack: Any, forge: Any, *, wake: bool) -> None:
-        import boto3
 
         from forge_remote import aws, clock
         from local.lambda_context import LocalLambdaContext
-        from local.poller import StreamPoller, stream_event_sources, streams_client
+        from local.poller import stream_pollers
 
         self.forge, self.wake = forge, wake
         self.day_start = clock.now() + PRELUDE_H * HOUR
@@ -155,14 +154,9 @@ class LullDay:
             real_park(installation_id, request_id, **kwargs)
 
         self.worker.parking.park = park
-        (source,) = stream_event_sources(stack.template)
-        self.stream = StreamPoller(
-            source=source,
-            streams=streams_client(boto3.session.Session()),
-            stream_arn=stack.stream_arns[source.table],
-            region=stack.region,
-            invoke=lambda _fn, event: wakeup.lambda_handler(event, LocalLambdaContext(timeout_s=30)),
-        ).open()
+        (self.stream,) = stream_pollers(
+            stack, lambda _fn, event: wakeup.lambda_handler(event, LocalLambdaContext(timeout_s=30))
+        )
         self.site = forge.site()
         self.min_validity = float(worker_env["TOKEN_MIN_VALIDITY_S"])
         self.usable_arrivals: list[float] = []  # when a token usable by jobs was stored

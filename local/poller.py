@@ -386,6 +386,24 @@ class StreamPoller(BackgroundPolling):
         return len(kept)
 
 
+def stream_pollers(stack: Any, invoke: Invoke, *, session: Any = None, position: str = "LATEST") -> list[StreamPoller]:
+    """One opened ``StreamPoller`` per ``Type: DynamoDB`` event of ``stack``'s template (a ``LocalStack``
+    whose tables exist), reading from ``position``."""
+    import boto3
+
+    streams = streams_client(session or boto3.session.Session(region_name=stack.region))
+    return [
+        StreamPoller(
+            source=source,
+            streams=streams,
+            stream_arn=stack.stream_arns[source.table],
+            region=stack.region,
+            invoke=invoke,
+        ).open(position)
+        for source in stream_event_sources(stack.template)
+    ]
+
+
 def streams_client(session: Any) -> Any:
     """A DynamoDB Streams client. Account-based endpoints are off: moto routes them to DynamoDB itself."""
     from botocore.config import Config

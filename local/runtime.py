@@ -40,8 +40,7 @@ from local.poller import (
     queue_depth,
     schedules,
     sqs_event_sources,
-    stream_event_sources,
-    streams_client,
+    stream_pollers,
 )
 from local.stack import TEMPLATE, LocalStack
 
@@ -146,17 +145,7 @@ class LocalRuntime:
             invoke=self.invoke,
         )
         self._timer = ScheduleTimer(schedules(self._stack.template), self.invoke)
-        streams = streams_client(session)
-        self._stream_pollers = [
-            StreamPoller(
-                source=stream_source,
-                streams=streams,
-                stream_arn=self._stack.stream_arns[stream_source.table],
-                region=self.moto.region,
-                invoke=self.invoke,
-            ).open()
-            for stream_source in stream_event_sources(self._stack.template)
-        ]
+        self._stream_pollers = stream_pollers(self._stack, self.invoke, session=session)
 
     def _load_functions(self, stack: LocalStack) -> None:
         template_globals = stack.template.get("Globals", {}).get("Function", {})

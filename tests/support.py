@@ -31,7 +31,7 @@ from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site
 from local.handlers import load_handler
 from local.lambda_context import LocalLambdaContext
-from local.poller import StreamPoller, sqs_record, stream_event_sources, streams_client
+from local.poller import StreamPoller, sqs_record, stream_pollers
 from local.stack import LocalStack
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -141,18 +141,11 @@ class LocalWorld:
 
     @cached_property
     def _token_stream(self) -> StreamPoller:
-        (source,) = stream_event_sources(self.stack.template)
-
         def invoke(_: str, event: Any) -> Any:
             return self.wakeup.lambda_handler(event, LocalLambdaContext(function_name="token-wakeup", timeout_s=30))
 
-        return StreamPoller(
-            source=source,
-            streams=streams_client(boto3.session.Session()),
-            stream_arn=self.stack.stream_arns[source.table],
-            region=self.stack.region,
-            invoke=invoke,
-        ).open("TRIM_HORIZON")
+        (poller,) = stream_pollers(self.stack, invoke, position="TRIM_HORIZON")
+        return poller
 
     def deliver_token_stream(self) -> int:
         """What Lambda's stream event source mapping does: the tokens table's records since the last call,
