@@ -4,7 +4,7 @@ v1 ``GET /wiki/rest/api/content/search`` (CQL as ``local/cql_eval.py`` reads it,
 ``_links.next`` without the ``/wiki`` prefix), v1 ``GET /wiki/rest/api/user/current``, v2
 ``GET /wiki/api/v2/pages/{id}`` and ``GET /wiki/api/v2/spaces?keys=`` (``_links.next`` with ``/wiki``,
 plus a ``Link`` header), all under ``/ex/confluence/<cloudId>`` like ``api.atlassian.com``. Shapes follow
-Atlassian's OpenAPI descriptions (``shared/reference``; the tests validate against them). Every
+Atlassian's OpenAPI descriptions (``tests/reference``; the tests validate against them). Every
 request's token is checked: missing, revoked or expired (JWT ``exp`` against ``forge_remote.clock``) is
 refused with 401, or with 403 on v1 and 404 on v2 paths in ``expired_token_status="v1-403-v2-404"``
 mode. Faults are switchable (``fail_next``, ``delay_s``). Used by the tests, the local stack and the

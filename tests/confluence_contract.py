@@ -1,4 +1,4 @@
-"""Atlassian's OpenAPI descriptions of Confluence (``shared/reference``, beside the checkout) as a contract:
+"""Atlassian's OpenAPI descriptions of Confluence (``tests/reference``) as a contract:
 every request a client sends and every 200 an emulator answers is validated against them.
 
 The specs' servers: v1 ``//your-domain.atlassian.net`` with paths ``/wiki/rest/api/...``; v2
@@ -24,7 +24,7 @@ from openapi_core.testing import MockRequest, MockResponse
 from forge_remote import clock
 from tests.support import ROOT
 
-REFERENCE = ROOT.parent / "shared" / "reference"
+REFERENCE = ROOT / "tests" / "reference"
 SPEC_HOSTS = {"v1": "//your-domain.atlassian.net", "v2": "https://your-domain.atlassian.net"}
 
 
@@ -34,10 +34,7 @@ def load_openapi() -> dict[str, OpenAPI]:
     files = {v: REFERENCE / f"confluence-openapi-{v}.json" for v in ("v1", "v2")}
     missing = [str(f) for f in files.values() if not f.is_file()]
     if missing:
-        pytest.fail(
-            f"Atlassian's OpenAPI descriptions are missing: {missing}. The repository is expected to be "
-            "checked out beside shared/ (shared/reference/confluence-openapi-v1.json and -v2.json)."
-        )
+        pytest.fail(f"Atlassian's OpenAPI descriptions are missing: {missing} (see tests/reference/README.md)")
     # The v1 file fails strict spec validation (an array default checked against an item enum);
     # its request and response schemas, which are what we check, are sound.
     config = Config(spec_validator_cls=None)

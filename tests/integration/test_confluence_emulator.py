@@ -1,5 +1,5 @@
 """The Confluence emulator on its own: tokens, the CQL subset, cursors, faults, and every 200 response
-checked against Atlassian's OpenAPI descriptions (``shared/reference``).
+checked against Atlassian's OpenAPI descriptions (``tests/reference``).
 (The OpenAPI contract helpers, shared with ``test_confluence_client.py``: ``tests/confluence_contract.py``.)
 """
 
