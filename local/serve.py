@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from forge_remote.config import PRODUCTION_JWKS_URL  # installed in the venv from layers/forge_remote
 from local.forge_emulator import DEFAULT_APP_ID, Site
 from local.job_outcomes import OutcomeJournal, journal_worker_outcomes
+from local.loopback import PortInUse
 from local.runtime import LocalRuntime
 from local.ui_dev import DEFAULT_UI_PORT, StatusPageServer, UiBuildError, start_status_page
 
@@ -259,25 +260,33 @@ def main(argv: list[str] | None = None) -> int:
         log_level=args.log_level,
         function_logs=sys.stdout,
     )
-    with runtime as rt:
-        # Production FITs are Atlassian's: no dev key to share, so no state file and no emulated site.
-        shared = share_with_forge_cli(rt, args.state_file) if args.jwks == "emulator" else None
-        rt.start_polling(args.poll_interval)
-        page, page_note = serve_status_page(rt, shared, args.ui_port)
-        print(banner(rt, args, shared.page_id if shared else "", page_note), flush=True)
-        try:
-            # Wake up now and then: the kernel may deliver SIGINT to one of the server threads, and
-            # Python runs handlers only in the main thread, which an untimed wait never wakes.
-            while not stop.wait(timeout=0.2):
+    try:
+        with runtime as rt:
+            # Production FITs are Atlassian's: no dev key to share, so no state file and no emulated site.
+            shared = share_with_forge_cli(rt, args.state_file) if args.jwks == "emulator" else None
+            rt.start_polling(args.poll_interval)
+            page, page_note = serve_status_page(rt, shared, args.ui_port)
+            print(banner(rt, args, shared.page_id if shared else "", page_note), flush=True)
+            try:
+                # Wake up now and then: the kernel may deliver SIGINT to one of the server threads, and
+                # Python runs handlers only in the main thread, which an untimed wait never wakes.
+                while not stop.wait(timeout=0.2):
+                    pass
+            except KeyboardInterrupt:
                 pass
-        except KeyboardInterrupt:
-            pass
-        finally:
-            print("\nstopping the local stack", flush=True)
-            if page is not None:
-                page.stop()
-            if shared is not None:
-                shared.remove()
+            finally:
+                print("\nstopping the local stack", flush=True)
+                if page is not None:
+                    page.stop()
+                if shared is not None:
+                    shared.remove()
+    except PortInUse as exc:  # the gateway's port: the stack cannot start (the UI page falls back by itself)
+        print(
+            f"cannot start the local stack: {exc}, another `make local` perhaps. Stop it, or pick another "
+            "port: make local ARGS='--port 8797'",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

@@ -33,7 +33,7 @@ import requests
 from werkzeug.wrappers import Request, Response
 
 from local.forge_emulator import ForgeEmulator, Site
-from local.loopback import LoopbackServer
+from local.loopback import LoopbackServer, PortInUse
 
 logger = logging.getLogger(__name__)
 
@@ -310,7 +310,7 @@ def start_status_page(
     server = StatusPageServer(forge, site, gateway_url, bundle=bundle, port=port)
     try:
         server.start()
-    except OSError:  # the port is taken, by another make local say: any free one will do
+    except PortInUse:  # the port is taken, by another make local say: any free one will do
         server = StatusPageServer(forge, site, gateway_url, bundle=bundle, port=0)
         server.start()
     return server

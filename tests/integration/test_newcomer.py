@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 from forge_remote.config import PRODUCTION_JWKS_URL
 from local import forge_cli, serve
@@ -32,6 +33,10 @@ VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
 MAKE_TARGETS = ("demo", "test", "local", "bench", "build", "sam-validate", "format", "clean", "lint", "unit", "help")
 RST_MARKUP = re.compile(r"``|:(func|class|mod|meth|attr|data|exc|obj|ref):`")
 SHIPPED_JOBS = {"page-snapshot", "personal-data-report", "space-digest", "user-digest"}
+
+
+# Port 0: the kernel's choice. A developer's own `make local` may hold the defaults while the suite runs.
+ANY_PORTS = ("--port", "0", "--ui-port", "0")
 
 
 def free_port() -> int:
@@ -71,7 +76,8 @@ class Serve:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         assert self.process.stdout is not None
@@ -91,6 +97,14 @@ class Serve:
             if line.startswith(("Or by hand:", "The Forge emulator CLI cannot call this mode")):
                 return self.seen
         raise AssertionError("no banner within the timeout:\n" + "\n".join(self.seen))
+
+    def banner_or_exit(self) -> list[str]:
+        """Everything printed by a process that has exited."""
+        assert self.process.poll() is not None
+        self._reader.join(timeout=30)  # to the end of its output
+        while not self.lines.empty():
+            self.seen.append(self.lines.get())
+        return self.seen
 
     def stop(self) -> str:
         self.process.send_signal(signal.SIGINT)
@@ -112,7 +126,7 @@ def banner_commands(lines: list[str]) -> list[str]:
 
 def test_every_command_the_banner_prints_works_as_printed(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
-    stack = Serve("--port", str(free_port()), "--state-file", str(state))
+    stack = Serve(*ANY_PORTS, "--state-file", str(state))
     try:
         lines = stack.banner()
         commands = banner_commands(lines)
@@ -149,8 +163,7 @@ def test_every_command_the_banner_prints_works_as_printed(tmp_path: Path) -> Non
 def test_the_production_banner_lists_no_confluence_emulator_and_no_emulator_cli(tmp_path: Path) -> None:
     state = tmp_path / "state.json"
     stack = Serve(
-        "--port",
-        str(free_port()),
+        *ANY_PORTS,
         "--state-file",
         str(state),
         "--jwks",
@@ -169,6 +182,90 @@ def test_the_production_banner_lists_no_confluence_emulator_and_no_emulator_cli(
     assert PRODUCTION_JWKS_URL in text
     assert "tokens may be sent to" in text
     assert "api.atlassian.com" in text
+
+
+def held_port() -> socket.socket:
+    """A listening socket on a port of the kernel's choice: "another program" holding that port."""
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder
+
+
+def banner_url(lines: list[str], label: str) -> str:
+    line = next(line for line in lines if line.strip().startswith(label))
+    match = re.search(r"http://127\.0\.0\.1:(\d+)\S*", line)
+    assert match, line
+    return match.group(0)
+
+
+def test_a_taken_status_page_port_falls_back_to_a_free_one(tmp_path: Path) -> None:
+    with held_port() as holder:
+        taken = holder.getsockname()[1]
+        stack = Serve("--port", "0", "--ui-port", str(taken), "--state-file", str(tmp_path / "state.json"))
+        try:
+            lines = stack.banner()
+            page = banner_url(lines, "Token status page")
+            assert f":{taken}/" not in page
+            assert requests.get(page, timeout=30).status_code == 200  # the page is served on the port it names
+        finally:
+            output = stack.stop()
+    assert stack.process.returncode == 0, output
+    assert "in use by another program" not in output  # werkzeug's exit hint: the fallback is silent
+
+
+def test_a_taken_gateway_port_is_a_clear_error_that_leaves_the_other_stacks_files_alone(tmp_path: Path) -> None:
+    state = tmp_path / "state.json"
+    state.write_text('{"gatewayUrl": "the other stack\'s"}', encoding="utf-8")
+    journal = serve.journal_path(state)
+    journal.write_text("the other stack's outcomes\n", encoding="utf-8")
+    with held_port() as holder:
+        taken = holder.getsockname()[1]
+        result = subprocess.run(  # noqa: S603
+            [sys.executable, "-m", "local.serve", "--port", str(taken), "--ui-port", "0", "--state-file", str(state)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"port {taken} on 127.0.0.1 is in use by another program" in result.stderr
+    assert "make local ARGS='--port" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert state.read_text(encoding="utf-8") == '{"gatewayUrl": "the other stack\'s"}'
+    assert journal.read_text(encoding="utf-8") == "the other stack's outcomes\n"
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def test_the_default_ports_are_used_when_free_and_never_required(tmp_path: Path) -> None:
+    """``make local`` with no arguments: the gateway on 8787 and the page on 8788 when nobody holds them.
+    When a developer's own stack holds them (the suite beside ``make local``), what a second plain
+    ``make local`` does instead is checked: a clear error for the gateway, a free port for the page."""
+    defaults = serve.parse_args([])
+    assert (defaults.port, defaults.ui_port) == (8787, 8788)
+    gateway_free, page_free = port_is_free(defaults.port), port_is_free(defaults.ui_port)
+    stack = Serve("--state-file", str(tmp_path / "state.json"))
+    try:
+        if not gateway_free:
+            assert stack.process.wait(timeout=120) == 2
+            assert f"port {defaults.port} on 127.0.0.1 is in use" in "\n".join(stack.banner_or_exit())
+            return
+        lines = stack.banner()
+        assert "http://127.0.0.1:8787" in "\n".join(lines)
+        page = banner_url(lines, "Token status page")
+        assert (":8788/" in page) == page_free, page
+    finally:
+        if stack.process.poll() is None:
+            stack.stop()
 
 
 # -- 2. make

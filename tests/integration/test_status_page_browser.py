@@ -7,6 +7,9 @@ local stack), and each state is produced the way the other tests drive the stack
 tokens, the stack's clock moved on, the uninstall call. Expected times and durations are worked out
 here, in Python, from the very ``/api/status`` answer the page received, and the browser runs in a
 time zone of its own (UTC+05:30), so a page that showed UTC, or the browser's clock, would fail.
+The stack's clock is set to an instant each test chooses, never the machine's hour or date: the
+viewer's morning by default, and late evenings (and New Year's Eve) where "until" or "last token" falls
+on the viewer's next day or year, which the page must then show with its date.
 
 ``STATUS_PAGE_SCREENSHOTS=docs/screenshots`` writes each state's screenshot there (the README's).
 The build check (the deployed bundle is what ``forge-app/src`` builds) runs ``npm ci`` in ``forge-app/``
@@ -28,6 +31,7 @@ import pytest
 import requests
 from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
 
+from forge_remote import clock
 from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
 from local import serve
 from local.forge_emulator import Site
@@ -58,6 +62,10 @@ VIEWER_TZ = "Asia/Kolkata"
 VIEWER_OFFSET = timezone(timedelta(hours=5, minutes=30))
 SCREENSHOTS = os.environ.get("STATUS_PAGE_SCREENSHOTS")
 HOUR = 3600
+# Instants the stack's clock is set to (the browser's own clock is the machine's: the page must not read it).
+MORNING = datetime(2026, 11, 30, 3, 0, tzinfo=UTC)  # 08:30 for the viewer
+LATE_EVENING = datetime(2026, 11, 30, 16, 0, tzinfo=UTC)  # 21:30: three hours on is the viewer's tomorrow
+NEW_YEARS_EVE = datetime(2026, 12, 31, 16, 0, tzinfo=UTC)  # 21:30: three hours on is another year
 
 
 # -- expected words, worked out independently of the page's JavaScript
@@ -69,12 +77,22 @@ def local_hhmm(iso: str) -> str:
     return parse(iso).astimezone(VIEWER_OFFSET).strftime("%H:%M")
 
 
+def same_local_day(iso: str, now: str) -> bool:
+    return parse(iso).astimezone(VIEWER_OFFSET).date() == parse(now).astimezone(VIEWER_OFFSET).date()
+
+
 def local_date_time(iso: str, now: str) -> str:
-    """An instant on another day than ``now``, as en-GB shows it: "Sun 29 Nov, 07:19" (the year too if
-    it is not ``now``'s)."""
+    """An instant on another day than ``now``, as en-GB shows it: "Sun 29 Nov, 07:19", or with the year
+    if it is not ``now``'s, where en-GB puts a comma after the weekday: "Fri, 1 Jan 2027, 00:35"."""
     when = parse(iso).astimezone(VIEWER_OFFSET)
-    year = " %Y" if when.year != parse(now).astimezone(VIEWER_OFFSET).year else ""
-    return when.strftime(f"%a %-d %b{year}, %H:%M")
+    if when.year != parse(now).astimezone(VIEWER_OFFSET).year:
+        return when.strftime("%a, %-d %b %Y, %H:%M")
+    return when.strftime("%a %-d %b, %H:%M")
+
+
+def local_time(iso: str, now: str) -> str:
+    """What the page must show for ``iso``: "14:32" on ``now``'s day for the viewer, else with the date."""
+    return local_hhmm(iso) if same_local_day(iso, now) else local_date_time(iso, now)
 
 
 def duration(seconds: float) -> str:
@@ -94,7 +112,7 @@ def relative(iso: str, now: str) -> str:
 
 def jobs_until(status: dict[str, Any]) -> str:
     until = status["jobs"]["canRunUntil"]
-    return f"Jobs can run until {local_hhmm(until)}, {relative(until, status['now'])}."
+    return f"Jobs can run until {local_time(until, status['now'])}, {relative(until, status['now'])}."
 
 
 # -- the browser and the page
@@ -131,8 +149,16 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrowserContext
 
 
 @pytest.fixture
-def rt() -> Iterator[LocalRuntime]:
+def instant(request: pytest.FixtureRequest) -> datetime:
+    """When the test starts on the stack's clock (``indirect`` parametrisation picks others)."""
+    chosen: datetime = getattr(request, "param", MORNING)
+    return chosen
+
+
+@pytest.fixture
+def rt(instant: datetime) -> Iterator[LocalRuntime]:
     with LocalRuntime() as runtime:
+        clock.advance(instant.timestamp() - clock.now())  # back or forward: the runtime resets it on stop
         runtime.confluence.add_space("ENG", "Engineering")
         yield runtime
 
@@ -243,7 +269,10 @@ def test_the_deployed_bundle_uses_forges_bridge_not_the_dev_shim() -> None:
 
 
 # -- the four states
-def test_healthy_jobs_can_run_for_hours(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
+@pytest.mark.parametrize(
+    "instant", [MORNING, LATE_EVENING, NEW_YEARS_EVE], indirect=True, ids=["morning", "late-evening", "new-years-eve"]
+)
+def test_healthy_jobs_can_run_for_hours(rt: LocalRuntime, open_page: Callable[..., Shown], instant: datetime) -> None:
     site = install(rt)
     page_event(rt, site, "Release notes", token=rt.forge.app_token())  # a job that runs and leaves a result
     rt.settle()
@@ -258,9 +287,14 @@ def test_healthy_jobs_can_run_for_hours(rt: LocalRuntime, open_page: Callable[..
     assert verdict.startswith("Background jobs can run.")
     assert jobs_until(status) in verdict
     assert re.search(r"2 h (19|20) min from now", verdict), verdict  # keepalive's 3 h, less 30 min and a job's 10
+    until = status["jobs"]["canRunUntil"]
+    assert same_local_day(until, status["now"]) == (instant == MORNING)  # the case each instant was chosen for
+    if instant == NEW_YEARS_EVE:
+        assert parse(until).astimezone(VIEWER_OFFSET).strftime(" %-d %b %Y, ") in verdict  # " 1 Jan 2027, "
     last = status["lastToken"]["at"]
     assert shown.text("#last-token") == (
-        f"The last token arrived at {local_hhmm(last)}, {relative(last, status['now'])}, with Forge's hourly keepalive."
+        f"The last token arrived at {local_time(last, status['now'])}, {relative(last, status['now'])}, "
+        "with Forge's hourly keepalive."
     )
     assert "30 min ago" in shown.text("#last-token")
     assert shown.text("#waiting") == "No job is waiting for a token."
@@ -268,7 +302,7 @@ def test_healthy_jobs_can_run_for_hours(rt: LocalRuntime, open_page: Callable[..
     results = shown.text("#last-results")
     assert results.startswith("Job Finished What it did Page snapshot")
     finished = status["jobs"]["lastResults"][0]["finishedAt"]
-    assert f"{local_hhmm(finished)}, {relative(finished, status['now'])}" in results
+    assert f"{local_time(finished, status['now'])}, {relative(finished, status['now'])}" in results
     installed = shown.text("#installation")
     assert installed.startswith("Installed at ")
     assert "Release notes" in shown.text("#recent")  # the user's own call, as that user
@@ -276,10 +310,14 @@ def test_healthy_jobs_can_run_for_hours(rt: LocalRuntime, open_page: Callable[..
     assert len(shown.bridge_answers) == 2  # the status and the recent pages
     for answer in shown.bridge_answers:  # the page gets what Forge's bridge gives it: never a FIT or a token
         assert "eyJ" not in answer.text()
-    shown.screenshot("healthy")
+    if instant == MORNING:
+        shown.screenshot("healthy")
 
 
-def test_expiring_soon_jobs_can_run_for_less_than_an_hour(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
+@pytest.mark.parametrize("instant", [MORNING, LATE_EVENING], indirect=True, ids=["morning", "late-evening"])
+def test_expiring_soon_jobs_can_run_for_less_than_an_hour(
+    rt: LocalRuntime, open_page: Callable[..., Shown], instant: datetime
+) -> None:
     site = install(rt, lifetime_s=3 * HOUR)
     rt.advance(2 * HOUR + 20 * 60)  # 40 min left on the token; a job needs 10 of them
 
@@ -290,11 +328,14 @@ def test_expiring_soon_jobs_can_run_for_less_than_an_hour(rt: LocalRuntime, open
     assert jobs_until(shown.status) in verdict
     assert re.search(r"(29|30) min from now", verdict), verdict
     assert "If no fresh token arrives before then, jobs wait for the next one." in verdict
+    now = shown.status["now"]
+    assert same_local_day(shown.status["jobs"]["canRunUntil"], now) == (instant == MORNING)
     last = shown.status["lastToken"]["at"]
     assert shown.text("#last-token") == (
-        f"The last token arrived at {local_hhmm(last)}, 2 h 20 min ago, when the app was installed or upgraded."
+        f"The last token arrived at {local_time(last, now)}, 2 h 20 min ago, when the app was installed or upgraded."
     )
-    shown.screenshot("expiring-soon")
+    if instant == MORNING:
+        shown.screenshot("expiring-soon")
 
 
 def test_no_token_jobs_wait_and_dead_letters_show_their_reasons(
@@ -324,7 +365,7 @@ def test_no_token_jobs_wait_and_dead_letters_show_their_reasons(
     assert cells == [
         "Page snapshots",
         dead["reason"],
-        f"{local_hhmm(dead['at'])}, {relative(dead['at'], status['now'])}",
+        f"{local_time(dead['at'], status['now'])}, {relative(dead['at'], status['now'])}",
         dead["requestId"],
     ]
     assert "page-snapshots" in dead["reason"]  # the worker's own words say which job kind is unknown
@@ -427,13 +468,15 @@ def test_the_dev_bridge_answers_its_own_page_only(rt: LocalRuntime, dev_bundle: 
         server.stop()
 
 
+# Relative to the machine's clock on purpose: the one instant that must differ from the browser's.
+@pytest.mark.parametrize("instant", [datetime.now(UTC) + timedelta(hours=5)], indirect=True, ids=["hours-ahead"])
 def test_times_are_the_backends_not_the_browsers(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:
     """The stack's clock is hours ahead of the browser's: durations follow the backend's ``now``."""
     site = install(rt, lifetime_s=3 * HOUR)
     rt.advance(2 * HOUR)
     shown = open_page(site)
     now = parse(shown.status["now"])
-    assert now - datetime.now(UTC) > timedelta(hours=1, minutes=59)
+    assert now - datetime.now(UTC) > timedelta(hours=6, minutes=59)
     assert re.search(r"(49|50) min from now", shown.text("#verdict"))
     assert shown.text("#checked-at") == f"Checked at {local_hhmm(shown.status['now'])} (by the backend's clock)."
 
