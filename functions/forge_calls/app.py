@@ -25,7 +25,7 @@ use_function_logger(logger)
 wiring = HttpWiring.from_env()
 wiring.settings.required("jobs_bus")  # POST /api/jobs puts job requests on it: fail at cold start, not then
 app = APIGatewayHttpResolver()
-app.use([require_fit(wiring.verifier), provide_ui_call(wiring)])
+app.use([require_fit(wiring.verifier), provide_ui_call(wiring)])  # provide_ui_call validates inputs too
 register_error_handlers(app, retry_after_s=5)  # a person is waiting: retry soon
 for router in ROUTERS:
     app.include_router(router)

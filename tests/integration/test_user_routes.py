@@ -139,7 +139,9 @@ def test_a_call_without_a_user_token_is_refused_and_sends_nothing(ui: UiWorld) -
     assert ui.confluence.requests_seen == []  # no silent fall back to the app's token
 
 
-@pytest.mark.parametrize("query", ["days=0", "days=91", "days=x", "limit=0", "limit=201", "limit=-1"])
+@pytest.mark.parametrize(
+    "query", ["days=0", "days=91", "days=x", "limit=0", "limit=201", "limit=-1", "days=%C2%B2", "days=7&days=7", "x=1"]
+)
 def test_out_of_range_parameters_are_a_400(ui: UiWorld, query: str) -> None:
     status, body = call(ui.calls, "GET", "/api/pages/recent", as_user(ui.forge, ui.site, READER)[0], query=query)
     assert status == 400
@@ -191,11 +193,14 @@ def test_a_site_administrator_requests_a_job_and_is_recorded(ui: UiWorld) -> Non
 def test_a_user_who_is_not_an_administrator_may_not_request_a_job(ui: UiWorld) -> None:
     ui.confluence.set_admins({ADMIN})
     headers, _ = as_user(ui.forge, ui.site, READER)
-    # The front end cannot vouch for the user: a body claiming admin rights changes nothing.
-    body = {"job": "space-digest", "args": {}, "admin": True, "requestedBy": ADMIN}
-    status, answer = call(ui.calls, "POST", "/api/jobs", headers, body)
+    status, answer = call(ui.calls, "POST", "/api/jobs", headers, {"job": "space-digest", "args": {}})
     assert status == 403
     assert answer["error"] == "forbidden"
+    # The front end cannot vouch for the user: a body claiming admin rights is refused as it stands.
+    body = {"job": "space-digest", "args": {}, "admin": True, "requestedBy": ADMIN}
+    status, answer = call(ui.calls, "POST", "/api/jobs", headers, body)
+    assert status == 400
+    assert answer["error"] == "bad_request"
     assert queued(ui.stack) == []
 
 
@@ -206,8 +211,10 @@ def test_a_user_who_is_not_an_administrator_may_not_request_a_job(ui: UiWorld) -
         {"job": "space-digest", "args": ["ENG"]},
         {"args": {}},
         {"job": "space-digest", "args": {"pad": "x" * 5000}},
+        {"job": []},
+        {"job": "space-digest", "admin": True},
     ],
-    ids=["unknown job", "args not an object", "no job", "too large"],
+    ids=["unknown job", "args not an object", "no job", "too large", "job a list", "unknown field"],
 )
 def test_a_bad_job_request_is_a_400_and_queues_nothing(ui: UiWorld, body: dict[str, Any]) -> None:
     ui.confluence.set_admins({ADMIN})

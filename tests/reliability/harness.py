@@ -7,6 +7,8 @@
 - ``state``: everything a request could have written: both tables, the job queue, the DLQ.
 - ``account_jobs``: every job request is done, still queued, or in the DLQ; anything else is lost.
 - ``installed_pages``, ``settle``: the same for the worker's jobs in a test's ``LocalWorld``.
+- ``ui_world``, ``UiSite``: a world whose forge_calls may reach a Confluence emulator on loopback, and
+  an installed site on it whose user's UI calls carry genuine FITs and tokens already stored.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import base64
 import json
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from types import ModuleType
 from typing import Any
@@ -28,7 +30,8 @@ from forge_remote.errors import BadJobRequest
 from forge_remote.jobs import JobRequest
 from forge_remote.keys import installation_pk
 from local.apigw import http_api_event
-from local.forge_emulator import ForgeEmulator, Site
+from local.confluence_emulator import ConfluenceEmulator
+from local.forge_emulator import ForgeEmulator, Site, new_installation_id
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack
 from tests.reliability.ledger import LEDGER, Ledger
@@ -109,8 +112,10 @@ def installation_items(stack: LocalStack, logical_id: str, installation_id: str)
 
 
 def stored_tokens(stack: LocalStack, installation_id: str) -> dict[str, str]:
-    """Sort key (``SYSTEM``, ``USER#...``) -> the token stored for an installation."""
-    return {i["sk"]["S"]: i["token"]["S"] for i in installation_items(stack, "TokensTable", installation_id)}
+    """Sort key (``SYSTEM``, ``USER#...``) -> the token stored for an installation (a refusal's record,
+    ``REFUSED#SYSTEM``, holds a digest, not a token)."""
+    items = installation_items(stack, "TokensTable", installation_id)
+    return {i["sk"]["S"]: i["token"]["S"] for i in items if "token" in i}
 
 
 def dump_outputs(stack: LocalStack) -> None:
@@ -208,8 +213,8 @@ class World:
 
 
 @contextmanager
-def open_world(forge: ForgeEmulator) -> Iterator[World]:
-    with moto_stack(forge, LogLevel="DEBUG") as stack:
+def open_world(forge: ForgeEmulator, **parameters: str) -> Iterator[World]:
+    with moto_stack(forge, **{"LogLevel": "DEBUG", **parameters}) as stack:
         calls = container(stack, "ForgeCallsFunction")
         triggers = container(stack, "ForgeTriggersFunction")
         yield World(stack=stack, forge=forge, triggers=triggers, calls=calls)
@@ -217,3 +222,45 @@ def open_world(forge: ForgeEmulator) -> Iterator[World]:
 
 def b64(text: str | bytes) -> str:
     return base64.b64encode(text.encode() if isinstance(text, str) else text).decode()
+
+
+# -- UI routes against a Confluence site ---------------------------------------------------------------
+@contextmanager
+def ui_world(forge: ForgeEmulator, confluence: ConfluenceEmulator) -> Iterator[World]:
+    """A module's world whose functions may send tokens to ``confluence`` (http on loopback)."""
+    host = confluence.api_base_url.split("/")[2]
+    with open_world(forge, AllowedApiHosts=f"api.atlassian.com,{host}") as opened:
+        yield opened
+
+
+@dataclass
+class UiSite:
+    """An installed site on a Confluence emulator, and one user of it. Every call ``headers`` makes has a
+    fresh genuine FIT and the same tokens, stored once by ``open``: a UI call that stores nothing new
+    leaves ``World.state`` as it was, so "nothing written" can be compared call by call."""
+
+    world: World = field(repr=False)
+    site: Site
+    principal: str
+    # Never in a repr: hypothesis prints its arguments when a case fails, and that would be a leak.
+    system_token: str = field(repr=False)
+    user_token: str = field(repr=False)
+
+    @classmethod
+    def open(cls, world: World, confluence: ConfluenceEmulator, principal: str) -> UiSite:
+        base = confluence.api_base_url
+        site = Site(new_installation_id(), base.rsplit("/", 1)[1], base, "https://example.atlassian.net")
+        world.install(site, principal=principal)
+        forge = world.forge
+        opened = cls(
+            world, site, principal, LEDGER.secret(forge.app_token()), LEDGER.secret(forge.app_token(subject=principal))
+        )
+        assert world.send("GET", "/api/status", opened.headers())["statusCode"] == 200  # its tokens stored now
+        return opened
+
+    def headers(self) -> dict[str, str]:
+        return LEDGER.headers(
+            self.world.forge.headers(
+                self.site, system_token=self.system_token, user_token=self.user_token, principal=self.principal
+            )
+        )

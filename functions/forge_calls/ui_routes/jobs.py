@@ -1,8 +1,9 @@
 """``POST /api/jobs``: a Confluence administrator of the site asks for a job to run now.
 
-Body: ``{"job": "space-digest", "args": {...}}``. Who may do it is asked of Confluence, as the user
-(``GET /wiki/rest/api/user/current?expand=operations``: ``administer`` on the ``application``),
-never taken from the front end. The request records the account that asked (``requestedBy``).
+Body: ``{"job": "space-digest", "args": {...}}`` and nothing else (``@accepts``). Who may do it is
+asked of Confluence, as the user (``GET /wiki/rest/api/user/current?expand=operations``:
+``administer`` on the ``application``), never taken from the front end. The request records the
+account that asked (``requestedBy``).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from forge_remote import aws
-from forge_remote.errors import MalformedEvent, NotAllowed
-from forge_remote.payloads import decode_body, json_object
-from forge_remote.ui_calls import ui_call
+from forge_remote.errors import NotAllowed
+from forge_remote.ui_calls import JsonObject, OneOf, accepts, ui_call
 
 if TYPE_CHECKING:
     from forge_remote.confluence import ConfluenceClient
@@ -24,6 +24,8 @@ router = Router()
 # Jobs the UI may request, and the most their arguments may hold. The worker validates the arguments.
 UI_JOBS = frozenset({"space-digest", "page-snapshot"})
 MAX_ARGS_BYTES = 4096
+JOB = OneOf("job", UI_JOBS)
+ARGS = JsonObject("args")
 
 
 def is_site_admin(confluence: ConfluenceClient) -> bool:
@@ -37,18 +39,10 @@ def is_site_admin(confluence: ConfluenceClient) -> bool:
 
 
 @router.post("/api/jobs")
+@accepts(body=(JOB, ARGS), max_body_bytes=MAX_ARGS_BYTES)  # validated before Confluence is asked
 def request_job() -> tuple[dict[str, Any], int]:
-    event = router.current_event
-    raw = decode_body(event.body, bool(event.is_base64_encoded))
-    if len(raw) > MAX_ARGS_BYTES:
-        raise MalformedEvent(f"body larger than {MAX_ARGS_BYTES} bytes")
-    body = json_object(raw)
-    job, args = body.get("job"), body.get("args", {})
-    if job not in UI_JOBS:
-        raise MalformedEvent(f"job must be one of {sorted(UI_JOBS)}")
-    if not isinstance(args, dict):
-        raise MalformedEvent("args must be a JSON object")
     call = ui_call(router)
+    job, args = call.inputs[JOB], call.inputs[ARGS]
     if not is_site_admin(call.confluence_as_user()):
         raise NotAllowed("only a Confluence administrator of this site may request jobs")
     from forge_remote.jobs import JobRequest, put_job_requests  # off the cold start of the other routes

@@ -13,21 +13,16 @@ from typing import Any
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from forge_remote import clock
-from forge_remote.errors import MalformedEvent, RetryLater
-from forge_remote.ui_calls import ui_call
+from forge_remote.errors import RetryLater
+from forge_remote.ui_calls import WholeNumber, accepts, ui_call
 
 router = Router()
 
 MAX_DAYS = 90
 MAX_LIMIT = 200
 PAGE_SIZE = 50
-
-
-def _bounded_int(name: str, default: int, highest: int) -> int:
-    raw = router.current_event.get_query_string_value(name, str(default)) or str(default)
-    if not raw.isdigit() or not 1 <= int(raw) <= highest:
-        raise MalformedEvent(f"{name} must be a whole number from 1 to {highest}")
-    return int(raw)
+DAYS = WholeNumber("days", default=7, low=1, high=MAX_DAYS)
+LIMIT = WholeNumber("limit", default=50, low=1, high=MAX_LIMIT)
 
 
 def _object(value: Any) -> dict[str, Any]:
@@ -47,10 +42,10 @@ def _page(item: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.get("/api/pages/recent")
+@accepts(query=(DAYS, LIMIT))
 def recent_pages() -> dict[str, Any]:
-    days = _bounded_int("days", 7, MAX_DAYS)
-    limit = _bounded_int("limit", 50, MAX_LIMIT)
     call = ui_call(router)
+    days, limit = call.inputs[DAYS], call.inputs[LIMIT]
     confluence = call.confluence_as_user()  # 403 JSON if the call carried no user token
     from forge_remote.cql import and_, date_gte, field_eq  # off the cold start of the other routes
 

@@ -29,7 +29,7 @@ def _job_stores(app_table: str) -> tuple[ParkingLot, JobActivity]:
     return ParkingLot(client, app_table), JobActivity(client, app_table)
 
 
-@router.get("/api/status")
+@router.get("/api/status")  # no @accepts: no query parameter and no body, anything else is a 400
 def status() -> dict[str, Any]:
     call = ui_call(router)
     wiring, invocation = call.wiring, call.invocation

@@ -11,12 +11,14 @@ import base64
 import binascii
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from forge_remote.errors import MalformedEvent
 
 MAX_JSON_DEPTH = 64  # Forge's bodies nest a few levels; deeper ones would break json.dumps later
+MAX_INT_DIGITS = 64  # strict bodies: far past any id or count, far short of int()'s limit
 MAX_BODY_BYTES = 512 * 1024  # Forge caps UI requests at 500 KB; events are far smaller
 PAGE_EVENTS = frozenset({"avi:confluence:created:page", "avi:confluence:updated:page"})
 LIFECYCLE_EVENTS = frozenset({"avi:forge:installed:app", "avi:forge:upgraded:app"})
@@ -42,17 +44,22 @@ class PageRef:
     version: int | None
 
 
-def decode_body(body: str | None, is_base64: bool = False) -> bytes:
+def decode_body(body: object, is_base64: bool = False) -> bytes:
     """The raw bytes of an API Gateway body, size-checked."""
     if body is None:
         return b""
+    if not isinstance(body, str):  # API Gateway sends a string; anything else is a broken event
+        raise MalformedEvent("body is not text")
     if is_base64:
         try:
             raw = base64.b64decode(body, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise MalformedEvent("body is not valid base64") from exc
     else:
-        raw = body.encode()
+        try:
+            raw = body.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate, from a "\ud800" escape in the event's JSON
+            raise MalformedEvent("body is not valid UTF-8") from exc
     if len(raw) > MAX_BODY_BYTES:
         raise MalformedEvent("body too large")
     return raw
@@ -71,17 +78,61 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
-def json_object(raw: bytes, *, required: bool = True) -> dict[str, Any]:
-    """A JSON object from bytes; an empty body is ``{}`` unless ``required``."""
+class _StrictJsonError(ValueError):
+    """What ``strict`` parsing refuses; the message names the problem, never a value."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    found = dict(pairs)
+    if len(found) != len(pairs):  # json.loads would silently keep the last: which one was meant?
+        raise _StrictJsonError("body has a key more than once")
+    return found
+
+
+def _no_constant(name: str) -> Any:
+    raise _StrictJsonError(f"body has {name}, which is not JSON")
+
+
+def _short_int(text: str) -> int:
+    if len(text) > MAX_INT_DIGITS:  # int() refuses past 4300 digits; no field of ours needs this many
+        raise _StrictJsonError(f"body has a number longer than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):  # 1e400: json.dumps would later write it as Infinity, not JSON
+        raise _StrictJsonError("body has a number too large for a float")
+    return number
+
+
+def json_object(raw: bytes, *, required: bool = True, strict: bool = False) -> dict[str, Any]:
+    """A JSON object from bytes; an empty body is ``{}`` unless ``required``.
+
+    ``strict`` (what people's requests get) also refuses what ``json.loads`` lets through: bytes that
+    are not UTF-8 (it would guess UTF-16 or UTF-32), a key given twice, ``NaN`` and ``Infinity``,
+    numbers that overflow a float, and integers longer than ``MAX_INT_DIGITS``.
+    """
     if not raw.strip():
         if required:
             raise MalformedEvent("body is empty")
         return {}
     try:
-        value = json.loads(raw)
+        if strict:
+            value = json.loads(
+                raw.decode("utf-8"),
+                object_pairs_hook=_unique_keys,
+                parse_constant=_no_constant,
+                parse_float=_finite_float,
+                parse_int=_short_int,
+            )
+        else:
+            value = json.loads(raw)
     except RecursionError as exc:
         raise MalformedEvent(f"body is nested more than {MAX_JSON_DEPTH} levels deep") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except _StrictJsonError as exc:
+        raise MalformedEvent(str(exc)) from exc
+    except ValueError as exc:  # bad JSON, bad UTF-8, and an integer past int()'s 4300-digit limit
         raise MalformedEvent("body is not valid JSON") from exc
     if json_depth(value) > MAX_JSON_DEPTH:
         raise MalformedEvent(f"body is nested more than {MAX_JSON_DEPTH} levels deep")
