@@ -15,6 +15,14 @@ benchmarks::
         confluence.add_page("ENG", "Release notes", labels=["audit"])
         api_base_url = confluence.api_base_url
 
+Scopes are checked on every request, as Atlassian's gateway does: the request's operation (method and
+path template) is looked up in Atlassian's OpenAPI descriptions (``local/oauth_scopes.py``), and a
+token none of whose scope sets is wholly granted is refused with 401 ``{"code": 401, "message":
+"Unauthorized; scope does not match"}``. A token's scopes are its ``scope`` claim (what
+``ForgeEmulator`` mints: the manifest's ``permissions.scopes`` unless told otherwise); a token without
+one (opaque, or minted elsewhere) gets ``default_scopes``, the manifest's unless given. Every operation
+the emulator serves must be one the descriptions give scopes for: it refuses to start otherwise.
+
 Who is calling is the token's ``sub`` claim, read without verifying the signature (the token
 validator decides whether the token is good; this only says whose it is): ``app`` (what
 ``ForgeEmulator.app_token()`` mints), or no readable ``sub`` at all, is the app; anything else is a
@@ -28,7 +36,9 @@ The personal data reporting API is served on the same host, as on ``api.atlassia
 ``updatedAt`` an ISO 8601 time) answers 200 ``{"accounts": [{"accountId", "status"}]}`` for the
 accounts ``close_account`` / ``update_account`` named, or 204 when none of the reported accounts
 needs action; a bad body is a 400. ``script_report`` queues answers for the next reports (a 429 with
-``Retry-After``, a malformed body); ``reports_seen`` keeps every body received.
+``Retry-After``, a malformed body, an error that quotes the account ids it was sent: ``{accounts}``
+in a scripted body); ``reports_seen`` keeps every body received, ``report_statuses`` the status each
+got.
 """
 
 from __future__ import annotations
@@ -54,8 +64,19 @@ from werkzeug.wrappers import Request, Response
 from forge_remote import clock
 from local.cql_eval import CqlError, CqlQuery, Document, parse_cql
 from local.loopback import LoopbackServer
+from local.oauth_scopes import Operation, ScopeBook, manifest_scopes, scope_book, token_scopes
 
-__all__ = ["AUTHOR_ID", "ConfluenceEmulator", "CqlError", "CqlQuery", "Fault", "Viewer", "parse_cql"]
+__all__ = [
+    "AUTHOR_ID",
+    "SCOPE_REFUSAL",
+    "ConfluenceEmulator",
+    "CqlError",
+    "CqlQuery",
+    "Fault",
+    "Viewer",
+    "parse_cql",
+    "served_operations",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +86,15 @@ APP_SUBJECT = "app"  # the ``sub`` of ForgeEmulator.app_token() without a subjec
 APP_DISPLAY_NAME = "Forge app (emulated)"
 _PREFIX = re.compile(r"/ex/confluence/(?P<cloud>[^/]+)/wiki(?P<rest>/.*)")
 REPORT_PATHS = ("/app/report-accounts", "/app/report-accounts/")
+REPORT_OPERATION = ("POST", "/app/report-accounts/")  # both REPORT_PATHS are this one operation
 MAX_REPORTED_ACCOUNTS = 90
+ECHOED_ACCOUNTS = "{accounts}"  # in a scripted report body: the ids that report carried, comma-separated
+# Atlassian's answer to a token lacking the operation's scope: a 401, not a 403. Its reference pages give
+# no body; this one was observed through api.atlassian.com on GET /wiki/rest/api/user/current
+# (sooperset/mcp-atlassian#1323) and on v1 content reads, with the header below (kovetskiy/mark#917);
+# v2 page reads without their scope are 401s too (sooperset/mcp-atlassian#766).
+SCOPE_REFUSAL = {"code": 401, "message": "Unauthorized; scope does not match"}
+SCOPE_FAILURE_HEADERS = {"X-Failure-Category": "FAILURE_CLIENT_SCOPE_CHECK"}
 
 
 def jwt_not_expired(token: str) -> bool:
@@ -75,6 +104,22 @@ def jwt_not_expired(token: str) -> bool:
     except jwt.PyJWTError:
         return False
     return isinstance(exp, int | float) and not isinstance(exp, bool) and exp > clock.now()
+
+
+def served_operations(book: ScopeBook, served: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Operation]:
+    """The described operation of each ``(method, path template)`` served; ``LookupError`` names any
+    the OpenAPI descriptions do not describe, or describe without a scope a token could hold: serving
+    one would skip its scope check."""
+    found: dict[tuple[str, str], Operation] = {}
+    for method, template in served:
+        operation = book.operation(method, template)
+        if operation is None or not operation.alternatives:
+            raise LookupError(
+                f"the emulator serves {method} {template}, which no OpenAPI description (nor "
+                "oauth_scopes.OTHER_OPERATIONS) gives scopes for: add it there, with its documented scopes"
+            )
+        found[(method, template)] = operation
+    return found
 
 
 def token_subject(token: str) -> str | None:
@@ -125,6 +170,7 @@ class ConfluenceEmulator:
         delay_s: float = 0.0,
         port: int = 0,
         app_subjects: Iterable[str] = (APP_SUBJECT,),
+        default_scopes: Iterable[str] | None = None,
     ) -> None:
         if expired_token_status not in EXPIRED_TOKEN_MODES:
             raise ValueError(f"expired_token_status must be one of {EXPIRED_TOKEN_MODES}")
@@ -141,10 +187,28 @@ class ConfluenceEmulator:
         self._admins: frozenset[str] = frozenset()
         self._documents: dict[int, tuple[int, Document]] = {}  # page id -> (version, Document)
         self._validate = token_validator or jwt_not_expired
+        # For tokens without a scope claim: what Forge grants this app (the manifest), unless told otherwise.
+        self.default_scopes = frozenset(manifest_scopes() if default_scopes is None else default_scopes)
+        self.scope_refusals: list[tuple[str, str]] = []  # (method, path template) of each request refused
+        self._book = scope_book()
+        handlers: dict[tuple[str, str], Callable[[Request, str, Viewer], Response]] = {
+            ("GET", "/wiki/rest/api/content/search"): lambda request, rest, viewer: self._search(request, viewer),
+            ("GET", "/wiki/rest/api/user/current"): lambda request, rest, viewer: self._current_user(request, viewer),
+            ("GET", "/wiki/api/v2/spaces"): lambda request, rest, viewer: self._spaces(request, viewer),
+            ("GET", "/wiki/api/v2/pages/{id}"): lambda request, rest, viewer: self._page(
+                rest.rsplit("/", 1)[1], request, viewer
+            ),
+        }
+        served_operations(self._book, [*handlers, REPORT_OPERATION])  # refuse to serve what has no scope check
+        self._handlers = handlers
         self._revoked: set[str] = set()
         self._faults: list[Fault] = []
         self.account_statuses: dict[str, str] = {}  # accountId -> "closed" | "updated"
         self.reports_seen: list[list[dict[str, Any]]] = []
+        self.report_statuses: list[int] = []  # the status each of reports_seen was answered with
+        # A test's hook, given each report's number (from 0) and account ids before its answer is
+        # chosen: it may close accounts or script this very answer.
+        self.before_report: Callable[[int, list[str]], None] | None = None
         self._scripted_reports: list[ScriptedReport] = []
         self._next_id = 98300
         self._lock = threading.RLock()
@@ -368,7 +432,8 @@ class ConfluenceEmulator:
             self.account_statuses[account_id] = "updated"
 
     def script_report(self, status: int, body: Any = None, *, retry_after: str | None = None) -> None:
-        """Answer the next report (after those already scripted) with this, whatever it carries."""
+        """Answer the next report (after those already scripted) with this, whatever it carries; an
+        ``ECHOED_ACCOUNTS`` in the body becomes the account ids that report carried."""
         with self._lock:
             self._scripted_reports.append(ScriptedReport(status, body, retry_after))
 
@@ -384,6 +449,8 @@ class ConfluenceEmulator:
             or not all(_reported_account(a) for a in accounts)
         ):
             return _json(400, {"code": 400, "message": "accounts must list 1 to 90 {accountId, updatedAt}"})
+        if self.before_report is not None:
+            self.before_report(len(self.reports_seen), [a["accountId"] for a in accounts])
         with self._lock:
             self.reports_seen.append(accounts)
             scripted = self._scripted_reports.pop(0) if self._scripted_reports else None
@@ -392,9 +459,11 @@ class ConfluenceEmulator:
                 for a in accounts
                 if a["accountId"] in self.account_statuses
             ]
+            self.report_statuses.append(scripted.status if scripted is not None else 200 if answer else 204)
         if scripted is not None:
             headers = {"Retry-After": scripted.retry_after} if scripted.retry_after is not None else None
             text = scripted.body if isinstance(scripted.body, str) else json.dumps(scripted.body)
+            text = text.replace(ECHOED_ACCOUNTS, ", ".join(a["accountId"] for a in accounts))
             return Response(text, status=scripted.status, content_type="application/json", headers=headers)
         if not answer:
             return Response(status=204)
@@ -427,7 +496,11 @@ class ConfluenceEmulator:
                     return _v2_error(404, "NOT_FOUND", "Not Found")
                 return _v1_error(403, "Current user not permitted to use Confluence")
             return _json(401, {"code": 401, "message": "Unauthorized"})
-        if request.method == "POST" and request.path in REPORT_PATHS:
+        report = request.method == "POST" and request.path in REPORT_PATHS
+        operation = self._operation(request.method, rest, report=report)
+        if operation is not None and not operation.allows(self.granted_scopes(token)):
+            return self._refuse_scope(operation, token)
+        if report:
             return self._report_accounts(request)
         with self._lock:
             fault = self._faults.pop(0) if self._faults else None
@@ -435,19 +508,37 @@ class ConfluenceEmulator:
             return _fault(fault)
         if rest is None:
             return _json(404, {"code": 404, "message": "Not Found"})
-        return self._route(request, rest, self.viewer(token))
+        return self._route(request, operation, rest, self.viewer(token))
 
-    def _route(self, request: Request, rest: str, viewer: Viewer) -> Response:
-        """An authenticated request's answer, by its path below ``/wiki``."""
-        if request.method == "GET":
-            if rest == "/rest/api/content/search":
-                return self._search(request, viewer)
-            if rest == "/rest/api/user/current":
-                return self._current_user(request, viewer)
-            if rest == "/api/v2/spaces":
-                return self._spaces(request, viewer)
-            if (found := re.fullmatch(r"/api/v2/pages/([^/]+)", rest)) is not None:
-                return self._page(found.group(1), request, viewer)
+    # -- scopes
+    def granted_scopes(self, token: str) -> frozenset[str]:
+        """The scopes ``token`` carries: its ``scope`` claim, else ``default_scopes``."""
+        carried = token_scopes(token)
+        return self.default_scopes if carried is None else carried
+
+    def _operation(self, method: str, rest: str | None, *, report: bool) -> Operation | None:
+        """The described operation a request is, if any. One nobody describes is never served (only
+        described operations have handlers), so it gets the emulator's 404 and needs no scope."""
+        if report:
+            return self._book.operation(*REPORT_OPERATION)
+        return None if rest is None else self._book.find(method, "/wiki" + rest)
+
+    def _refuse_scope(self, operation: Operation, token: str) -> Response:
+        with self._lock:
+            self.scope_refusals.append((operation.method, operation.template))
+        # Scope names are not secrets; the log says what the token lacked (Atlassian's answer does not).
+        logger.warning(
+            "Confluence emulator: scope does not match: %s; the token has %s",
+            operation.describe(),
+            " ".join(sorted(self.granted_scopes(token))) or "no scopes",
+        )
+        return _json(401, SCOPE_REFUSAL, SCOPE_FAILURE_HEADERS)
+
+    def _route(self, request: Request, operation: Operation | None, rest: str, viewer: Viewer) -> Response:
+        """An authenticated, scope-checked request's answer, by its operation."""
+        handler = self._handlers.get((operation.method, operation.template)) if operation is not None else None
+        if handler is not None:
+            return handler(request, rest, viewer)
         if rest.startswith("/api/v2/"):
             return _v2_error(404, "NOT_FOUND", "Not Found")
         return _v1_error(404, f"No resource at {rest} in the emulator")

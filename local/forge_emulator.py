@@ -1,5 +1,8 @@
 """A Forge emulator: signs Forge Invocation Tokens with a dev key, serves its JWKS on loopback, and
 issues app tokens as JWTs with an ``exp``, the way Forge does (docs/protocol-facts.md, sections 1 and 2).
+Every token it mints carries the scopes Forge would grant, as a ``scope`` claim: by default the
+``permissions.scopes`` of the repository's ``forge-app/manifest.yml`` (``scopes=`` overrides that for
+the emulator, or for one token), which the Confluence emulator checks per operation.
 
 It also serves Forge's GraphQL gateway for offline user impersonation (``POST /graphql``, the
 ``offlineUserAuthToken`` mutation): authenticated with an app token this emulator issued and that has
@@ -19,7 +22,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +33,7 @@ from werkzeug.wrappers import Request, Response
 from forge_remote import clock
 from forge_remote.config import app_ari
 from local.loopback import LoopbackServer
+from local.oauth_scopes import SCOPE_CLAIM, manifest_scopes, scope_claim
 
 FIT_ISSUER = "forge/invocation-token"
 DEFAULT_APP_ID = "5c7bd2a4-0f1e-4d3b-9a6c-2e8f1b7d4a90"
@@ -68,8 +72,10 @@ class Site:
 class ForgeEmulator:
     """Forge's side of the protocol for one app. ``start()`` serves the JWKS and returns its URL."""
 
-    def __init__(self, app_id: str = DEFAULT_APP_ID, *, port: int = 0) -> None:
+    def __init__(self, app_id: str = DEFAULT_APP_ID, *, port: int = 0, scopes: Iterable[str] | None = None) -> None:
         self.app_ari = app_ari(app_id)
+        # What the app's tokens may do: the manifest's scopes, as Forge grants them, unless told otherwise.
+        self.scopes = frozenset(manifest_scopes() if scopes is None else scopes)
         self.keys = [SigningKey(kid=f"dev-{uuid.uuid4().hex[:8]}", private_key=_rsa_key())]
         self._token_key = _rsa_key()  # app tokens are signed too, by a key the backend never needs
         self.jwks_available = True
@@ -185,6 +191,9 @@ class ForgeEmulator:
             return _graphql_result(False, "This user cannot be impersonated (service accounts cannot be impersonated)")
         if failure == "forbidden":
             return _graphql_json(403, {"errors": [{"message": "Scope does not allow impersonation"}]})
+        if failure == "unauthorized":  # a GraphQL authorisation error about this user, on an accepted app token
+            error = {"message": "Not authorized to act for this user", "extensions": {"classification": "UNAUTHORIZED"}}
+            return _graphql_json(200, {"errors": [error], "data": None})
         with self._lock:
             self.offline_mints[account_id] += 1
         token = self.app_token(lifetime_s=self.offline_ttl_s, subject=account_id)
@@ -232,10 +241,24 @@ class ForgeEmulator:
     def token_key(self, key: rsa.RSAPrivateKey) -> None:
         self._token_key = key
 
-    def app_token(self, lifetime_s: float = 3 * 3600, *, subject: str = "app", issued_at: float | None = None) -> str:
-        """An app (or user) token: a JWT whose ``exp`` is its expiry on the stack's clock."""
+    def app_token(
+        self,
+        lifetime_s: float = 3 * 3600,
+        *,
+        subject: str = "app",
+        issued_at: float | None = None,
+        scopes: Iterable[str] | None = None,
+    ) -> str:
+        """An app (or user) token: a JWT whose ``exp`` is its expiry on the stack's clock, carrying
+        ``scopes`` (default: the emulator's, i.e. the manifest's) in its ``scope`` claim."""
         now = clock.now() if issued_at is None else issued_at
-        claims = {"sub": subject, "iat": int(now), "exp": int(now + lifetime_s), "jti": uuid.uuid4().hex}
+        claims = {
+            "sub": subject,
+            "iat": int(now),
+            "exp": int(now + lifetime_s),
+            "jti": uuid.uuid4().hex,
+            SCOPE_CLAIM: scope_claim(self.scopes if scopes is None else scopes),
+        }
         return jwt.encode(claims, self._token_key, algorithm="RS256")
 
     def fit_claims(
@@ -350,7 +373,12 @@ class ForgeEmulator:
         return {"payload": event} if wrapped else event
 
 
-OFFLINE_USER_ERRORS = ("unknown-user", "not-allowed", "forbidden")  # values of ForgeEmulator.offline_user_errors
+OFFLINE_USER_ERRORS = (
+    "unknown-user",
+    "not-allowed",
+    "forbidden",
+    "unauthorized",
+)  # values of ForgeEmulator.offline_user_errors
 
 
 def _graphql_json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:

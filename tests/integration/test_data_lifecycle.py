@@ -1,5 +1,6 @@
 """What happens to an installation's data: every item carries a TTL, and an uninstall removes it
-(``DataRetentionDays`` 0) or sets it to expire (a retention period), resumably.
+(``DataRetentionDays`` 0) or sets it to expire (a retention period), resumably; with a retention, what
+names an account goes at once (deleted if keyed by it, else rewritten without it).
 
 A realistic workload runs through the real functions (lifecycle, a UI call with a user token, page
 events through the idempotent intake, the worker's jobs, an offline user token); moto never expires
@@ -150,16 +151,56 @@ def test_uninstall_with_no_retention_removes_the_installations_data(local_world:
     assert others_after == others_before
 
 
-def test_uninstall_with_a_retention_period_keeps_the_data_until_it_expires(local_world: LocalWorld) -> None:
+def seed_named_items(world: LocalWorld) -> None:
+    """Items that name ``USER`` without being keyed by it, as jobs and the worker write them."""
+    client = boto3.client("dynamodb")
+    table, pk = world.stack.physical["AppTable"], installation_pk(world.site.installation_id)
+    ttl = {"N": str(int(clock.now()) + 90 * DAY_S)}
+    ResultStore(client, table).put(
+        world.site.installation_id,
+        "SNAPSHOT",
+        "77#v1",
+        {"pageId": "77", "title": "Runbook", "by": {"accountId": USER, "displayName": "Lee Cycle", "email": "l@x.io"}},
+    )
+    client.put_item(
+        TableName=table,
+        Item={"pk": {"S": pk}, "sk": {"S": "PARKED#req-9"}, "job": {"S": "user-digest"}, "requestedBy": {"S": USER}}
+        | {"ttl": ttl},
+    )
+    client.put_item(
+        TableName=table,
+        Item={
+            "pk": {"S": pk},
+            "sk": {"S": "LASTRUN#user-digest"},
+            "summary": {"S": json.dumps({"pages": 2, "requestedBy": USER})},
+            "ttl": ttl,
+        },
+    )
+
+
+def test_uninstall_with_a_retention_period_keeps_the_data_until_it_expires_but_no_account_in_it(
+    local_world: LocalWorld,
+) -> None:
     workload(local_world)
+    seed_named_items(local_world)
     gateway = triggers_with_retention(local_world, 30)
     held = partition(local_world, "AppTable")
+    assert USER in json.dumps(held)
     response = uninstall(local_world, gateway)
     assert response["statusCode"] == 200, response
-    assert body_of(response)["cleanup"] == "complete"
+    body = body_of(response)
+    assert body["cleanup"] == "complete"
+    assert body["itemsDeleted"] == 1  # the user's digest: keyed by the account, nothing of it is kept
+    assert body["itemsScrubbed"] == 3  # the snapshot, the parked job and the job summary that named them
     assert partition(local_world, "TokensTable") == {}  # tokens go at once, whatever the retention
     left = partition(local_world, "AppTable")
-    assert set(left) >= set(held)
+    assert set(left) >= set(held) - {"USER_DIGEST#" + USER}  # (and the uninstall's own FIT record)
+    assert "USER_DIGEST#" + USER not in left
+    # Personal data goes at once: no retained item names the account (it would never be reported again).
+    assert USER not in json.dumps(left)
+    assert "Lee Cycle" not in json.dumps(left)
+    assert left["PARKED#req-9"]["requestedBy"]["S"] == "unknown"
+    assert json.loads(left["LASTRUN#user-digest"]["summary"]["S"]) == {"pages": 2, "requestedBy": "unknown"}
     tombstone = left["INSTALLATION"]
     retain_until = float(tombstone["retainUntil"]["N"])
     assert retain_until == pytest.approx(float(tombstone["uninstalledAt"]["N"]) + 30 * DAY_S)
@@ -167,9 +208,12 @@ def test_uninstall_with_a_retention_period_keeps_the_data_until_it_expires(local
     for sk, item in left.items():
         if sk != "INSTALLATION":
             assert float(item["ttl"]["N"]) <= retain_until, sk  # never later; a FIT record's hour stays shorter
-    assert float(left["USER_DIGEST#" + USER]["ttl"]["N"]) == retain_until
-    # The data is still readable (support, restore) while it is kept.
-    assert len(local_world.results("SNAPSHOT")) == 3
+    assert float(left["PARKED#req-9"]["ttl"]["N"]) == retain_until  # scrubbed items are kept like the rest
+    # The rest is still readable (support, restore) while it is kept, the scrubbed records in their shape.
+    snapshots = {r["pageId"]: r for r in local_world.results("SNAPSHOT")}
+    assert len(snapshots) == 4
+    assert snapshots["77"]["by"] == {"accountId": "unknown", "displayName": "Former user", "email": ""}
+    assert snapshots["77"]["title"] == "Runbook"
 
 
 class FailingBatchWrites:

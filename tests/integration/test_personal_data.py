@@ -2,7 +2,7 @@
 (moto tables, the Confluence emulator serving ``POST /app/report-accounts/``).
 
 What is proved: every account id the installation holds is found (token sort keys, item attributes,
-JSON records) and reported 90 at a time with an ISO ``updatedAt``; 200 and 204 answers are both
+JSON records) and reported 90 at a time, in cycle order, with an ISO ``updatedAt``; 200 and 204 answers are both
 handled; a ``closed`` account is erased everywhere (its tokens, records keyed by it, every mention in
 other records, with the records keeping their shape) and other accounts are untouched; an ``updated``
 account keeps its id but loses its cached profile; a 429 defers the job by at least its
@@ -28,6 +28,7 @@ from forge_remote.privacy import (
     MalformedReportAnswer,
     PersonalDataReporter,
     ReportedAccount,
+    in_cycle_order,
     parse_answer,
 )
 from forge_remote.results import ResultStore
@@ -224,22 +225,34 @@ def seed_many(world: LocalWorld, count: int) -> None:
         store.put(world.site.installation_id, "SNAPSHOT", f"{i}#v1", {"pageId": str(i), "requestedBy": numbered(i)})
 
 
+def cycle_positions(count: int) -> list[int]:
+    """``numbered`` indexes in the order a report cycle sends them (by the digest of the id)."""
+    order = in_cycle_order(ReportedAccount(numbered(i), 0) for i in range(count))
+    return [int(a.account_id.rsplit("-", 1)[1]) for a in order]
+
+
 def test_accounts_are_reported_ninety_at_a_time_with_200_and_204_answers(local_world: LocalWorld) -> None:
     seed_many(local_world, 200)
-    local_world.confluence.close_account(numbered(5))  # in the first batch: 200
-    local_world.confluence.update_account(numbered(185))  # in the third: 200; the second has nothing: 204
+    order = cycle_positions(200)
+    closed, updated, untouched = order[5], order[185], order[6]
+    local_world.confluence.close_account(numbered(closed))  # in the first batch: 200
+    local_world.confluence.update_account(numbered(updated))  # in the third: 200; the second has nothing: 204
     outcome = run_report(local_world)
     assert outcome.status == JobStatus.DONE, outcome
     sizes = [len(report) for report in local_world.confluence.reports_seen]
     assert sizes == [90, 90, 20]
+    assert local_world.confluence.report_statuses == [200, 204, 200]
     reported = [a["accountId"] for report in local_world.confluence.reports_seen for a in report]
-    assert reported == [numbered(i) for i in range(200)]  # each once, in order
+    assert reported == [numbered(i) for i in order]  # each once, in cycle order
     assert outcome.summary == {"accounts": 200, "reports": 3, "closed": 1, "updated": 1, "erasedItems": 1}
     store = results(local_world)
-    assert store.get(local_world.site.installation_id, "SNAPSHOT", "5#v1") == {"pageId": "5", "requestedBy": "unknown"}
-    assert store.get(local_world.site.installation_id, "SNAPSHOT", "6#v1") == {
-        "pageId": "6",
-        "requestedBy": numbered(6),
+    assert store.get(local_world.site.installation_id, "SNAPSHOT", f"{closed}#v1") == {
+        "pageId": str(closed),
+        "requestedBy": "unknown",
+    }
+    assert store.get(local_world.site.installation_id, "SNAPSHOT", f"{untouched}#v1") == {
+        "pageId": str(untouched),
+        "requestedBy": numbered(untouched),
     }
 
 
@@ -247,8 +260,10 @@ def test_rate_limited_report_defers_by_retry_after_erases_nothing_and_resumes_af
     local_world: LocalWorld,
 ) -> None:
     seed_many(local_world, 100)
-    local_world.confluence.close_account(numbered(1))
-    local_world.confluence.close_account(numbered(95))
+    order = cycle_positions(100)
+    first, second = order[1], order[95]  # in the first batch (answered 204 by script), in the second
+    local_world.confluence.close_account(numbered(first))
+    local_world.confluence.close_account(numbered(second))
     local_world.confluence.script_report(204)  # batch 1 answered (nothing to do)
     local_world.confluence.script_report(429, {"code": 429, "message": "Rate limit exceeded"}, retry_after="600")
     request = JobRequest(job=REPORT_JOB, installation_id=local_world.site.installation_id)
@@ -263,17 +278,18 @@ def test_rate_limited_report_defers_by_retry_after_erases_nothing_and_resumes_af
     local_world.confluence.reports_seen.clear()
     outcome = run_report(local_world, request)
     assert outcome.status == JobStatus.DONE, outcome
-    assert [len(r) for r in local_world.confluence.reports_seen] == [10]
-    assert local_world.confluence.reports_seen[0][0]["accountId"] == numbered(90)
+    assert [[a["accountId"] for a in r] for r in local_world.confluence.reports_seen] == [
+        [numbered(i) for i in order[90:]]
+    ]
     store = results(local_world)
-    assert store.get(local_world.site.installation_id, "SNAPSHOT", "95#v1") == {
-        "pageId": "95",
+    assert store.get(local_world.site.installation_id, "SNAPSHOT", f"{second}#v1") == {
+        "pageId": str(second),
         "requestedBy": "unknown",
     }
-    # numbered(1) was in the batch answered 204 by script: it waits for the next weekly run.
-    assert store.get(local_world.site.installation_id, "SNAPSHOT", "1#v1") == {
-        "pageId": "1",
-        "requestedBy": numbered(1),
+    # The account in the batch answered 204 by script: it waits for the next weekly run.
+    assert store.get(local_world.site.installation_id, "SNAPSHOT", f"{first}#v1") == {
+        "pageId": str(first),
+        "requestedBy": numbered(first),
     }
 
 

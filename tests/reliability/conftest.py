@@ -1,5 +1,7 @@
 """The reliability suite's wiring: the session ledger, output capture, the final secrecy check and
 the one-line summary (``reliability: N cases tried, M rejected as expected, L lost jobs``).
+The check covers tokens and FITs, and the account ids tests register as other users' (``ledger.py``
+says where those may and may not appear; responses are recorded with the account they went to).
 
 Capture, for every test under this folder:
 - every log record of every logger, taken where ``logging.Logger.handle`` receives it (the Powertools
@@ -26,7 +28,7 @@ import pytest
 
 from local.stack import LocalStack
 from tests.reliability.harness import World, dump_outputs, open_world
-from tests.reliability.ledger import LEDGER, Ledger
+from tests.reliability.ledger import LEDGER, Ledger, caller_of
 from tests.support import Gateway
 
 HERE = Path(__file__).resolve().parent
@@ -122,7 +124,8 @@ def _record_gateway_calls(monkeypatch: pytest.MonkeyPatch) -> None:
     def call(self: Gateway, method: str, path: str, headers: dict[str, str], body: Any = None) -> dict[str, Any]:
         LEDGER.headers(headers)
         response = original(self, method, path, headers, body)
-        LEDGER.seen(response.get("body"), "response body")
+        # Who the answer went to: their own account id may be in it, nobody else's (ledger.py).
+        LEDGER.seen(response.get("body"), "response body", viewer=caller_of(headers))
         return response
 
     monkeypatch.setattr(Gateway, "__call__", call)

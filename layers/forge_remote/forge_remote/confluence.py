@@ -29,7 +29,15 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import requests
 
 from forge_remote.cql import Cql
-from forge_remote.errors import ConfluenceError, ConfluenceUnavailable, Forbidden, NotFound, RetryLater, TokenRejected
+from forge_remote.errors import (
+    ConfluenceError,
+    ConfluenceUnavailable,
+    Forbidden,
+    NotFound,
+    RetryLater,
+    ScopeMissing,
+    TokenRejected,
+)
 from forge_remote.tokens import token_sha256
 from forge_remote.urls import require_allowed_api_base
 
@@ -73,11 +81,24 @@ _JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
 _session: requests.Session | None = None
 
 
+def _scope_refusal(response: requests.Response, message: str) -> bool:
+    """Atlassian's 401 for a token without the operation's scope: the token itself is not refused."""
+    category = response.headers.get("X-Failure-Category", "")
+    return category == "FAILURE_CLIENT_SCOPE_CHECK" or "scope does not match" in message.lower()
+
+
 def shared_session() -> requests.Session:
-    """The container's session, created on first use: connections are reused across invocations."""
+    """The container's session, created on first use: connections are reused across invocations, and
+    nothing else. Every tenant's and user's calls share it (all on api.atlassian.com), so it keeps no
+    cookies: one set in answer to installation A's call would go with installation B's. Authorization
+    and every other header are given per request, never set on the session."""
     global _session
     if _session is None:
-        _session = requests.Session()
+        import http.cookiejar  # requests imports it anyway
+
+        session = requests.Session()
+        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
+        _session = session
     return _session
 
 
@@ -137,17 +158,19 @@ def ratelimit_reset_s(value: str | None, now: float) -> float | None:
     return seconds if math.isfinite(seconds) and seconds > 0 else None
 
 
-def error_message(response: requests.Response, token: str = "") -> str:
+def error_message(response: requests.Response, *secrets: str) -> str:
     """Atlassian's message from a v1, v2, gateway, empty or plain-text error body (at most 300 chars).
 
-    ``token`` (every run of ``REDACT_MIN_RUN`` of its characters) is removed from the whole text
-    *before* it is cut: cut first, a token split at the limit has no whole copy or segment left to
-    find, and its head survives. Text that still shows the token once decoded (percent-encoded, JSON
-    or HTML escapes) is withheld entirely.
+    ``secrets`` (the token, and whatever else the text must not carry, such as the account ids a
+    request named) are removed from the whole text, every run of ``REDACT_MIN_RUN`` of their
+    characters, *before* it is cut: cut first, a secret split at the limit has no whole copy or
+    segment left to find, and its head survives. Text that still shows one once decoded
+    (percent-encoded, JSON or HTML escapes) is withheld entirely.
     """
-    message = redact(_error_text(response)[:MAX_ERROR_SCAN_CHARS], token)[:MAX_ERROR_CHARS]
-    if token and _token_spans(_decoded(message), token):
-        return f"{REDACTED} (the error text echoed the token in an encoded form)"
+    secrets = tuple(s for s in secrets if s)
+    message = redact(_error_text(response)[:MAX_ERROR_SCAN_CHARS], *secrets)[:MAX_ERROR_CHARS]
+    if secrets and _token_spans(_decoded(message), *secrets):
+        return f"{REDACTED} (the error text echoed a secret in an encoded form)"
     return message
 
 
@@ -439,10 +462,12 @@ class ConfluenceClient:
 
     def _error(self, response: requests.Response, token: str) -> Exception:
         status, trace = response.status_code, _trace_id(response)
+        message = error_message(response, token)
+        if status == 401 and _scope_refusal(response, message):
+            return ScopeMissing(401, f"{message} (the manifest's permissions.scopes lack this call's scope)", trace)
         if status == 401:
             # Which token (its digest, never the token): the worker invalidates exactly that one.
             return TokenRejected(401, trace, token_sha256=token_sha256(token))
-        message = error_message(response, token)
         if status in (403, 404):
             return self._forbidden_or_expired(status, message, token, trace)
         if 300 <= status < 400:
@@ -502,32 +527,38 @@ def _trace_id(response: requests.Response) -> str | None:
     return response.headers.get("atl-traceid") or response.headers.get("atl-request-id")
 
 
-def _token_spans(text: str, token: str) -> list[tuple[int, int]]:
-    """Where ``text`` holds runs of ``REDACT_MIN_RUN`` or more characters of ``token`` (merged spans).
+def _token_spans(text: str, *tokens: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds runs of ``REDACT_MIN_RUN`` or more characters of any of ``tokens`` (merged
+    spans); a secret shorter than that counts only as a whole copy.
 
     Pieces count, not only whole copies or JWT segments: a signature cut at a length limit, wrapped
-    over lines or interrupted by an escape is still a secret.
+    over lines or interrupted by an escape is still a secret. Many secrets (a batch of account ids)
+    cost one pass over the text, not one each.
     """
-    if len(token) < REDACT_MIN_RUN:
-        return [(m.start(), m.end()) for m in re.finditer(re.escape(token), text)] if token else []
-    grams = {token[i : i + REDACT_MIN_RUN] for i in range(len(token) - REDACT_MIN_RUN + 1)}
-    # Only runs of the token's own characters can hold a piece of it: most text is skipped at once.
-    runs = re.compile(f"[{re.escape(''.join(sorted(set(token))))}]{{{REDACT_MIN_RUN},}}")
+    found: list[tuple[int, int]] = []
+    long = [t for t in tokens if len(t) >= REDACT_MIN_RUN]
+    for short in {t for t in tokens if 0 < len(t) < REDACT_MIN_RUN}:
+        found.extend((m.start(), m.end()) for m in re.finditer(re.escape(short), text))
+    if long:
+        grams = {t[i : i + REDACT_MIN_RUN] for t in long for i in range(len(t) - REDACT_MIN_RUN + 1)}
+        # Only runs of the secrets' own characters can hold a piece of one: most text is skipped at once.
+        runs = re.compile(f"[{re.escape(''.join(sorted(set(''.join(long)))))}]{{{REDACT_MIN_RUN},}}")
+        for run in runs.finditer(text):
+            for i in range(run.start(), run.end() - REDACT_MIN_RUN + 1):
+                if text[i : i + REDACT_MIN_RUN] in grams:
+                    found.append((i, i + REDACT_MIN_RUN))
     spans: list[tuple[int, int]] = []
-    for run in runs.finditer(text):
-        for i in range(run.start(), run.end() - REDACT_MIN_RUN + 1):
-            if text[i : i + REDACT_MIN_RUN] in grams:
-                end = i + REDACT_MIN_RUN
-                if spans and spans[-1][1] >= i:
-                    spans[-1] = (spans[-1][0], end)
-                else:
-                    spans.append((i, end))
+    for begin, end in sorted(found):
+        if spans and spans[-1][1] >= begin:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
+        else:
+            spans.append((begin, end))
     return spans
 
 
-def redact(text: str, token: str) -> str:
-    """Replace every piece of the token (see ``_token_spans``) in text a server sent back."""
-    spans = _token_spans(text, token)
+def redact(text: str, *tokens: str) -> str:
+    """Replace every piece of the tokens (see ``_token_spans``) in text a server sent back."""
+    spans = _token_spans(text, *tokens)
     if not spans:
         return text
     kept, start = [], 0

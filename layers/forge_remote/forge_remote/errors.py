@@ -140,6 +140,11 @@ class Forbidden(ConfluenceError):
     """403 that a valid token also gets: the app lacks a permission or scope."""
 
 
+class ScopeMissing(ConfluenceError):
+    """401 "scope does not match": the token is fine, the app's manifest lacks the operation's scope.
+    Invalidating the token would strand every job; no retry helps until the app is redeployed."""
+
+
 class ConfluenceUnavailable(RetryLater):
     """Confluence still answered 5xx after the client's own retries."""
 

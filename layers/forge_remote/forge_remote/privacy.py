@@ -11,19 +11,27 @@ profile data); 429 carries ``Retry-After``.
 - ``held_accounts``: every account id in the installation's partition of both tables (token sort keys
   ``USER#``/``OFFLINE#``, and any attribute or JSON document field that names an account:
   ``accountId``, ``requestedBy``, ...), with the latest time an item holding it was written. Generic:
-  it lists no kinds of item, so items other modules add are covered.
+  it lists no kinds of item, so items other modules add are covered. ``accounts_in_item`` is the
+  same test for one item (the uninstall uses it).
+- ``in_cycle_order`` / ``cycle_key``: the order a report cycle sends accounts in, by a digest of the
+  id, so the cycle's resume point is a key that names nobody and that erasing accounts cannot shift.
 - ``PersonalDataReporter.report``: one request for at most 90 accounts. A malformed or ambiguous answer
   (not JSON, an account that was not asked about, an unknown status, one account twice) raises
-  ``MalformedReportAnswer`` and nothing is acted on.
+  ``MalformedReportAnswer`` and nothing is acted on. Error text the API sends back is stripped of the
+  token and of every account id the job handled before it becomes a reason (DLQ, status page, logs).
 - ``PersonalDataEraser``: ``erase`` (closed) deletes the account's tokens and items keyed by it, and
   rewrites every other item that mentions it: the id becomes ``unknown`` and the person's name, email
   and picture a neutral placeholder, so records keep their shape. ``drop_profiles`` (updated) empties
   the cached profile fields of that account's person objects, keeping the id (the next job run
-  fetches them fresh).
+  fetches them fresh). A rewrite updates only the attributes it changes, on condition that they
+  still hold what was read (a newer write, or a ``ttl`` set meanwhile, is never overwritten: the item
+  is read again and the rewrite retried, a bounded number of times). The walk stops when the time
+  budget runs low and says where it got to, so the caller resumes it later.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -31,17 +39,15 @@ import time
 from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import requests
-
 from forge_remote import clock
-from forge_remote.confluence import bounded_timeouts, error_message, retry_after_s, shared_session
 from forge_remote.errors import ConfluenceError, ConfluenceUnavailable, PermanentFailure, RetryLater, TokenRejected
 from forge_remote.keys import (
     ACCOUNT_ID_PATTERN,
     OFFLINE_TOKEN_SK_PREFIX,
+    PRIVACY_REPORT_SK,
     USER_TOKEN_SK_PREFIX,
     installation_pk,
 )
@@ -50,6 +56,7 @@ from forge_remote.tokens import token_sha256
 from forge_remote.urls import require_allowed_api_base
 
 if TYPE_CHECKING:
+    import requests
     from mypy_boto3_dynamodb import DynamoDBClient
 
 logger = logging.getLogger(__name__)
@@ -68,6 +75,11 @@ PROFILE_FIELDS = frozenset({"displayName", "publicName", "email", "profilePictur
 NAME_FIELDS = frozenset({"displayName", "publicName"})
 _TIME_ATTRIBUTES = ("updatedAt", "receivedAt", "createdAt")
 _PAGE_SIZE = 100
+# Characters an account id is made of: a mention is a whole run of them, never part of a longer id.
+_ID_CHARS = "A-Za-z0-9:_-"
+MAX_WRITE_ATTEMPTS = 4  # read, rewrite, lose a race to a newer write: at most this many times per item
+MIN_ERASE_MS = 2_000  # the eraser does not start an item with less time than this left
+_TRACE_ID = re.compile(r"[0-9A-Za-z-]{1,64}")
 
 
 class MalformedReportAnswer(PermanentFailure):
@@ -143,16 +155,26 @@ def _account_in_sort_key(sk: str) -> str | None:
     return None
 
 
-def _partition(client: DynamoDBClient, table_name: str, installation_id: str) -> Iterator[dict[str, Any]]:
-    paginator = client.get_paginator("query")
-    for page in paginator.paginate(
-        TableName=table_name,
-        KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": installation_pk(installation_id)}},
-        ConsistentRead=True,
-        PaginationConfig={"PageSize": _PAGE_SIZE},
-    ):
+def _partition(
+    client: DynamoDBClient, table_name: str, installation_id: str, start_after: str | None = None
+) -> Iterator[dict[str, Any]]:
+    """Every item of the installation's partition in sort-key order, after ``start_after`` if given."""
+    pk = {"S": installation_pk(installation_id)}
+    query: dict[str, Any] = {
+        "TableName": table_name,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": pk},
+        "ConsistentRead": True,
+        "Limit": _PAGE_SIZE,
+    }
+    if start_after is not None:
+        query["ExclusiveStartKey"] = {"pk": pk, "sk": {"S": start_after}}
+    while True:
+        page = client.query(**query)
         yield from page.get("Items", [])
+        if not page.get("LastEvaluatedKey"):
+            return
+        query["ExclusiveStartKey"] = page["LastEvaluatedKey"]
 
 
 def held_accounts(
@@ -172,12 +194,27 @@ def held_accounts(
         if account is not None:
             note([account], _item_time(item))
     for item in _partition(client, app_table, installation_id):
-        found: set[str] = set()
-        for name, value in item.items():
-            if name not in ("pk", "sk"):
-                _accounts_in_attribute(name, value, found)
-        note(found, _item_time(item))
+        note(accounts_in_item(item), _item_time(item))
     return [ReportedAccount(account, latest[account]) for account in sorted(latest)]
+
+
+def accounts_in_item(item: dict[str, Any]) -> set[str]:
+    """The account ids one app-table item names (attributes and JSON fields; not its keys)."""
+    found: set[str] = set()
+    for name, value in item.items():
+        if name not in ("pk", "sk"):
+            _accounts_in_attribute(name, value, found)
+    return found
+
+
+def cycle_key(account_id: str) -> str:
+    """Where an account comes in a report cycle: a digest, so the stored resume point names nobody,
+    and a total order that no id's shape (prefixes, ``557058:``, ``qm:``) can make ambiguous."""
+    return hashlib.sha256(account_id.encode()).hexdigest()
+
+
+def in_cycle_order(accounts: Iterable[ReportedAccount]) -> list[ReportedAccount]:
+    return sorted(accounts, key=lambda a: cycle_key(a.account_id))
 
 
 def batches(accounts: list[ReportedAccount], size: int = MAX_ACCOUNTS_PER_REPORT) -> list[list[ReportedAccount]]:
@@ -222,6 +259,10 @@ class PersonalDataReporter:
     limit or an outage defers the job (``RetryLater`` with the server's ``Retry-After``), and the
     worker's deferral runs it again later; a refused token is ``TokenRejected`` (the worker
     invalidates exactly that token).
+
+    ``redact_accounts``: every account id the job handles (the batch's are added per request). An
+    API that quotes what it was sent in an error body would otherwise put other people's ids into
+    the job's reason, which reaches the DLQ, the status page other users of the site read, and logs.
     """
 
     def __init__(
@@ -233,16 +274,24 @@ class PersonalDataReporter:
         remaining_ms: Callable[[], int] | None = None,
         session: requests.Session | None = None,
         timeout_s: tuple[float, float] = (3.05, 20.0),
+        redact_accounts: Collection[str] = (),
     ) -> None:
         self.url = report_url(api_base_url, allowed_hosts)
         self._token = token
         self._remaining_ms = remaining_ms
         self._session = session
         self._timeout_s = timeout_s
+        self._redact = frozenset(redact_accounts)
         self.request_count = 0
 
     def report(self, accounts: list[ReportedAccount]) -> dict[str, str]:
         """Account -> ``closed``/``updated`` for the accounts that need action (empty: none do)."""
+        # Imported here: requests and the Confluence client stay off the cold start of the modules
+        # that only erase (the uninstall imports this one for its eraser).
+        import requests
+
+        from forge_remote.confluence import bounded_timeouts, error_message, redact, retry_after_s, shared_session
+
         if not 1 <= len(accounts) <= MAX_ACCOUNTS_PER_REPORT:
             raise ValueError(f"a report carries 1 to {MAX_ACCOUNTS_PER_REPORT} accounts")
         token = self._token()
@@ -264,7 +313,10 @@ class PersonalDataReporter:
             raise RetryLater(
                 f"personal data report failed ({type(exc).__name__})", DEFAULT_RATE_LIMIT_DELAY_S
             ) from None
+        secrets = sorted(self._redact | {a.account_id for a in accounts})
         trace = response.headers.get("atl-traceid")
+        if trace is not None and (not _TRACE_ID.fullmatch(trace) or redact(trace, *secrets) != trace):
+            trace = None  # logged and kept with the error: it could quote anything, an account id too
         status = response.status_code
         logger.info("personal data report -> %d", status, extra={"accounts": len(accounts), "trace": trace})
         if status == 204:
@@ -282,57 +334,78 @@ class PersonalDataReporter:
         if status == 401:
             raise TokenRejected(401, trace, token_sha256=token_sha256(token))
         if status >= 500:
-            raise ConfluenceUnavailable(status, error_message(response, token), trace)
+            raise ConfluenceUnavailable(status, error_message(response, token, *secrets), trace)
         # 400 (a body it refuses), 403 (no report:personal-data scope), a redirect: never right by retrying.
-        raise ConfluenceError(status, f"personal data report refused: {error_message(response, token)}", trace)
+        raise ConfluenceError(
+            status, f"personal data report refused: {error_message(response, token, *secrets)}", trace
+        )
 
 
 # -- erasing and dropping ----------------------------------------------------------------------------
-def _scrub_json(value: Any, accounts: Collection[str], *, closed: bool) -> Any:
-    """A copy of ``value`` without the accounts' personal data (see ``PersonalDataEraser``)."""
-    if isinstance(value, dict):
-        person = value.get("accountId") in accounts
-        scrubbed: dict[str, Any] = {}
-        for key, inner in value.items():
-            if person and key in PROFILE_FIELDS:
-                if not closed:
-                    scrubbed[key] = None
-                elif isinstance(inner, str):
-                    scrubbed[key] = FORMER_USER if key in NAME_FIELDS else ""
+ItemOutcome = Literal["deleted", "rewritten", "unchanged", "gone", "contended"]
+
+
+def keyed_by(sk: str, accounts: Collection[str]) -> bool:
+    """A per-person record (``USER_DIGEST#<accountId>``): one of the key's ``#`` parts is one of the ids."""
+    return any(part in accounts for part in sk.split("#"))
+
+
+class _Scrub:
+    """What one rewrite removes: ``closed`` accounts entirely (ids, names, email, picture), or the
+    cached profile fields of ``updated`` ones (ids kept)."""
+
+    def __init__(self, accounts: Collection[str], *, closed: bool) -> None:
+        self.accounts = frozenset(accounts)
+        self.closed = closed
+        alternatives = "|".join(re.escape(a) for a in sorted(self.accounts, key=len, reverse=True))
+        # A whole id only: ``557058:a`` closed must not turn ``557058:ab`` into ``unknownb``.
+        self._mention = re.compile(f"(?<![{_ID_CHARS}])(?:{alternatives})(?![{_ID_CHARS}])")
+
+    def keyed_by(self, sk: str) -> bool:
+        return self.closed and keyed_by(sk, self.accounts)
+
+    def text(self, text: str) -> str:
+        return self._mention.sub(UNKNOWN_ACCOUNT, text) if self.closed else text
+
+    def json(self, value: Any) -> Any:
+        if isinstance(value, dict):
+            person = value.get("accountId") in self.accounts
+            scrubbed: dict[str, Any] = {}
+            for key, inner in value.items():
+                if person and key in PROFILE_FIELDS:
+                    if not self.closed:
+                        scrubbed[key] = None
+                    elif isinstance(inner, str):
+                        scrubbed[key] = FORMER_USER if key in NAME_FIELDS else ""
+                    else:
+                        scrubbed[key] = None
                 else:
-                    scrubbed[key] = None
-            else:
-                scrubbed[key] = _scrub_json(inner, accounts, closed=closed)
-        return scrubbed
-    if isinstance(value, list):
-        return [_scrub_json(inner, accounts, closed=closed) for inner in value]
-    if closed and isinstance(value, str):
-        return _replace_ids(value, accounts)
-    return value
+                    scrubbed[key] = self.json(inner)
+            return scrubbed
+        if isinstance(value, list):
+            return [self.json(inner) for inner in value]
+        if isinstance(value, str):
+            return self.text(value)
+        return value
 
+    def attribute(self, value: dict[str, Any]) -> dict[str, Any]:
+        if "S" in value:
+            text = value["S"]
+            document = _json_document(text)
+            if document is not None:
+                scrubbed = self.json(document)
+                return value if scrubbed == document else {"S": encode(scrubbed)}
+            return {"S": self.text(text)}
+        if "M" in value:
+            return {"M": {k: self.attribute(v) for k, v in value["M"].items()}}
+        if "L" in value:
+            return {"L": [self.attribute(v) for v in value["L"]]}
+        if "SS" in value and self.closed:
+            return {"SS": sorted({self.text(v) for v in value["SS"]})}
+        return value
 
-def _replace_ids(text: str, accounts: Collection[str]) -> str:
-    for account in accounts:
-        if account in text:
-            text = re.sub(re.escape(account), UNKNOWN_ACCOUNT, text)
-    return text
-
-
-def _scrub_attribute(value: dict[str, Any], accounts: Collection[str], *, closed: bool) -> dict[str, Any]:
-    if "S" in value:
-        text = value["S"]
-        document = _json_document(text)
-        if document is not None:
-            scrubbed = _scrub_json(document, accounts, closed=closed)
-            return value if scrubbed == document else {"S": encode(scrubbed)}
-        return {"S": _replace_ids(text, accounts)} if closed else value
-    if "M" in value:
-        return {"M": {k: _scrub_attribute(v, accounts, closed=closed) for k, v in value["M"].items()}}
-    if "L" in value:
-        return {"L": [_scrub_attribute(v, accounts, closed=closed) for v in value["L"]]}
-    if "SS" in value and closed:
-        return {"SS": sorted({_replace_ids(v, accounts) for v in value["SS"]})}
-    return value
+    def item(self, item: dict[str, Any]) -> dict[str, Any]:
+        return {name: value if name in ("pk", "sk") else self.attribute(value) for name, value in item.items()}
 
 
 @dataclass(frozen=True)
@@ -340,21 +413,85 @@ class ErasureReport:
     tokens_deleted: int = 0
     items_deleted: int = 0
     items_rewritten: int = 0
+    complete: bool = True
+    # Not complete: the sort key of the last item settled (None: none yet), to pass as ``start_after``.
+    cursor: str | None = None
+    contended: bool = False  # stopped at an item that kept changing under it, not for lack of time
 
 
 class PersonalDataEraser:
-    def __init__(self, client: DynamoDBClient, *, tokens_table: str, app_table: str) -> None:
+    def __init__(
+        self,
+        client: DynamoDBClient,
+        *,
+        tokens_table: str,
+        app_table: str,
+        remaining_ms: Callable[[], int] | None = None,
+        min_remaining_ms: int = MIN_ERASE_MS,
+    ) -> None:
         self._client = client
         self.tokens_table = tokens_table
         self.app_table = app_table
+        self._remaining_ms = remaining_ms
+        self._min_remaining_ms = min_remaining_ms
 
-    def erase(self, installation_id: str, accounts: Collection[str]) -> ErasureReport:
+    def erase(
+        self, installation_id: str, accounts: Collection[str], *, start_after: str | None = None
+    ) -> ErasureReport:
         """Closed accounts: their tokens and the items keyed by them deleted, every mention rewritten."""
-        accounts = frozenset(a for a in accounts if is_account_id(a))
-        if not accounts:
+        return self.apply(installation_id, closed=accounts, start_after=start_after)
+
+    def drop_profiles(
+        self, installation_id: str, accounts: Collection[str], *, start_after: str | None = None
+    ) -> ErasureReport:
+        """Updated accounts: the cached profile fields of their person objects emptied (ids kept)."""
+        return self.apply(installation_id, updated=accounts, start_after=start_after)
+
+    def apply(
+        self,
+        installation_id: str,
+        *,
+        closed: Collection[str] = (),
+        updated: Collection[str] = (),
+        start_after: str | None = None,
+    ) -> ErasureReport:
+        """One walk of the app-table partition for both kinds of answer, from ``start_after`` on.
+
+        The walk stops before an item when less than ``min_remaining_ms`` is left, or at an item that
+        kept changing under it; the report then says where to resume. The report's own progress
+        item is not touched: it holds the work list of this very erasure.
+        """
+        gone = frozenset(a for a in closed if is_account_id(a))
+        changed = frozenset(a for a in updated if is_account_id(a) and a not in gone)
+        if not gone and not changed:
             return ErasureReport()
+        scrubs = [_Scrub(accounts, closed=kind) for accounts, kind in ((gone, True), (changed, False)) if accounts]
+        tokens_deleted = self._delete_tokens(installation_id, gone)
+        deleted = rewritten = 0
+        cursor = start_after
+        for item in _partition(self._client, self.app_table, installation_id, start_after):
+            sk = item["sk"]["S"]
+            if sk == PRIVACY_REPORT_SK:
+                cursor = sk
+                continue
+            if self._remaining_ms is not None and self._remaining_ms() < self._min_remaining_ms:
+                return ErasureReport(tokens_deleted, deleted, rewritten, complete=False, cursor=cursor)
+            outcome = self._settle(item, scrubs)
+            if outcome == "contended":
+                return ErasureReport(tokens_deleted, deleted, rewritten, complete=False, cursor=cursor, contended=True)
+            deleted += outcome == "deleted"
+            rewritten += outcome == "rewritten"
+            cursor = sk
+        return ErasureReport(tokens_deleted, deleted, rewritten)
+
+    def erase_item(self, item: dict[str, Any], accounts: Collection[str]) -> ItemOutcome:
+        """One item, read by the caller, without these accounts (deleted if keyed by one of them)."""
+        ids = frozenset(a for a in accounts if is_account_id(a))
+        return self._settle(item, [_Scrub(ids, closed=True)]) if ids else "unchanged"
+
+    def _delete_tokens(self, installation_id: str, accounts: Collection[str]) -> int:
         pk = {"S": installation_pk(installation_id)}
-        tokens_deleted = 0
+        deleted = 0
         for account in sorted(accounts):
             for prefix in (USER_TOKEN_SK_PREFIX, OFFLINE_TOKEN_SK_PREFIX):
                 response = self._client.delete_item(
@@ -362,37 +499,55 @@ class PersonalDataEraser:
                     Key={"pk": pk, "sk": {"S": f"{prefix}{account}"}},
                     ReturnValues="ALL_OLD",
                 )
-                tokens_deleted += 1 if response.get("Attributes") else 0
-        deleted, rewritten = self._rewrite(installation_id, accounts, closed=True)
-        return ErasureReport(tokens_deleted, deleted, rewritten)
+                deleted += 1 if response.get("Attributes") else 0
+        return deleted
 
-    def drop_profiles(self, installation_id: str, accounts: Collection[str]) -> ErasureReport:
-        """Updated accounts: the cached profile fields of their person objects emptied (ids kept)."""
-        accounts = frozenset(a for a in accounts if is_account_id(a))
-        if not accounts:
-            return ErasureReport()
-        _, rewritten = self._rewrite(installation_id, accounts, closed=False)
-        return ErasureReport(items_rewritten=rewritten)
-
-    def _rewrite(self, installation_id: str, accounts: frozenset[str], *, closed: bool) -> tuple[int, int]:
-        deleted = rewritten = 0
-        for item in _partition(self._client, self.app_table, installation_id):
-            key = {"pk": item["pk"], "sk": item["sk"]}
-            if closed and any(account in item["sk"]["S"] for account in accounts):
+    def _settle(self, item: dict[str, Any], scrubs: list[_Scrub]) -> ItemOutcome:
+        """Delete or rewrite one item; a write that finds the item changed since it was read reads it
+        again and starts over, at most ``MAX_WRITE_ATTEMPTS`` times."""
+        key = {"pk": item["pk"], "sk": item["sk"]}
+        current: dict[str, Any] | None = item
+        for _ in range(MAX_WRITE_ATTEMPTS):
+            if current is None:
+                return "gone"
+            if any(scrub.keyed_by(current["sk"]["S"]) for scrub in scrubs):
                 # Keyed by the person (a per-user record): nothing of it is left without them.
                 self._client.delete_item(TableName=self.app_table, Key=key)
-                deleted += 1
-                continue
-            scrubbed = {
-                name: value if name in ("pk", "sk") else _scrub_attribute(value, accounts, closed=closed)
-                for name, value in item.items()
-            }
-            if scrubbed != item:
-                try:
-                    self._client.put_item(
-                        TableName=self.app_table, Item=scrubbed, ConditionExpression="attribute_exists(pk)"
-                    )
-                except self._client.exceptions.ConditionalCheckFailedException:
-                    continue  # deleted meanwhile: nothing left to erase
-                rewritten += 1
-        return deleted, rewritten
+                return "deleted"
+            scrubbed = current
+            for scrub in scrubs:
+                scrubbed = scrub.item(scrubbed)
+            changes = {name: value for name, value in scrubbed.items() if current.get(name) != value}
+            if not changes:
+                return "unchanged"
+            if self._rewrite(key, current, changes):
+                return "rewritten"
+            current = self._client.get_item(TableName=self.app_table, Key=key, ConsistentRead=True).get("Item")
+        return "contended"
+
+    def _rewrite(self, key: dict[str, Any], read: dict[str, Any], changes: dict[str, Any]) -> bool:
+        """SET only the changed attributes, on condition that each still holds what was read: a newer
+        write of them fails the condition (False), and attributes this does not change (a ``ttl`` the
+        uninstall set, a field another writer added) are never written at all."""
+        names: dict[str, str] = {}
+        values: dict[str, Any] = {}
+        sets: list[str] = []
+        checks = ["attribute_exists(pk)"]
+        for i, (name, value) in enumerate(sorted(changes.items())):
+            names[f"#a{i}"] = name
+            values[f":new{i}"] = value
+            values[f":old{i}"] = read[name]
+            sets.append(f"#a{i} = :new{i}")
+            checks.append(f"#a{i} = :old{i}")
+        try:
+            self._client.update_item(
+                TableName=self.app_table,
+                Key=key,
+                UpdateExpression="SET " + ", ".join(sets),
+                ConditionExpression=" AND ".join(checks),
+                ExpressionAttributeNames=names,
+                ExpressionAttributeValues=values,
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
