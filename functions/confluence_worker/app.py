@@ -30,7 +30,7 @@ from forge_remote.parking import ParkingLot, wake_parked
 from forge_remote.results import ResultStore
 from forge_remote.run_once import RunOnce
 from forge_remote.tokens import TokenStore
-from forge_remote.worker import JobRunner, JobStatus, Outcome
+from forge_remote.worker import JobRunner, JobStatus, Outcome, gives_up
 
 logger = Logger()
 use_function_logger(logger)
@@ -97,7 +97,7 @@ def _defer(record: SQSRecord, request: JobRequest, outcome: Outcome) -> None:
             retry_at=clock.now() + outcome.delay_s,
         )
         metrics.add_metric(name="JobsParked", unit=MetricUnit.Count, value=1)
-        if runner.token_usable(request.installation_id):
+        if runner.token_wakes_jobs(request.installation_id):
             woken = wake_parked(parking, aws.sqs(), QUEUE_URL, request.installation_id, request_id=request.request_id)
             metrics.add_metric(name="JobsWoken", unit=MetricUnit.Count, value=len(woken.woken))
     raise JobDeferred(outcome.reason, outcome.delay_s)
@@ -105,7 +105,7 @@ def _defer(record: SQSRecord, request: JobRequest, outcome: Outcome) -> None:
 
 def _run(request: JobRequest, receive_count: int, lambda_context: LambdaContext) -> Outcome:
     if lambda_context.get_remaining_time_in_millis() < MIN_REMAINING_MS:
-        return Outcome(JobStatus.DEFERRED, "too little time left in this invocation", RESTART_DELAY_S)
+        return Outcome(JobStatus.DEFERRED, "too little time left in this invocation", RESTART_DELAY_S, attempted=False)
 
     def attempt() -> Outcome:
         return runner.run(
@@ -117,6 +117,15 @@ def _run(request: JobRequest, receive_count: int, lambda_context: LambdaContext)
         return attempt()
     parking.unpark(request.installation_id, request.request_id)  # back by its delay, or woken: not waiting
     return run_once.run(request.request_id, attempt, lambda_context)
+
+
+def _waited_s(record: SQSRecord) -> float | None:
+    """Seconds since the message's first receive, on the stack's clock (None if SQS did not say)."""
+    first_ms = record.attributes.approximate_first_receive_timestamp
+    try:
+        return clock.now() - int(first_ms) / 1000
+    except (TypeError, ValueError):
+        return None
 
 
 def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
@@ -131,8 +140,14 @@ def record_handler(record: SQSRecord, lambda_context: LambdaContext) -> None:
     try:
         outcome = _run(request, receive_count, lambda_context)
         match outcome.status:
-            case JobStatus.DEFERRED if receive_count >= settings.job_max_receives:
-                # The queue would move it to the DLQ on the next receive, without a word: say why now.
+            case JobStatus.DEFERRED if gives_up(
+                receive_count=receive_count,
+                waited_s=_waited_s(record),
+                max_attempts=settings.job_max_receives,
+                queue_max_receives=settings.job_queue_max_receives,
+                attempted=outcome.attempted,
+            ):
+                # Said now, with the reason: the queue's redrive would move it without a word.
                 _dead_letter(record, f"{outcome.reason} (gave up after {receive_count} attempts)", request)
             case JobStatus.DEFERRED:
                 _defer(record, request, outcome)

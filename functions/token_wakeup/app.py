@@ -2,7 +2,8 @@
 
 Fed by the tokens table's stream (keys only: no token ever leaves the table this way), filtered by
 the event source mapping to inserts and replacements of app-token items (``sk = SYSTEM``). For each
-installation it checks that the stored token is usable by jobs, then makes every parked job's
+installation it checks that the stored token is usable by jobs and is not the one Confluence last
+refused (re-delivered: the jobs retry it when their own delay ends), then makes every parked job's
 message visible at once (``forge_remote.parking``). Jobs that cannot be woken keep their delay: the
 queue brings them back anyway, so a failure here delays a job, it never loses one.
 """
@@ -42,9 +43,10 @@ def record_handler(record: DynamoDBRecord) -> None:
         logger.warning("stream record without an installation key ignored", extra={"event_id": record.event_id})
         return
     installation_id = pk[len(INSTALLATION_PK_PREFIX) :]
-    if not tokens.usable(installation_id, settings.token_min_validity_s):
-        # Stored but too short-lived for a job (or already replaced): waking would only defer again.
-        logger.info("token stored but not usable by jobs; parked jobs left waiting")
+    if not tokens.wakes_jobs(installation_id, settings.token_min_validity_s):
+        # Too short-lived for a job, already replaced, or the very token Confluence last refused,
+        # delivered again: waking would only spend a receive. The jobs' own delays bring them back.
+        logger.info("token stored but not one that parked jobs wait for; they keep their delay")
         return
     report = wake_parked(parking, aws.sqs(), QUEUE_URL, installation_id)
     if report.woken or report.already_back:

@@ -327,7 +327,9 @@ def test_an_app_token_the_gateway_refuses_is_removed_exactly_and_the_job_deferre
 
     assert outcome.status is JobStatus.DEFERRED
     assert "Forge GraphQL rejected the token" in outcome.reason
-    assert items(world.stack, world.site) == {}  # exactly the app token, the only token stored, is gone
+    # Exactly the app token, the only token stored, is gone; what is left is its refusal's digest.
+    assert list(items(world.stack, world.site)) == ["REFUSED#SYSTEM"]
+    assert "token" not in items(world.stack, world.site)["REFUSED#SYSTEM"]
     assert world.wiki.requests_seen == []  # nothing was asked as the app instead
 
 
@@ -382,12 +384,23 @@ DEFERRED = JobStatus.DEFERRED
         ),
         (lambda f, a: f.offline_user_errors.__setitem__(a, "not-allowed"), DEAD, "cannot be impersonated"),
         (lambda f, a: f.offline_user_errors.__setitem__(a, "forbidden"), DEAD, "HTTP 403"),
+        # Authorisation, not authentication: about this user, so the app token stays (UNAUTHENTICATED removes it).
+        (lambda f, a: f.offline_user_errors.__setitem__(a, "unauthorized"), DEAD, "refused the mint"),
         (lambda f, a: f.fail_graphql_next(1, 429, retry_after="300"), DEFERRED, "HTTP 429"),
         (lambda f, a: f.fail_graphql_next(1, 503), DEFERRED, "HTTP 503"),
         (lambda f, a: f.fail_graphql_next(1, 500), DEFERRED, "HTTP 500"),
         (lambda f, a: f.fail_graphql_next(1, 400), DEAD, "HTTP 400"),
     ],
-    ids=["unknown-user", "not-allowed", "scope-403", "rate-limited", "unavailable", "server-error", "bad-request"],
+    ids=[
+        "unknown-user",
+        "not-allowed",
+        "scope-403",
+        "graphql-unauthorized",
+        "rate-limited",
+        "unavailable",
+        "server-error",
+        "bad-request",
+    ],
 )
 def test_a_failed_mint_defers_or_dead_letters_and_never_acts_as_the_app(
     world: OfflineWorld,

@@ -102,7 +102,11 @@ def test_rejected_token_without_a_newer_one_defers_and_removes_exactly_it(local_
     local_world.enqueue(local_world.snapshot_request("5"))
     _, response = local_world.run_worker()
     assert len(response["batchItemFailures"]) == 1
-    assert boto3.client("dynamodb").scan(TableName=local_world.stack.physical["TokensTable"])["Items"] == []
+    items = boto3.client("dynamodb").scan(TableName=local_world.stack.physical["TokensTable"])["Items"]
+    # Only the refusal's record is left: the digest, so a re-delivery wakes nothing; never the token.
+    assert [item["sk"]["S"] for item in items] == ["REFUSED#SYSTEM"]
+    assert "token" not in items[0]
+    assert revoked not in str(items)
 
 
 def test_rate_limit_storm_defers_instead_of_failing(local_world: LocalWorld) -> None:

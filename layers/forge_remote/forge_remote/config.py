@@ -19,7 +19,10 @@ PRODUCTION_JWKS_URL = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
 DEFAULT_ALLOWED_API_HOSTS = ("api.atlassian.com",)
 DEFAULT_TOKEN_MIN_VALIDITY_S = 600
-DEFAULT_JOB_MAX_RECEIVES = 10  # the jobs queue's maxReceiveCount: about 2.5 h of waiting for a token
+DEFAULT_JOB_MAX_RECEIVES = 10  # attempts before the DLQ: about 2.5 h of waiting for a token
+# The jobs queue's maxReceiveCount: room above the attempts for receives that are not attempts
+# (wake-ups, restarts for invocation time), so that SQS never moves a job sooner than the worker would.
+DEFAULT_JOB_QUEUE_MAX_RECEIVES = 30
 # Offline user impersonation (partly preview at Atlassian): where the offlineUserAuthToken mutation is
 # sent, and the context id it names. Both are settings because Atlassian may still move them.
 DEFAULT_FORGE_GRAPHQL_URL = "https://api.atlassian.com/graphql"
@@ -102,9 +105,11 @@ class Settings:
     token_min_validity_s: int = DEFAULT_TOKEN_MIN_VALIDITY_S
     forge_graphql_url: str = DEFAULT_FORGE_GRAPHQL_URL
     offline_token_context_id: str = DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
-    # The jobs queue's maxReceiveCount: the worker dead-letters a job itself on its last receive, with
-    # the reason, instead of leaving SQS's redrive to move it there without one.
+    # Attempts (receives that ran the job) before the worker dead-letters it, with the reason, once the
+    # deferral schedule's time has passed too; and the queue's maxReceiveCount, the hard limit at which
+    # the worker dead-letters it itself instead of leaving SQS's redrive to move it without a reason.
     job_max_receives: int = DEFAULT_JOB_MAX_RECEIVES
+    job_queue_max_receives: int = DEFAULT_JOB_QUEUE_MAX_RECEIVES
 
     def required(self, name: str) -> str:
         """A setting only some functions need (``jobs_bus``, ``jobs_queue_url``, ``jobs_dlq_url``).
@@ -129,13 +134,12 @@ class Settings:
         if not 0 <= validity <= 4 * 3600:
             raise ConfigurationError("TOKEN_MIN_VALIDITY_S must be between 0 and 14400")
         jwks_url = jwks_url_setting(env.get("FORGE_JWKS_URL", "").strip() or PRODUCTION_JWKS_URL)
-        raw_receives = env.get("JOB_MAX_RECEIVES", "").strip()
-        try:
-            max_receives = int(raw_receives) if raw_receives else DEFAULT_JOB_MAX_RECEIVES
-        except ValueError as exc:
-            raise ConfigurationError("JOB_MAX_RECEIVES must be a whole number") from exc
-        if not 1 <= max_receives <= 1000:  # SQS's own bounds for maxReceiveCount
-            raise ConfigurationError("JOB_MAX_RECEIVES must be between 1 and 1000")
+        max_receives = _receive_count(env, "JOB_MAX_RECEIVES", DEFAULT_JOB_MAX_RECEIVES)
+        queue_max_receives = _receive_count(
+            env, "JOB_QUEUE_MAX_RECEIVES", max(DEFAULT_JOB_QUEUE_MAX_RECEIVES, max_receives)
+        )
+        if queue_max_receives < max_receives:
+            raise ConfigurationError("JOB_QUEUE_MAX_RECEIVES must be at least JOB_MAX_RECEIVES")
         return cls(
             app_ari=app_ari(_required(env, "FORGE_APP_ID")),
             tokens_table=_required(env, "TOKENS_TABLE"),
@@ -151,4 +155,16 @@ class Settings:
                 env.get("OFFLINE_TOKEN_CONTEXT_ID", "").strip() or DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
             ),
             job_max_receives=max_receives,
+            job_queue_max_receives=queue_max_receives,
         )
+
+
+def _receive_count(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    try:
+        value = int(raw) if raw else default
+    except ValueError as exc:
+        raise ConfigurationError(f"{name} must be a whole number") from exc
+    if not 1 <= value <= 1000:  # SQS's own bounds for maxReceiveCount
+        raise ConfigurationError(f"{name} must be between 1 and 1000")
+    return value

@@ -5,7 +5,8 @@ shares the partition ``pk = INST#<installationId>``, so that one query finds all
 
 - tokens table, ``sk = SYSTEM``: the app token; ``sk = USER#<accountId>``: a user's token delivered
   with a UI call (``tokens.py``); ``sk = OFFLINE#<accountId>``: an offline user token a job minted
-  (``offline_tokens.py``), kept apart from the UI's because its scopes differ;
+  (``offline_tokens.py``), kept apart from the UI's because its scopes differ; ``sk = REFUSED#SYSTEM``:
+  the digest of the last app token Confluence refused, so its re-delivery wakes no parked job;
 - app table, ``sk = INSTALLATION``: the registry item; ``sk = FIT#<jti>``: a FIT that acted on a
   destructive route (``installations.py``); ``sk = <KIND>#<key>``: a job result, e.g.
   ``SNAPSHOT#<pageId>#v<version>`` (``results.py``); ``sk = PARKED#<requestId>``: a job waiting for a
@@ -68,6 +69,10 @@ def offline_token_sk(account_id: str) -> str:
     return f"{OFFLINE_TOKEN_SK_PREFIX}{account_id}"
 
 
+# The digest (never the token) of the last app token a server refused (``TokenStore.invalidate``).
+REFUSED_TOKEN_SK = f"REFUSED#{SYSTEM_TOKEN_SK}"
+
+
 def token_sk(account_id: str | None) -> str:
     """The user's token if an account id is given, else the app (system) token."""
     return user_token_sk(account_id) if account_id else SYSTEM_TOKEN_SK
@@ -120,5 +125,6 @@ def last_run_sk(job: str) -> str:
     return f"{LAST_RUN_SK_PREFIX}{job}"
 
 
-# The personal data report's progress for an installation (which request, how many batches answered).
+# The personal data report's progress for an installation (which cycle, the digest of the last account
+# answered: a key, never a position; an answer whose erasure is pending).
 PRIVACY_REPORT_SK = "PRIVACY#REPORT"

@@ -219,9 +219,11 @@ class OfflineTokenMinter:
         ``extensions`` where Forge gives them, else by its message, else deferred."""
         codes, messages = _error_codes(errors), _messages(errors)
         reason = _forge_message(messages, secrets)
-        if codes & {"401", "UNAUTHENTICATED", "UNAUTHORIZED"}:
+        # Only authentication errors say the app token is bad. UNAUTHORIZED is authorisation: it may be
+        # about this one user, and removing the app token for it would strand every other job.
+        if codes & {"401", "UNAUTHENTICATED"}:
             return TokenRejected(401, token_sha256=token_sha256(secrets[0]), by="Forge GraphQL")
-        if codes & {"403", "FORBIDDEN"} or any(_PERMANENT_MESSAGE.search(m) for m in messages):
+        if codes & {"403", "FORBIDDEN", "UNAUTHORIZED"} or any(_PERMANENT_MESSAGE.search(m) for m in messages):
             return OfflineTokenRefused(f"Forge GraphQL refused the mint: {reason}")
         if codes & {"429", "RATE_LIMITED", "TOO_MANY_REQUESTS"}:
             return OfflineTokenUnavailable(f"Forge GraphQL rate limited: {reason}", RATE_LIMIT_DELAY_S)

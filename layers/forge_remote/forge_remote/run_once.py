@@ -58,9 +58,16 @@ class RunOnce:
         except _NotDone as not_done:
             return not_done.outcome
         except IdempotencyAlreadyInProgressError:
-            return Outcome(JobStatus.DEFERRED, "the same request is running in another invocation", IN_PROGRESS_RETRY_S)
+            return Outcome(
+                JobStatus.DEFERRED,
+                "the same request is running in another invocation",
+                IN_PROGRESS_RETRY_S,
+                attempted=False,
+            )
         except IdempotencyPersistenceLayerError:
-            return Outcome(JobStatus.DEFERRED, "the run-once store is unavailable", IN_PROGRESS_RETRY_S)
+            return Outcome(
+                JobStatus.DEFERRED, "the run-once store is unavailable", IN_PROGRESS_RETRY_S, attempted=False
+            )
         if ran:
             return ran[0]
         return Outcome(JobStatus.DONE, "already done: a repeated delivery", repeated=True)

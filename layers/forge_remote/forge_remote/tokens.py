@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from forge_remote import clock
 from forge_remote.batch_delete import delete_keys
 from forge_remote.errors import TokenUnavailable
-from forge_remote.keys import SYSTEM_TOKEN_SK, installation_pk, token_sk
+from forge_remote.keys import REFUSED_TOKEN_SK, SYSTEM_TOKEN_SK, installation_pk, token_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -277,19 +277,72 @@ class TokenStore:
     ) -> bool:
         """Remove exactly this token (rule 5). False if the store already holds another one."""
         sk = sk or token_sk(account_id)
+        digest = token_sha256(token)
+        delete: dict[str, Any] = {
+            "TableName": self.table_name,
+            "Key": self._key(installation_id, sk),
+            "ConditionExpression": "tokenSha256 = :digest",
+            "ExpressionAttributeValues": {":digest": {"S": digest}},
+        }
         self.write_count += 1
+        if sk != SYSTEM_TOKEN_SK:
+            try:
+                self._client.delete_item(**delete)
+            except self._client.exceptions.ConditionalCheckFailedException:
+                return False
+            return True
+        # The app token: its digest is kept with the removal (one transaction), so that a re-delivery of
+        # this very token is stored again but wakes no parked job (``wakes_jobs``).
+        now = clock.now()
+        expires_at, _ = token_expiry(token, now)
+        refusal = {
+            **self._key(installation_id, REFUSED_TOKEN_SK),
+            "tokenSha256": {"S": digest},
+            "refusedAt": {"N": f"{now:.3f}"},
+            "ttl": {"N": str(int(max(expires_at, now)) + TTL_GRACE_S)},
+        }
         try:
-            self._client.delete_item(
-                TableName=self.table_name,
-                Key=self._key(installation_id, sk),
-                ConditionExpression="tokenSha256 = :digest",
-                ExpressionAttributeValues={":digest": {"S": token_sha256(token)}},
+            self._client.transact_write_items(
+                TransactItems=[
+                    {"Delete": delete},  # type: ignore[typeddict-item]
+                    {"Put": {"TableName": self.table_name, "Item": refusal}},
+                ]
             )
-        except self._client.exceptions.ConditionalCheckFailedException:
-            return False
+        except self._client.exceptions.TransactionCanceledException as exc:
+            reasons = [r.get("Code") for r in exc.response.get("CancellationReasons", [])]
+            if reasons and reasons[0] == "ConditionalCheckFailed":
+                return False
+            raise
         # If Forge delivers this token again (it may have been refused only while the app user was being
         # provisioned), put_if_newer finds the store without it and stores it again.
         return True
+
+    def wakes_jobs(self, installation_id: str, min_validity_s: float) -> bool:
+        """Should the app token stored now wake this installation's parked jobs? Only if jobs can use it
+        (``usable``) and it is not the token a server last refused, delivered again: jobs waited for a
+        token, not for another try of the one refused (they retry it when their delay ends)."""
+        keys = [self._key(installation_id, SYSTEM_TOKEN_SK), self._key(installation_id, REFUSED_TOKEN_SK)]
+        request: dict[str, Any] = {
+            self.table_name: {
+                "Keys": keys,
+                "ProjectionExpression": "sk, tokenSha256, expiresAt",
+                "ConsistentRead": True,
+            }
+        }
+        items: list[dict[str, Any]] = []
+        for _ in range(8):
+            response = self._client.batch_get_item(RequestItems=request)
+            items += response.get("Responses", {}).get(self.table_name, [])
+            request = dict(response.get("UnprocessedKeys") or {})
+            if not request:
+                break
+        else:
+            raise RuntimeError("could not read the stored app token's state")
+        by_sk = {item["sk"]["S"]: item for item in items}
+        held, refused = by_sk.get(SYSTEM_TOKEN_SK), by_sk.get(REFUSED_TOKEN_SK)
+        if held is None or float(held["expiresAt"]["N"]) - clock.now() < min_validity_s:
+            return False
+        return refused is None or refused["tokenSha256"]["S"] != held["tokenSha256"]["S"]
 
     def states(self, installation_id: str, *, account_id: str | None = None) -> list[TokenState]:
         """Expiry of the app token and, if given, this user's token: for status pages, never the token."""

@@ -34,12 +34,43 @@ BASE_DEFER_S = 60
 MAX_DEFER_S = 1800
 
 
+JITTER = 0.1
+
+
+def _scheduled_delay(receive_count: int) -> float:
+    exponent = max(0, min(receive_count - 1, 16))
+    return float(min(BASE_DEFER_S * 2**exponent, MAX_DEFER_S))
+
+
 def deferral_delay(receive_count: int, *, at_least: float = 0, rng: random.Random | None = None) -> int:
     """Seconds until the next attempt: doubling from a minute, capped at 30 minutes, jittered ±10%."""
-    exponent = max(0, min(receive_count - 1, 16))
-    delay = max(float(min(BASE_DEFER_S * 2**exponent, MAX_DEFER_S)), min(at_least, MAX_DEFER_S))
-    jitter = (rng or random).uniform(0.9, 1.1)
+    delay = max(_scheduled_delay(receive_count), min(at_least, MAX_DEFER_S))
+    jitter = (rng or random).uniform(1 - JITTER, 1 + JITTER)
     return int(min(delay * jitter, 43200))  # SQS caps visibility timeouts at 12 h
+
+
+def deferral_schedule_s(max_attempts: int) -> float:
+    """The shortest time the deferral schedule takes to reach ``max_attempts`` attempts (every delay at
+    its lowest jitter): a job is never given up on sooner, however often it was received."""
+    return sum(_scheduled_delay(n) for n in range(1, max_attempts)) * (1 - JITTER)
+
+
+def gives_up(
+    *, receive_count: int, waited_s: float | None, max_attempts: int, queue_max_receives: int, attempted: bool
+) -> bool:
+    """Should a deferred job go to the DLQ now, with its reason?
+
+    After ``max_attempts`` receives, and only once the deferral schedule's time has passed since its
+    first receive (``waited_s``; None if unknown: the count alone decides): receives that came sooner
+    than the schedule (wake-ups, restarts) do not shorten it. A receive that ran nothing (``attempted``
+    False: too little invocation time, the same request busy elsewhere) never gives up, except at
+    the queue's own limit, where SQS would move the message on the next receive without a word.
+    """
+    if receive_count >= queue_max_receives:
+        return True
+    if not attempted or receive_count < max_attempts:
+        return False
+    return waited_s is None or waited_s >= deferral_schedule_s(max_attempts)
 
 
 class JobStatus(enum.StrEnum):
@@ -58,6 +89,9 @@ class Outcome:
     # Deferred because no usable app token is stored: the next token delivery can wake it (parking.py).
     waiting_for_token: bool = False
     repeated: bool = False  # done before: a repeated delivery, acknowledged without running (run_once.py)
+    # False: nothing was tried (too little invocation time, the request busy elsewhere): not an attempt
+    # that counts towards giving up.
+    attempted: bool = True
 
 
 @dataclass
@@ -208,10 +242,10 @@ class JobRunner:
             remaining_ms=remaining_ms,
         )
 
-    def token_usable(self, installation_id: str) -> bool:
-        """Is an app token valid for the job minimum stored now? (A job parked a moment ago may have
-        missed the delivery that stored it.)"""
-        return self.tokens.usable(installation_id, self.min_validity_s)
+    def token_wakes_jobs(self, installation_id: str) -> bool:
+        """Is an app token stored now that should wake a job parked a moment ago (it may have missed the
+        delivery that stored it)? Valid for the job minimum, and not the token last refused."""
+        return self.tokens.wakes_jobs(installation_id, self.min_validity_s)
 
     @staticmethod
     def _defer(receive_count: int, reason: str, *, at_least: float = 0, waiting_for_token: bool = False) -> Outcome:
