@@ -75,14 +75,20 @@ def stack(forge: ForgeEmulator) -> Iterator[LocalStack]:
 def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
     """Give moto DynamoDB's per-request atomicity under threads.
 
-    DynamoDB evaluates a condition and applies the write atomically; in-process moto checks and then
-    writes without a lock, so two racing threads can both pass a condition. Serialising DynamoDB calls
-    keeps every interleaving of *requests* possible while restoring the atomicity of each one.
+    DynamoDB evaluates a condition and applies the write atomically; moto checks and then writes
+    without a lock, so two racing threads can both pass a condition, and a failed transaction restores
+    a copy of the table taken when it began, losing a write made meanwhile. Serialising DynamoDB
+    requests keeps every interleaving of *requests* possible while restoring the atomicity of each
+    one. The lock is taken twice: around each client call, and around each operation of moto's
+    DynamoDB backend, which is what every path reaches (a client lock alone was seen to let a
+    rollback through in the full suite). It is re-entrant: a transaction calls the backend's own
+    put and update.
     """
     from botocore.client import BaseClient
+    from moto.dynamodb.models import DynamoDBBackend
 
     original = BaseClient._make_api_call
-    lock = threading.Lock()
+    lock = threading.RLock()
 
     def make_api_call(self: BaseClient, operation_name: str, api_params: dict[str, Any]) -> Any:
         if self.meta.service_model.service_name != "dynamodb":
@@ -91,6 +97,28 @@ def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
             return original(self, operation_name, api_params)
 
     monkeypatch.setattr(BaseClient, "_make_api_call", make_api_call)
+    for name in _BACKEND_OPERATIONS:
+        operation = getattr(DynamoDBBackend, name)
+
+        def locked(self: Any, *args: Any, _operation: Any = operation, **kwargs: Any) -> Any:
+            with lock:
+                return _operation(self, *args, **kwargs)
+
+        monkeypatch.setattr(DynamoDBBackend, name, locked)
+
+
+_BACKEND_OPERATIONS = (
+    "get_item",
+    "put_item",
+    "update_item",
+    "delete_item",
+    "query",
+    "scan",
+    "batch_get_item",
+    "batch_write_item",
+    "transact_get_items",
+    "transact_write_items",
+)
 
 
 @pytest.fixture
