@@ -24,6 +24,7 @@ import jwt
 import pytest
 
 from forge_remote import aws
+from forge_remote.http_api import lower_headers
 from forge_remote.installations import InstallationRegistry
 from forge_remote.keys import INSTALLATION_SK, SYSTEM_TOKEN_SK
 from forge_remote.tokens import TokenStore
@@ -95,6 +96,16 @@ def keepalive(module: ModuleType, forge: ForgeEmulator, site: Site, token: str, 
     return int(invoke(module, event("POST", "/forge/keepalive", headers, {}))["statusCode"])
 
 
+def keepalive_capture(module: ModuleType, forge: ForgeEmulator, site: Site, token: str, ledger: Ledger) -> str:
+    """What the keepalive route does with a delivery, below Powertools' resolver: the container's own
+    FIT verifier, then its token capture. Threads cannot share a resolver call here: Powertools keeps
+    the event being handled on its ``BaseRouter`` class, one per process, and Lambda runs one
+    invocation per process, so a thread standing in for a container would read another's headers."""
+    headers = ledger.headers(forge.headers(site, system_token=token))
+    call = module.wiring.verifier.verify(lower_headers({"headers": headers}))
+    return str(module.wiring.capture_tokens(call, delivered_by="keepalive")["system"])
+
+
 def test_concurrent_keepalives_never_step_back_and_leave_the_newest_token(
     stack: LocalStack, forge: ForgeEmulator, ledger: Ledger
 ) -> None:
@@ -105,14 +116,15 @@ def test_concurrent_keepalives_never_step_back_and_leave_the_newest_token(
     tokens += random.Random(12).sample(tokens, 12)  # Forge re-delivers tokens it cached
     newest = max(tokens, key=exp_of)
     fleet = [container(stack, "ForgeTriggersFunction") for _ in range(6)]
-    statuses: list[int] = []
     observed: list[float] = []
     done = threading.Event()
     reader = TokenStore(aws.dynamodb(), stack.physical["TokensTable"])
 
+    outcomes: list[str] = []
+
     def sender(module: ModuleType, mine: list[str]) -> Callable[[], None]:
         def run() -> None:
-            statuses.extend(keepalive(module, forge, site, token, ledger) for token in mine)
+            outcomes.extend(keepalive_capture(module, forge, site, token, ledger) for token in mine)
 
         return run
 
@@ -129,7 +141,9 @@ def test_concurrent_keepalives_never_step_back_and_leave_the_newest_token(
         done.set()
         watcher.join()
     ledger.tried += len(tokens)
-    assert statuses == [204] * len(tokens)
+    assert len(outcomes) == len(tokens)
+    assert set(outcomes) <= {"stored", "not_newer", "already_stored"}, outcomes
+    assert outcomes.count("stored") >= 1
     assert observed == sorted(observed), "the stored token went back in time"
     assert stored_tokens(stack, site.installation_id) == {SYSTEM_TOKEN_SK: newest}
 
