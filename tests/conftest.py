@@ -79,10 +79,9 @@ def atomic_dynamodb(monkeypatch: pytest.MonkeyPatch) -> None:
     without a lock, so two racing threads can both pass a condition, and a failed transaction restores
     a copy of the table taken when it began, losing a write made meanwhile. Serialising DynamoDB
     requests keeps every interleaving of *requests* possible while restoring the atomicity of each
-    one. The lock is taken twice: around each client call, and around each operation of moto's
-    DynamoDB backend, which is what every path reaches (a client lock alone was seen to let a
-    rollback through in the full suite). It is re-entrant: a transaction calls the backend's own
-    put and update.
+    one. The lock is taken around each client call and, as well, around each operation of moto's
+    DynamoDB backend, which any other path (a moto server thread) reaches too. It is re-entrant: a
+    transaction calls the backend's own put and update.
     """
     from botocore.client import BaseClient
     from moto.dynamodb.models import DynamoDBBackend
