@@ -258,19 +258,23 @@ class TokenStore:
         count = 0
         for start in range(0, len(installation_ids), BATCH_GET_KEYS):
             keys = [self._key(i, SYSTEM_TOKEN_SK) for i in installation_ids[start : start + BATCH_GET_KEYS]]
-            request: dict[str, Any] = {
-                self.table_name: {"Keys": keys, "ProjectionExpression": "expiresAt", "ConsistentRead": True}
-            }
-            for _ in range(8):
-                response = self._client.batch_get_item(RequestItems=request)
-                items = response.get("Responses", {}).get(self.table_name, [])
-                count += sum(float(item["expiresAt"]["N"]) - now >= min_validity_s for item in items)
-                request = dict(response.get("UnprocessedKeys") or {})
-                if not request:
-                    break
-            else:
-                raise RuntimeError(f"could not read {len(request[self.table_name]['Keys'])} token expiries")
+            items = self._batch_get(keys, "expiresAt", "token expiries")
+            count += sum(float(item["expiresAt"]["N"]) - now >= min_validity_s for item in items)
         return count
+
+    def _batch_get(self, keys: list[dict[str, Any]], projection: str, what: str) -> list[dict[str, Any]]:
+        """Up to 100 items by key, read consistently; unprocessed keys are asked again (8 rounds at most)."""
+        request: dict[str, Any] = {
+            self.table_name: {"Keys": keys, "ProjectionExpression": projection, "ConsistentRead": True}
+        }
+        items: list[dict[str, Any]] = []
+        for _ in range(8):
+            response = self._client.batch_get_item(RequestItems=request)
+            items += response.get("Responses", {}).get(self.table_name, [])
+            request = dict(response.get("UnprocessedKeys") or {})
+            if not request:
+                return items
+        raise RuntimeError(f"could not read {len(request[self.table_name]['Keys'])} {what}")
 
     def invalidate(
         self, installation_id: str, token: str, *, account_id: str | None = None, sk: str | None = None
@@ -322,22 +326,7 @@ class TokenStore:
         (``usable``) and it is not the token a server last refused, delivered again: jobs waited for a
         token, not for another try of the one refused (they retry it when their delay ends)."""
         keys = [self._key(installation_id, SYSTEM_TOKEN_SK), self._key(installation_id, REFUSED_TOKEN_SK)]
-        request: dict[str, Any] = {
-            self.table_name: {
-                "Keys": keys,
-                "ProjectionExpression": "sk, tokenSha256, expiresAt",
-                "ConsistentRead": True,
-            }
-        }
-        items: list[dict[str, Any]] = []
-        for _ in range(8):
-            response = self._client.batch_get_item(RequestItems=request)
-            items += response.get("Responses", {}).get(self.table_name, [])
-            request = dict(response.get("UnprocessedKeys") or {})
-            if not request:
-                break
-        else:
-            raise RuntimeError("could not read the stored app token's state")
+        items = self._batch_get(keys, "sk, tokenSha256, expiresAt", "app token states")
         by_sk = {item["sk"]["S"]: item for item in items}
         held, refused = by_sk.get(SYSTEM_TOKEN_SK), by_sk.get(REFUSED_TOKEN_SK)
         if held is None or float(held["expiresAt"]["N"]) - clock.now() < min_validity_s:

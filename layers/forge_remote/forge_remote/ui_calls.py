@@ -161,12 +161,7 @@ class Accepts:
             if name in given:  # API Gateway would join them with a comma: refuse rather than guess
                 raise MalformedEvent(f"query parameter {_quoted(name)} is given more than once")
             given[name] = value
-        declared = {f.name: f for f in self.query}
-        unknown = sorted(set(given) - set(declared))
-        if unknown:
-            takes = ", ".join(declared) or "none"
-            raise MalformedEvent(f"unknown query parameter {_quoted(unknown[0])} (this route takes: {takes})")
-        return {f.name: f.parse(given[f.name]) if f.name in given else f.missing() for f in self.query}
+        return _declared_values(self.query, given, "query parameter")
 
     def _body(self, raw_event: Mapping[str, Any]) -> dict[str, Any]:
         raw = decode_body(raw_event.get("body"), raw_event.get("isBase64Encoded") is True)
@@ -176,13 +171,17 @@ class Accepts:
             return {}
         if len(raw) > self.max_body_bytes:
             raise MalformedEvent(f"body larger than {self.max_body_bytes} bytes")
-        document = json_object(raw, strict=True)
-        declared = {f.name: f for f in self.body}
-        unknown = sorted(set(document) - set(declared))
-        if unknown:
-            takes = ", ".join(declared) or "none"
-            raise MalformedEvent(f"unknown body field {_quoted(unknown[0])} (this route takes: {takes})")
-        return {f.name: f.parse(document[f.name]) if f.name in document else f.missing() for f in self.body}
+        return _declared_values(self.body, json_object(raw, strict=True), "body field")
+
+
+def _declared_values(fields: Sequence[InputField[Any]], given: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """Each declared field parsed from ``given`` (or its default); a name not declared is refused."""
+    declared = {f.name: f for f in fields}
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        takes = ", ".join(declared) or "none"
+        raise MalformedEvent(f"unknown {what} {_quoted(unknown[0])} (this route takes: {takes})")
+    return {f.name: f.parse(given[f.name]) if f.name in given else f.missing() for f in fields}
 
 
 NOTHING = Accepts()  # what a route that declares nothing takes
