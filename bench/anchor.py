@@ -197,7 +197,7 @@ class Day:
         import boto3
 
         from forge_remote import aws
-        from forge_remote.tokens import TokenStore
+        from forge_remote.tokens.store import TokenStore
 
         self.forge, self.scenario, self.day_start = forge, scenario, day_start
         self.site = forge.site()

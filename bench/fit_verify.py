@@ -35,7 +35,7 @@ def breakdown(fit: str, public_key: Any, audience: str, calls: int, blocks: int)
     import jwt
     from jwt.api_jws import PyJWS
 
-    from forge_remote.fit import ALGORITHM, FIT_ISSUER
+    from forge_remote.forge.invocations import ALGORITHM, FIT_ISSUER
 
     segments = [s.encode() for s in fit.split(".")]
     check: Callable[[bytes, str], bytes] | None = getattr(PyJWS, "_decode_base64url_segment", None)
@@ -70,8 +70,8 @@ def run(quick: bool = False) -> Section:
     from cryptography.hazmat.primitives.asymmetric.padding import PKCS1v15
     from cryptography.hazmat.primitives.hashes import SHA256
 
-    from forge_remote.fit import FitVerifier
-    from forge_remote.jwks import JwksCache
+    from forge_remote.forge.invocations import FitVerifier
+    from forge_remote.forge.signing_keys import JwksCache
     from local.forge_emulator import ForgeEmulator
 
     section = Section("FIT verification")

@@ -77,7 +77,7 @@ def ours(
 ) -> dict[str, Any]:
     """The jobs through the real runner, ``spread_s`` of stack clock apart in all; mints counted by Forge."""
     from forge_remote import clock
-    from forge_remote.jobs import JobRequest
+    from forge_remote.jobs.contract import JobRequest
     from local.forge_emulator import Site, new_installation_id
 
     site = Site(new_installation_id(), confluence.cloud_id, confluence.api_base_url, "https://bench.example")
@@ -107,7 +107,7 @@ def naive(forge: Any, confluence: Any, users: list[str], context_id: str) -> dic
     """Mint per job: the same 1,000 jobs, each minting its own token before its one search."""
     import requests
 
-    from forge_remote.offline_tokens import OfflineTokenMinter
+    from forge_remote.tokens.offline import OfflineTokenMinter
 
     forge.reset_graphql()
     app_token = forge.app_token(lifetime_s=3 * 3600)

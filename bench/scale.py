@@ -1,6 +1,6 @@
 """Part 5, scale: scheduling 10,000 installations, and the worker's throughput.
 
-Scheduling: ``forge_remote.scheduling.schedule_for_all`` pages the installations from the app table's
+Scheduling: ``forge_remote.jobs.scheduling.schedule_for_all`` pages the installations from the app table's
 ``ActiveInstallations`` GSI, really, in moto, which runs as its own ``moto_server`` process on 127.0.0.1
 so that this process's time and memory are the scheduler's alone. Job requests go to a recording
 EventBridge stand-in (calls and entries counted): moto's own EventBridge -> SQS delivery costs
@@ -87,7 +87,7 @@ class MotoProcess:
 
 def register(client: Any, table: str, count: int) -> list[str]:
     """Active installation items, as the registry writes them (the GSI keys), in batches of 25."""
-    from forge_remote.keys import ACTIVE_PK, INSTALLATION_SK, installation_pk
+    from forge_remote.storage.table_keys import ACTIVE_PK, INSTALLATION_SK, installation_pk
 
     ids = [f"ari:cloud:ecosystem::installation/{uuid.uuid4()}" for _ in range(count)]
     for start in range(0, count, 25):
@@ -147,8 +147,8 @@ class Scheduling:
 def run_scheduling(quick: bool, section: Section) -> None:
     import boto3
 
-    from forge_remote.installations import InstallationRegistry
-    from forge_remote.scheduling import schedule_for_all
+    from forge_remote.jobs.scheduling import schedule_for_all
+    from forge_remote.storage.installations import InstallationRegistry
     from local.forge_emulator import DEFAULT_APP_ID
     from local.stack import LocalStack
 

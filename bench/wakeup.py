@@ -187,7 +187,7 @@ class LullDay:
         return True
 
     def run_worker(self) -> None:
-        from forge_remote.jobs import JobRequest
+        from forge_remote.jobs.contract import JobRequest
         from local.lambda_context import LocalLambdaContext
 
         records = self.queue.receive()
@@ -199,7 +199,7 @@ class LullDay:
             self.done.setdefault(JobRequest.from_message_body(body).request_id, self.now())
 
     def request_job(self) -> None:
-        from forge_remote.jobs import JobRequest
+        from forge_remote.jobs.contract import JobRequest
 
         request = JobRequest(job=JOB, installation_id=self.site.installation_id)
         self.requested[request.request_id] = self.now()

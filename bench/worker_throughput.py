@@ -99,7 +99,7 @@ def install(stack: Any, forge: Any, site: Any) -> None:
 
 def job_bodies(confluence: Any, installation_id: str, pages_per_space: int, snapshots: int, digests: int) -> list[str]:
     """Spaces and pages in the emulator, and the job requests (EventBridge envelopes) to run on them."""
-    from forge_remote.jobs import JobRequest
+    from forge_remote.jobs.contract import JobRequest
 
     rng = random.Random(7)
     recent = datetime.now(UTC) - timedelta(hours=2)

@@ -10,7 +10,7 @@ Fields, operators and keywords follow Atlassian's CQL pages (developer.atlassian
     clause  := field op value | field [NOT] IN "(" value ("," value)* ")"
     value   := "quoted" | 'quoted' | bare-word | currentUser()
 
-Quoted values take a backslash escape for any character, which is what ``forge_remote.cql.quote``
+Quoted values take a backslash escape for any character, which is what ``forge_remote.confluence.cql.quote``
 emits (``\\\\`` for ``\\``, ``\\"`` for ``"``) and what the operators page shows
 (``title = "\\"Advanced Searching\\""``). Keywords and field names are case-insensitive.
 

@@ -172,7 +172,7 @@ class Story:
 
     def _parked_retry_at(self) -> list[float]:
         """When the deferral delay of each parked job of the site would bring it back by itself."""
-        from forge_remote.keys import PARKED_SK_PREFIX, installation_pk
+        from forge_remote.storage.table_keys import PARKED_SK_PREFIX, installation_pk
 
         items = boto3.client("dynamodb").query(
             TableName=self.rt.stack.physical["AppTable"],
@@ -185,7 +185,7 @@ class Story:
         return [float(item["retryAt"]["N"]) for item in items]
 
     def _waiting_for_token(self) -> int:
-        from forge_remote.parking import ParkingLot
+        from forge_remote.jobs.parking import ParkingLot
 
         return ParkingLot(boto3.client("dynamodb"), self.rt.stack.physical["AppTable"]).waiting(
             self.site.installation_id
@@ -196,7 +196,7 @@ class Story:
         GraphQL gateway), so a space only Bob may open stays out of her digest; the next job reuses it."""
         import boto3
 
-        from forge_remote.jobs import JobRequest, put_job_requests
+        from forge_remote.jobs.contract import JobRequest, put_job_requests
 
         alice, bob = "557058:demo-alice", "557058:demo-bob"
         self.rt.confluence.add_space("SEC", "Security")
@@ -228,7 +228,7 @@ class Story:
         everything the backend kept of her goes (her cached user token, her digest)."""
         import boto3
 
-        from forge_remote.jobs import JobRequest, put_job_requests
+        from forge_remote.jobs.contract import JobRequest, put_job_requests
 
         alice = "557058:demo-alice"
         self.rt.confluence.close_account(alice)

@@ -34,8 +34,8 @@ from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
-from forge_remote.jobs import JobRequest, put_job_requests  # noqa: E402
-from forge_remote.results import ResultStore  # noqa: E402
+from forge_remote.jobs.contract import JobRequest, put_job_requests  # noqa: E402
+from forge_remote.storage.results import ResultStore  # noqa: E402
 from local.forge_emulator import ForgeEmulator, SigningKey, Site  # noqa: E402
 from local.job_outcomes import JobOutcome, OutcomeJournal  # noqa: E402
 

@@ -20,8 +20,8 @@ from types import ModuleType
 from typing import Any
 
 from forge_remote import clock
-from forge_remote.jobs import JobRequest
-from forge_remote.worker import JobRunner, Outcome
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.jobs.runner import JobRunner, Outcome
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ class JobOutcome:
     request_id: str
     job: str
     installation_id: str
-    status: str  # "done" | "deferred" | "dead" | "discarded", as in forge_remote.worker.Outcome
+    status: str  # "done" | "deferred" | "dead" | "discarded", as in forge_remote.jobs.runner.Outcome
     reason: str = ""
     delay_s: int = 0
     summary: dict[str, Any] = field(default_factory=dict)

@@ -24,7 +24,7 @@ import requests
 
 from forge_remote import clock
 from forge_remote.config import PRODUCTION_JWKS_URL
-from forge_remote.keys import installation_pk
+from forge_remote.storage.table_keys import installation_pk
 from local.cfn_yaml import http_routes
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import DEFAULT_APP_ID, ForgeEmulator, Site, new_installation_id
@@ -297,7 +297,7 @@ class LocalRuntime:
 
     def results(self, installation_id: str, kind: str) -> list[dict[str, Any]]:
         """Job results the worker stored for an installation (e.g. kind ``SNAPSHOT``)."""
-        from forge_remote.results import ResultStore
+        from forge_remote.storage.results import ResultStore
 
         return ResultStore(boto3.client("dynamodb"), self.stack.physical["AppTable"]).list(installation_id, kind)
 

@@ -24,8 +24,8 @@ import boto3
 from moto import mock_aws
 
 from forge_remote import aws
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import installation_pk, result_sk_prefix
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.storage.table_keys import installation_pk, result_sk_prefix
 from local.apigw import http_api_event
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site

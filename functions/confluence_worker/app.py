@@ -22,15 +22,15 @@ from confluence_jobs import registry
 from forge_remote import aws, clock
 from forge_remote.config import Settings
 from forge_remote.errors import BadJobRequest, JobDeferred
-from forge_remote.installations import InstallationRegistry
-from forge_remote.job_activity import JobActivity
-from forge_remote.jobs import JobRequest
-from forge_remote.logs import publishing_recorded_metrics, use_function_logger
-from forge_remote.parking import ParkingLot, wake_parked
-from forge_remote.results import ResultStore
-from forge_remote.run_once import RunOnce
-from forge_remote.tokens import TokenStore
-from forge_remote.worker import JobRunner, JobStatus, Outcome, gives_up
+from forge_remote.jobs.activity import JobActivity
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.jobs.parking import ParkingLot, wake_parked
+from forge_remote.jobs.run_once import RunOnce
+from forge_remote.jobs.runner import JobRunner, JobStatus, Outcome, gives_up
+from forge_remote.storage.installations import InstallationRegistry
+from forge_remote.storage.results import ResultStore
+from forge_remote.telemetry.logs import publishing_recorded_metrics, use_function_logger
+from forge_remote.tokens.store import TokenStore
 
 logger = Logger()
 use_function_logger(logger)

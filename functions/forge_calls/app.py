@@ -15,10 +15,10 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from ui_routes import ROUTERS
 
-from forge_remote.http_api import register_error_handlers, require_fit
-from forge_remote.http_wiring import HttpWiring
-from forge_remote.logs import use_function_logger
-from forge_remote.ui_calls import provide_ui_call
+from forge_remote.inbound.api import register_error_handlers, require_fit
+from forge_remote.inbound.ui_calls import provide_ui_call
+from forge_remote.inbound.wiring import HttpWiring
+from forge_remote.telemetry.logs import use_function_logger
 
 logger = Logger()
 use_function_logger(logger)

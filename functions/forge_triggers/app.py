@@ -15,13 +15,13 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forge_remote import aws
-from forge_remote.cleanup import InstallationCleanup, retention_days_setting
-from forge_remote.events_intake import EventIntake
-from forge_remote.fit import Invocation
-from forge_remote.http_api import invocation, register_error_handlers, require_fit
-from forge_remote.http_wiring import HttpWiring
-from forge_remote.logs import publishing_recorded_metrics, use_function_logger
-from forge_remote.payloads import LIFECYCLE_EVENTS, decode_body, json_object, parse_event
+from forge_remote.forge.invocations import Invocation
+from forge_remote.forge.payloads import LIFECYCLE_EVENTS, decode_body, json_object, parse_event
+from forge_remote.inbound.api import invocation, register_error_handlers, require_fit
+from forge_remote.inbound.wiring import HttpWiring
+from forge_remote.jobs.intake import EventIntake
+from forge_remote.lifecycle.cleanup import InstallationCleanup, retention_days_setting
+from forge_remote.telemetry.logs import publishing_recorded_metrics, use_function_logger
 
 logger = Logger()
 use_function_logger(logger)

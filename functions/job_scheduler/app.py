@@ -5,7 +5,7 @@ requests on the jobs bus ten at a time. The schedule's input names the job and i
 ``{"job": "space-digest", "args": {...}}``.
 
 ``{"task": "cleanup-sweep"}`` instead finishes the data cleanup of uninstalled installations that an
-uninstall call could not finish in its own time (the index's ``CLEANUP`` partition, see ``cleanup.py``),
+uninstall call could not finish in its own time (the index's ``CLEANUP`` partition, see ``lifecycle/cleanup.py``),
 as long as this invocation's time allows; what is left waits for the next sweep.
 
 ``{"task": "token-census"}`` counts the active installations and those holding an app token a job could
@@ -22,12 +22,12 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forge_remote import aws
-from forge_remote.cleanup import InstallationCleanup, retention_days_setting
 from forge_remote.config import Settings
-from forge_remote.installations import InstallationRegistry
-from forge_remote.logs import use_function_logger
-from forge_remote.scheduling import schedule_for_all
-from forge_remote.tokens import TokenStore
+from forge_remote.jobs.scheduling import schedule_for_all
+from forge_remote.lifecycle.cleanup import InstallationCleanup, retention_days_setting
+from forge_remote.storage.installations import InstallationRegistry
+from forge_remote.telemetry.logs import use_function_logger
+from forge_remote.tokens.store import TokenStore
 
 logger = Logger()
 use_function_logger(logger)

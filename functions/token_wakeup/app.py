@@ -4,7 +4,7 @@ Fed by the tokens table's stream (keys only: no token ever leaves the table this
 the event source mapping to inserts and replacements of app-token items (``sk = SYSTEM``). For each
 installation it checks that the stored token is usable by jobs and is not the one Confluence last
 refused (re-delivered: the jobs retry it when their own delay ends), then makes every parked job's
-message visible at once (``forge_remote.parking``). Jobs that cannot be woken keep their delay: the
+message visible at once (``forge_remote.jobs.parking``). Jobs that cannot be woken keep their delay: the
 queue brings them back anyway, so a failure here delays a job, it never loses one.
 """
 
@@ -20,10 +20,10 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from forge_remote import aws
 from forge_remote.config import Settings
-from forge_remote.keys import INSTALLATION_PK_PREFIX
-from forge_remote.logs import publishing_recorded_metrics, use_function_logger
-from forge_remote.parking import ParkingLot, wake_parked
-from forge_remote.tokens import TokenStore
+from forge_remote.jobs.parking import ParkingLot, wake_parked
+from forge_remote.storage.table_keys import INSTALLATION_PK_PREFIX
+from forge_remote.telemetry.logs import publishing_recorded_metrics, use_function_logger
+from forge_remote.tokens.store import TokenStore
 
 logger = Logger()
 use_function_logger(logger)

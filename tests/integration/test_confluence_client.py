@@ -19,15 +19,15 @@ import responses
 from openapi_core import OpenAPI
 
 from forge_remote import clock
-from forge_remote import confluence as confluence_module
-from forge_remote.confluence import (
+from forge_remote.confluence import client as confluence_module
+from forge_remote.confluence.client import (
     ConfluenceClient,
     error_message,
     ratelimit_reset_s,
     retry_after_s,
     shared_session,
 )
-from forge_remote.cql import and_, field_eq, field_in, id_eq
+from forge_remote.confluence.cql import and_, field_eq, field_in, id_eq
 from forge_remote.errors import (
     ConfluenceError,
     ConfluenceUnavailable,
@@ -625,10 +625,10 @@ def test_no_token_in_any_error_or_log_record(
 def test_log_records_carry_status_trace_and_rate_limit_headers_but_no_query(
     confluence: ConfluenceEmulator, token: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="forge_remote.confluence")
+    caplog.set_level(logging.INFO, logger="forge_remote.confluence.client")
     confluence.fail_next(1, 429, retry_after="1", ratelimit_reset="2026-03-01T12:00:00Z")
     search_all(connect(confluence.api_base_url, token))
-    exchanges = [r for r in caplog.records if r.name == "forge_remote.confluence" and hasattr(r, "confluence")]
+    exchanges = [r for r in caplog.records if r.name == "forge_remote.confluence.client" and hasattr(r, "confluence")]
     assert [r.confluence["status"] for r in exchanges] == [429, 200]
     limited = exchanges[0].confluence
     assert limited["method"] == "GET"
@@ -643,7 +643,7 @@ def test_log_records_carry_status_trace_and_rate_limit_headers_but_no_query(
         "RateLimit-Reason": "confluence-quota-global-based",
     }
     assert exchanges[0].levelno == logging.WARNING
-    ours = [r.getMessage() for r in caplog.records if r.name == "forge_remote.confluence"]
+    ours = [r.getMessage() for r in caplog.records if r.name == "forge_remote.confluence.client"]
     assert ours
     assert all("cql" not in message and "?" not in message for message in ours)
 

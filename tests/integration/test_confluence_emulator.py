@@ -17,7 +17,7 @@ from openapi_core.validation.request.exceptions import MissingRequiredParameter
 from openapi_core.validation.response.exceptions import InvalidData
 
 from forge_remote import clock
-from forge_remote.cql import and_, date_gte, field_eq, field_in, id_eq
+from forge_remote.confluence.cql import and_, date_gte, field_eq, field_in, id_eq
 from local.confluence_emulator import ConfluenceEmulator, CqlError, parse_cql
 from tests.confluence_contract import check_exchange, load_openapi, make_token, spec_request
 

@@ -5,7 +5,7 @@ out of a small site where ignoring the operator would return more (or other) pag
 precedence, IN/NOT IN, ORDER BY both ways across cursor pages, the builder's escaping, and the 400
 Confluence gives for CQL it cannot run. Users: a restricted space is invisible to other users and
 visible to the allowed user and the app; ``user/current`` for an administrator, a user and the app,
-validated against Atlassian's OpenAPI description. Queries are built with ``forge_remote.cql`` and sent
+validated against Atlassian's OpenAPI description. Queries are built with ``forge_remote.confluence.cql`` and sent
 through ``ConfluenceClient`` wherever they can be; raw CQL (syntax the builder cannot express, and
 broken CQL) goes through plain ``requests``.
 """
@@ -20,8 +20,20 @@ from datetime import UTC, date, datetime
 import pytest
 import requests
 
-from forge_remote.confluence import ConfluenceClient
-from forge_remote.cql import Cql, and_, contains, date_gte, date_lt, field_eq, field_in, field_ne, id_eq, not_, or_
+from forge_remote.confluence.client import ConfluenceClient
+from forge_remote.confluence.cql import (
+    Cql,
+    and_,
+    contains,
+    date_gte,
+    date_lt,
+    field_eq,
+    field_in,
+    field_ne,
+    id_eq,
+    not_,
+    or_,
+)
 from forge_remote.errors import ConfluenceError, NotFound
 from local.confluence_emulator import AUTHOR_ID, ConfluenceEmulator
 from local.cql_eval import CqlError, parse_cql

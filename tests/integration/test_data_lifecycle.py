@@ -22,11 +22,11 @@ import pytest
 from botocore.exceptions import ClientError
 
 from forge_remote import clock
-from forge_remote.cleanup import DAY_S, PAGE_SIZE
-from forge_remote.installations import TOMBSTONE_GRACE_S
-from forge_remote.keys import installation_pk, offline_token_sk
-from forge_remote.results import ResultStore
-from forge_remote.tokens import TokenStore
+from forge_remote.lifecycle.cleanup import DAY_S, PAGE_SIZE
+from forge_remote.storage.installations import TOMBSTONE_GRACE_S
+from forge_remote.storage.results import ResultStore
+from forge_remote.storage.table_keys import installation_pk, offline_token_sk
+from forge_remote.tokens.store import TokenStore
 from local.apigw import http_api_event
 from local.lambda_context import LocalLambdaContext
 from tests.support import Gateway, LocalWorld, body_of

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 
 from forge_remote.config import app_ari
 from forge_remote.errors import InvalidInvocation
-from forge_remote.fit import FitVerifier
-from forge_remote.jwks import JwksCache
+from forge_remote.forge.invocations import FitVerifier
+from forge_remote.forge.signing_keys import JwksCache
 from local.forge_emulator import ForgeEmulator, SigningKey, Site, _rsa_key
 
 

@@ -362,7 +362,7 @@ def test_remote_base_url_is_an_https_origin_like_the_stack_output(manifest: dict
     assert stack_url.path in ("", "/"), "RemoteBaseUrl has a path: paste would silently drop it"
 
 
-# -- the call-kind binding (forge_remote.call_kinds) agrees with the manifest
+# -- the call-kind binding (forge_remote.forge.call_kinds) agrees with the manifest
 def _modules_calling(manifest: dict[str, Any]) -> dict[str, set[str]]:
     """Route path -> the keys of the endpoint serving it and of every module that invokes that endpoint."""
     endpoints = _endpoints(manifest)
@@ -380,7 +380,7 @@ def _modules_calling(manifest: dict[str, Any]) -> dict[str, set[str]]:
 
 
 def test_trigger_routes_accept_exactly_the_modules_the_manifest_routes_there(manifest: dict[str, Any]) -> None:
-    from forge_remote.call_kinds import TRIGGER_ROUTE_MODULES, UI_ROUTE_PREFIX
+    from forge_remote.forge.call_kinds import TRIGGER_ROUTE_MODULES, UI_ROUTE_PREFIX
 
     expected = _modules_calling(manifest)
     assert {path: set(keys) for path, keys in TRIGGER_ROUTE_MODULES.items()} == expected

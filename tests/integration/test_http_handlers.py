@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from forge_remote import clock
-from forge_remote.keys import INSTALLATION_SK, installation_pk
+from forge_remote.storage.table_keys import INSTALLATION_SK, installation_pk
 from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
 from tests.support import Gateway, body_of, stored_item, token_items

@@ -7,8 +7,8 @@ import pytest
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
-from forge_remote.lease import REQUEST_MARGIN_S, TokenLease
-from forge_remote.tokens import TokenStore
+from forge_remote.tokens.lease import REQUEST_MARGIN_S, TokenLease
+from forge_remote.tokens.store import TokenStore
 from local.forge_emulator import ForgeEmulator, new_installation_id
 from local.stack import LocalStack
 

@@ -33,10 +33,10 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from forge_remote import clock
-from forge_remote.cleanup import PAGE_SIZE
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import installation_pk
-from forge_remote.tokens import TokenStore
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.lifecycle.cleanup import PAGE_SIZE
+from forge_remote.storage.table_keys import installation_pk
+from forge_remote.tokens.store import TokenStore
 from local.apigw import http_api_event
 from local.cfn_yaml import http_routes, load_template, path_matches
 from local.confluence_emulator import ConfluenceEmulator

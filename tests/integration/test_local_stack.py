@@ -20,7 +20,7 @@ import requests
 
 from forge_remote import clock
 from forge_remote.config import PRODUCTION_JWKS_URL
-from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
+from forge_remote.jobs.contract import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
 from local.cfn_yaml import http_routes, load_template
 from local.forge_emulator import Site
 from local.gateway import MAX_PAYLOAD_BYTES, LocalGateway, Route, match_route, to_response

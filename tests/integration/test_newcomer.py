@@ -590,7 +590,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from confluence_jobs import registry
-from forge_remote.jobs import JobContext, JobResult
+from forge_remote.jobs.contract import JobContext, JobResult
 
 
 def parse_args(args: Mapping[str, Any]) -> str:
@@ -608,7 +608,7 @@ import confluence_jobs
 print(json.dumps({
     "jobs": confluence_jobs.registry.names(),
     "modules": sorted(m for m in sys.modules if m.split(".")[0] == "confluence_jobs"),
-    "heavy": sorted(m for m in ("requests", "boto3", "forge_remote.confluence") if m in sys.modules),
+    "heavy": sorted(m for m in ("requests", "boto3", "forge_remote.confluence.client") if m in sys.modules),
 }))
 """
 

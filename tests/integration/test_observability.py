@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from forge_remote import counts
+from forge_remote.telemetry import counts
 from local.cfn_yaml import load_template
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext

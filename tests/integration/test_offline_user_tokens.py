@@ -22,12 +22,12 @@ import boto3
 import pytest
 
 from forge_remote import clock
-from forge_remote.installations import InstallationRegistry
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import installation_pk, offline_token_sk
-from forge_remote.results import ResultStore
-from forge_remote.tokens import TTL_GRACE_S
-from forge_remote.worker import JobStatus, Outcome
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.jobs.runner import JobStatus, Outcome
+from forge_remote.storage.installations import InstallationRegistry
+from forge_remote.storage.results import ResultStore
+from forge_remote.storage.table_keys import installation_pk, offline_token_sk
+from forge_remote.tokens.store import TTL_GRACE_S
 from local.apigw import http_api_event
 from local.confluence_emulator import ConfluenceEmulator, jwt_not_expired, token_subject
 from local.forge_emulator import ForgeEmulator, Site, new_installation_id
@@ -253,7 +253,7 @@ def test_the_ttl_bounds_the_expiry_when_it_is_shorter_than_the_tokens_exp(
 ) -> None:
     install(world.triggers, world.forge, world.site)
     alice = account()
-    from forge_remote import offline_tokens
+    from forge_remote.tokens import offline as offline_tokens
 
     original = offline_tokens.OfflineTokenMinter.mint
 
@@ -342,7 +342,7 @@ def test_a_mint_racing_an_uninstall_leaves_no_token(
     assert installation is not None
     assert installation.cloud_id == world.site.cloud_id
     from forge_remote.errors import RetryLater
-    from forge_remote.lease import TokenLease
+    from forge_remote.tokens.lease import TokenLease
 
     app_lease = TokenLease(world.worker.runner.tokens, world.site.installation_id, 600)
     app_lease.acquire()

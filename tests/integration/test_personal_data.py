@@ -20,9 +20,9 @@ import boto3
 import pytest
 
 from forge_remote import clock
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import installation_pk, offline_token_sk, user_token_sk
-from forge_remote.privacy import (
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.jobs.runner import JobStatus, Outcome
+from forge_remote.lifecycle.privacy import (
     FORMER_USER,
     UNKNOWN_ACCOUNT,
     MalformedReportAnswer,
@@ -31,9 +31,9 @@ from forge_remote.privacy import (
     in_cycle_order,
     parse_answer,
 )
-from forge_remote.results import ResultStore
-from forge_remote.tokens import TokenStore
-from forge_remote.worker import JobStatus, Outcome
+from forge_remote.storage.results import ResultStore
+from forge_remote.storage.table_keys import installation_pk, offline_token_sk, user_token_sk
+from forge_remote.tokens.store import TokenStore
 from tests.support import LocalWorld
 
 ALICE = "557058:alice-0f6d1c5e"

@@ -14,7 +14,7 @@ import types
 
 import pytest
 
-from forge_remote.jobs import JobRequest
+from forge_remote.jobs.contract import JobRequest
 from tests.support import ROOT, LocalWorld
 
 README = ROOT / "README.md"

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from forge_remote.jobs import JobRequest
-from forge_remote.payloads import parse_event
+from forge_remote.forge.payloads import parse_event
+from forge_remote.jobs.contract import JobRequest
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext
 from tests.support import ROOT, Gateway, body_of

@@ -12,10 +12,10 @@ from botocore.stub import ANY
 
 from forge_remote import aws
 from forge_remote.errors import ServiceUnavailable
-from forge_remote.installations import InstallationFacts, InstallationRegistry
-from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest, put_job_requests
-from forge_remote.keys import ACTIVE_PK, INSTALLATION_SK, installation_pk
-from forge_remote.scheduling import schedule_for_all
+from forge_remote.jobs.contract import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest, put_job_requests
+from forge_remote.jobs.scheduling import schedule_for_all
+from forge_remote.storage.installations import InstallationFacts, InstallationRegistry
+from forge_remote.storage.table_keys import ACTIVE_PK, INSTALLATION_SK, installation_pk
 from local.forge_emulator import new_installation_id
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack

@@ -32,7 +32,7 @@ import requests
 from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
 
 from forge_remote import clock
-from forge_remote.jobs import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
+from forge_remote.jobs.contract import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
 from local import serve
 from local.forge_emulator import Site
 from local.runtime import LocalRuntime

@@ -13,8 +13,8 @@ import pytest
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
-from forge_remote.keys import SYSTEM_TOKEN_SK
-from forge_remote.tokens import FALLBACK_LIFETIME_S, MAX_TOKEN_LIFETIME_S, TTL_GRACE_S, PutOutcome, TokenStore
+from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK
+from forge_remote.tokens.store import FALLBACK_LIFETIME_S, MAX_TOKEN_LIFETIME_S, TTL_GRACE_S, PutOutcome, TokenStore
 from local.forge_emulator import ForgeEmulator, new_installation_id
 from local.stack import LocalStack
 from tests.support import stored_item

@@ -18,9 +18,9 @@ from botocore.client import BaseClient
 from botocore.exceptions import ClientError
 
 from forge_remote import clock
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import PARKED_SK_PREFIX, installation_pk
-from forge_remote.parking import ParkingLot
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.jobs.parking import ParkingLot
+from forge_remote.storage.table_keys import PARKED_SK_PREFIX, installation_pk
 from local.forge_emulator import Site
 from tests.support import LocalWorld, body_of
 

@@ -11,8 +11,8 @@ from typing import Any
 import boto3
 
 from forge_remote import clock
-from forge_remote.jobs import JobRequest
-from forge_remote.tokens import TokenStore
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.tokens.store import TokenStore
 from tests.support import LocalWorld
 
 
@@ -77,7 +77,7 @@ def test_rejected_token_is_invalidated_and_the_job_retried_once_with_a_newer_one
     local_world.confluence.add_space("ENG", "Engineering")
     page = local_world.confluence.add_page("ENG", "Plan")
     newer = local_world.forge.app_token(lifetime_s=7200)
-    from forge_remote.confluence import ConfluenceClient
+    from forge_remote.confluence.client import ConfluenceClient
 
     def factory(api_base_url: str, token: Callable[[], str], **kwargs: Any) -> Any:
         # A keepalive lands while the job holds the revoked token.

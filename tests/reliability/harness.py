@@ -27,8 +27,8 @@ from moto.core import DEFAULT_ACCOUNT_ID
 from moto.sqs.models import sqs_backends
 
 from forge_remote.errors import BadJobRequest
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import installation_pk
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.storage.table_keys import installation_pk
 from local.apigw import http_api_event
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site, new_installation_id

@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from forge_remote.confluence import ConfluenceClient
-from forge_remote.jobs import JobRequest
+from forge_remote.confluence.client import ConfluenceClient
+from forge_remote.jobs.contract import JobRequest
 from tests.reliability.harness import installed_pages, queue_messages, settle
 from tests.reliability.ledger import Ledger
 from tests.support import LocalWorld

@@ -22,8 +22,8 @@ from botocore.retries.standard import ExponentialBackoff
 from moto.core.botocore_stubber import BotocoreStubber
 
 from forge_remote import aws, clock
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import SYSTEM_TOKEN_SK
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack
@@ -288,7 +288,7 @@ STORAGE_FAULTS = [
             200,
             {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}]},
         ),
-        attempts=4,  # forge_remote.jobs retries failed entries itself
+        attempts=4,  # forge_remote.jobs.contract retries failed entries itself
     ),
     StorageFault(
         "events, idempotency record write throttled", "POST", "/forge/events", dynamodb_error("PutItem", THROTTLED)

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from forge_remote.keys import SYSTEM_TOKEN_SK, user_token_sk
+from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK, user_token_sk
 from local.forge_emulator import ForgeEmulator, SigningKey, Site, _rsa_key
 from local.loopback import LoopbackServer
 from tests.reliability import jwt_forge

@@ -24,10 +24,10 @@ import jwt
 import pytest
 
 from forge_remote import aws
-from forge_remote.http_api import lower_headers
-from forge_remote.installations import InstallationRegistry
-from forge_remote.keys import INSTALLATION_SK, SYSTEM_TOKEN_SK
-from forge_remote.tokens import TokenStore
+from forge_remote.inbound.api import lower_headers
+from forge_remote.storage.installations import InstallationRegistry
+from forge_remote.storage.table_keys import INSTALLATION_SK, SYSTEM_TOKEN_SK
+from forge_remote.tokens.store import TokenStore
 from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
 from tests.reliability.harness import (

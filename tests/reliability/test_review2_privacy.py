@@ -31,12 +31,12 @@ from urllib.parse import quote
 import pytest
 
 from forge_remote import aws
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import PRIVACY_REPORT_SK, installation_pk, offline_token_sk, user_token_sk
-from forge_remote.privacy import PersonalDataEraser
-from forge_remote.results import ResultStore
-from forge_remote.tokens import TokenStore
-from forge_remote.worker import JobStatus, Outcome
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.jobs.runner import JobStatus, Outcome
+from forge_remote.lifecycle.privacy import PersonalDataEraser
+from forge_remote.storage.results import ResultStore
+from forge_remote.storage.table_keys import PRIVACY_REPORT_SK, installation_pk, offline_token_sk, user_token_sk
+from forge_remote.tokens.store import TokenStore
 from local.apigw import http_api_event
 from local.lambda_context import LocalLambdaContext
 from tests.reliability.harness import dump_outputs, queue_messages

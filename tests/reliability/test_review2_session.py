@@ -19,10 +19,10 @@ from typing import Any
 import boto3
 import pytest
 
-from forge_remote import confluence as confluence_module
-from forge_remote.confluence import ConfluenceClient, shared_session
+from forge_remote.confluence import client as confluence_module
+from forge_remote.confluence.client import ConfluenceClient, shared_session
 from forge_remote.errors import ScopeMissing, TokenRejected
-from forge_remote.keys import SYSTEM_TOKEN_SK, installation_pk
+from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK, installation_pk
 from local.loopback import LoopbackServer
 from tests.reliability.ledger import Ledger
 from tests.support import LocalWorld
@@ -101,8 +101,8 @@ def test_a_cookie_set_for_one_tenant_is_never_sent_with_anothers(fresh_session: 
 
 def test_no_client_that_shares_the_session_carries_a_cookie_either(fresh_session: None, ledger: Ledger) -> None:
     """The personal data reporting client and the offline token minter use the same session."""
-    from forge_remote.offline_tokens import OfflineTokenMinter
-    from forge_remote.privacy import PersonalDataReporter, ReportedAccount
+    from forge_remote.lifecycle.privacy import PersonalDataReporter, ReportedAccount
+    from forge_remote.tokens.offline import OfflineTokenMinter
 
     with CookieServer() as server:
         token_a = ledger.secret("reporting-token-A-" + "y" * 40)

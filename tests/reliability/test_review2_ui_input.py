@@ -360,7 +360,7 @@ def test_an_unknown_route_stays_a_404_whatever_its_input(admin: UiSite, ledger: 
 
 
 def test_declarations_are_checked_when_the_route_is_defined() -> None:
-    from forge_remote.ui_calls import OneOf, WholeNumber, accepts
+    from forge_remote.inbound.ui_calls import OneOf, WholeNumber, accepts
 
     with pytest.raises(ValueError, match="days: need 0 <= low <= default <= high"):
         WholeNumber("days", default=0, low=1, high=90)

@@ -20,7 +20,7 @@ import boto3
 import pytest
 
 from forge_remote import clock
-from forge_remote.worker import deferral_schedule_s
+from forge_remote.jobs.runner import deferral_schedule_s
 from tests.reliability.ledger import Ledger
 from tests.support import LocalWorld
 

@@ -30,11 +30,11 @@ import pytest
 import requests
 from requests.adapters import BaseAdapter
 
-from forge_remote import confluence as confluence_module
-from forge_remote.confluence import ConfluenceClient
-from forge_remote.cql import field_eq
+from forge_remote.confluence import client as confluence_module
+from forge_remote.confluence.client import ConfluenceClient
+from forge_remote.confluence.cql import field_eq
 from forge_remote.errors import ConfluenceError, ConfluenceUnavailable, ForgeRemoteError, TokenRejected
-from forge_remote.jobs import JobRequest
+from forge_remote.jobs.contract import JobRequest
 from local.forge_emulator import ForgeEmulator, Site, new_installation_id
 from local.loopback import LoopbackServer
 from local.stack import LocalStack

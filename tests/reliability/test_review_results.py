@@ -2,7 +2,7 @@
 with long non-ASCII titles no longer crashes the job.
 
 Checked against moto's DynamoDB (tables from template.yaml), with item sizes computed here the way
-DynamoDB counts them (UTF-8 bytes of attribute names and values), independently of ``results.py``:
+DynamoDB counts them (UTF-8 bytes of attribute names and values), independently of ``storage/results.py``:
 - digests of 300-600 pages with 255-character titles (CJK, emoji, Arabic, mixed) are stored, read
   back, stay under the budget, and carry a ``_truncated`` marker exactly when pages were cut, and then
   the most pages that fit;
@@ -28,9 +28,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from forge_remote import aws, clock
-from forge_remote.jobs import JobRequest
-from forge_remote.keys import installation_pk, result_sk
-from forge_remote.results import ResultStore
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.storage.results import ResultStore
+from forge_remote.storage.table_keys import installation_pk, result_sk
 from local.stack import LocalStack
 from tests.reliability.harness import account_jobs, queue_messages
 from tests.reliability.ledger import Ledger
@@ -39,7 +39,7 @@ from tests.support import LocalWorld
 pytestmark = pytest.mark.reliability
 
 ITEM_LIMIT = 400 * 1024  # DynamoDB's
-BUDGET = 380_000  # what results.py promises a whole item stays within
+BUDGET = 380_000  # what storage/results.py promises a whole item stays within
 NUMBER_BYTES = 21  # DynamoDB's upper bound for a number attribute
 INSTALLATION = "0b1d9c3e-1111-4c2a-9e55-6a1f3d2b7c10"
 TITLE_CHARS = 255  # Confluence's limit for a page title
@@ -204,7 +204,7 @@ def test_the_cut_is_logged_and_deterministic(
     ledger.tried += 2
     record = digest_record(EMOJI, 500)
     results = store(stack)
-    with caplog.at_level(logging.WARNING, logger="forge_remote.results"):
+    with caplog.at_level(logging.WARNING, logger="forge_remote.storage.results"):
         first = results.put(INSTALLATION, "DIGEST", "a", record)
         data = raw_item(stack, "DIGEST", "a")["data"]["S"]
         second = results.put(INSTALLATION, "DIGEST", "a", record)
@@ -213,7 +213,7 @@ def test_the_cut_is_logged_and_deterministic(
     assert record == digest_record(EMOJI, 500)  # the caller's record is untouched
     kept = len(json.loads(data)["pages"])
     assert first.truncated == {"/pages": {"kept": kept, "total": 500}}
-    warnings = [r for r in caplog.records if r.name == "forge_remote.results"]
+    warnings = [r for r in caplog.records if r.name == "forge_remote.storage.results"]
     assert len(warnings) == 2  # one per cut put
     for warning in warnings:
         assert warning.levelno == logging.WARNING

@@ -27,11 +27,11 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from forge_remote import clock
 from forge_remote.config import Settings
 from forge_remote.errors import ConfigurationError, InvalidInvocation
-from forge_remote.fit import FitVerifier
-from forge_remote.jobs import JobRequest
-from forge_remote.jwks import JwksCache
-from forge_remote.keys import ONCE_SK_PREFIX, SYSTEM_TOKEN_SK, installation_pk, user_token_sk
-from forge_remote.tokens import FALLBACK_LIFETIME_S, TokenStore
+from forge_remote.forge.invocations import FitVerifier
+from forge_remote.forge.signing_keys import JwksCache
+from forge_remote.jobs.contract import JobRequest
+from forge_remote.storage.table_keys import ONCE_SK_PREFIX, SYSTEM_TOKEN_SK, installation_pk, user_token_sk
+from forge_remote.tokens.store import FALLBACK_LIFETIME_S, TokenStore
 from local.forge_emulator import ForgeEmulator, Site
 from tests.reliability import jwt_forge
 from tests.reliability.harness import (
@@ -484,7 +484,7 @@ def test_small_rsa_and_non_rsa_keys_in_the_jwks_are_ignored_and_logged_once(
     cache = JwksCache("https://jwks.invalid/", fetch=lambda url, timeout: document, monotonic=lambda: now[0])
     verifier = FitVerifier(audience=forge.app_ari, jwks=cache, allowed_api_hosts=["api.atlassian.com"])
     site = forge.site()
-    caplog.set_level(logging.WARNING, logger="forge_remote.jwks")
+    caplog.set_level(logging.WARNING, logger="forge_remote.forge.signing_keys")
     assert verifier.verify(forge.headers(site)).installation_id == site.installation_id
     for _ in range(3):
         now[0] += 3600  # periodic refreshes see the same unusable keys again

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from forge_remote.cql import (
+from forge_remote.confluence.cql import (
     Cql,
     and_,
     contains,

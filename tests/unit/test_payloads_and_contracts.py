@@ -13,11 +13,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from forge_remote.config import Settings, app_ari
+from forge_remote.confluence.api_hosts import require_allowed_api_base
 from forge_remote.errors import BadJobRequest, ConfigurationError, DisallowedApiBaseUrl, MalformedEvent
-from forge_remote.jobs import JOB_SOURCE, JobRegistry, JobRequest
-from forge_remote.payloads import decode_body, json_object, page_ref, parse_event
-from forge_remote.urls import require_allowed_api_base
-from forge_remote.worker import MAX_DEFER_S, deferral_delay
+from forge_remote.forge.payloads import decode_body, json_object, page_ref, parse_event
+from forge_remote.jobs.contract import JOB_SOURCE, JobRegistry, JobRequest
+from forge_remote.jobs.runner import MAX_DEFER_S, deferral_delay
 from local.forge_emulator import ForgeEmulator
 
 APP = "5c7bd2a4-0f1e-4d3b-9a6c-2e8f1b7d4a90"

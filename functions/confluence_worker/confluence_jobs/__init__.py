@@ -9,7 +9,7 @@ exactly the jobs it ships.
 import importlib
 import pkgutil
 
-from forge_remote.jobs import JobRegistry
+from forge_remote.jobs.contract import JobRegistry
 
 # Defined before the job modules are imported: each of them does `from confluence_jobs import registry`.
 registry = JobRegistry()

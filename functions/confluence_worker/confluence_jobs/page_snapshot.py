@@ -12,8 +12,8 @@ from typing import Any
 
 from confluence_jobs import registry
 from forge_remote import clock
-from forge_remote.cql import and_, field_eq, field_in, id_eq
-from forge_remote.jobs import JobContext, JobResult
+from forge_remote.confluence.cql import and_, field_eq, field_in, id_eq
+from forge_remote.jobs.contract import JobContext, JobResult
 
 SNAPSHOT = "SNAPSHOT"
 

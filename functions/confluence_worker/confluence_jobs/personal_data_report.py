@@ -32,12 +32,12 @@ from confluence_jobs import registry
 from forge_remote import aws, clock
 from forge_remote.config import Settings
 from forge_remote.errors import ConfigurationError, RetryLater
-from forge_remote.jobs import JobContext, JobResult
-from forge_remote.keys import PRIVACY_REPORT_SK as PROGRESS_SK
-from forge_remote.keys import installation_pk
+from forge_remote.jobs.contract import JobContext, JobResult
+from forge_remote.storage.table_keys import PRIVACY_REPORT_SK as PROGRESS_SK
+from forge_remote.storage.table_keys import installation_pk
 
 if TYPE_CHECKING:
-    from forge_remote.privacy import PersonalDataEraser
+    from forge_remote.lifecycle.privacy import PersonalDataEraser
 
 PROGRESS_TTL_S = 30 * 86400  # a week's run is long done by then
 MIN_BATCH_MS = 10_000  # a report, its erasures and the progress write, with room to spare
@@ -201,7 +201,7 @@ def _finish_erasure(eraser: PersonalDataEraser, installation_id: str, progress: 
 def personal_data_report(ctx: JobContext, _: None) -> JobResult:
     # Imported here: the reporter loads requests, which the worker's cold start leaves to the first job
     # that needs it.
-    from forge_remote.privacy import (
+    from forge_remote.lifecycle.privacy import (
         PersonalDataEraser,
         PersonalDataReporter,
         batches,

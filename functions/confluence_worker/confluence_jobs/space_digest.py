@@ -18,8 +18,8 @@ from typing import Any
 
 from confluence_jobs import registry
 from forge_remote import clock
-from forge_remote.cql import Cql, and_, date_gte, field_eq, field_in
-from forge_remote.jobs import JobContext, JobResult
+from forge_remote.confluence.cql import Cql, and_, date_gte, field_eq, field_in
+from forge_remote.jobs.contract import JobContext, JobResult
 
 DIGEST = "DIGEST"
 MAX_SPACES = 100

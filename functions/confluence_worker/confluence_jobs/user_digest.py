@@ -19,10 +19,10 @@ from typing import Any
 
 from confluence_jobs import registry
 from forge_remote import clock
-from forge_remote.cql import and_, date_gte, field_eq
+from forge_remote.confluence.cql import and_, date_gte, field_eq
 from forge_remote.errors import BadJobRequest
-from forge_remote.jobs import JobContext, JobResult
-from forge_remote.keys import ACCOUNT_ID_PATTERN
+from forge_remote.jobs.contract import JobContext, JobResult
+from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN
 
 USER_DIGEST = "USER_DIGEST"
 MAX_DAYS = 31

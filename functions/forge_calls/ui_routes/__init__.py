@@ -3,7 +3,7 @@
 To add routes, drop a module here with a Powertools ``Router`` named ``router`` (see README, "Write
 your own route"): there is no list to edit. A route reads the verified call and its Confluence
 clients with ``ui_call(router)``, and its inputs, validated against its ``@accepts``, as
-``ui_call(router).inputs`` (``forge_remote.ui_calls``); a route without ``@accepts`` takes none.
+``ui_call(router).inputs`` (``forge_remote.inbound.ui_calls``); a route without ``@accepts`` takes none.
 """
 
 import importlib

@@ -14,10 +14,10 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from forge_remote import aws
 from forge_remote.errors import NotAllowed
-from forge_remote.ui_calls import JsonObject, OneOf, accepts, ui_call
+from forge_remote.inbound.ui_calls import JsonObject, OneOf, accepts, ui_call
 
 if TYPE_CHECKING:
-    from forge_remote.confluence import ConfluenceClient
+    from forge_remote.confluence.client import ConfluenceClient
 
 router = Router()
 
@@ -45,7 +45,7 @@ def request_job() -> tuple[dict[str, Any], int]:
     job, args = call.inputs[JOB], call.inputs[ARGS]
     if not is_site_admin(call.confluence_as_user()):
         raise NotAllowed("only a Confluence administrator of this site may request jobs")
-    from forge_remote.jobs import JobRequest, put_job_requests  # off the cold start of the other routes
+    from forge_remote.jobs.contract import JobRequest, put_job_requests  # off the cold start of the other routes
 
     request = JobRequest(
         job=job, installation_id=call.invocation.installation_id, args=args, requested_by=call.invocation.principal

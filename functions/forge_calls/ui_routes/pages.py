@@ -14,7 +14,7 @@ from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from forge_remote import clock
 from forge_remote.errors import RetryLater
-from forge_remote.ui_calls import WholeNumber, accepts, ui_call
+from forge_remote.inbound.ui_calls import WholeNumber, accepts, ui_call
 
 router = Router()
 
@@ -47,7 +47,7 @@ def recent_pages() -> dict[str, Any]:
     call = ui_call(router)
     days, limit = call.inputs[DAYS], call.inputs[LIMIT]
     confluence = call.confluence_as_user()  # 403 JSON if the call carried no user token
-    from forge_remote.cql import and_, date_gte, field_eq  # off the cold start of the other routes
+    from forge_remote.confluence.cql import and_, date_gte, field_eq  # off the cold start of the other routes
 
     since = datetime.fromtimestamp(clock.now(), UTC) - timedelta(days=days)
     cql = and_(field_eq("type", "page"), date_gte("lastmodified", since)).order_by("lastmodified", desc=True)

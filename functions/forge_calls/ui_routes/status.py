@@ -13,9 +13,9 @@ from typing import Any
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from forge_remote import aws, clock
-from forge_remote.job_activity import JobActivity
-from forge_remote.parking import ParkingLot
-from forge_remote.ui_calls import ui_call
+from forge_remote.inbound.ui_calls import ui_call
+from forge_remote.jobs.activity import JobActivity
+from forge_remote.jobs.parking import ParkingLot
 
 router = Router()
 

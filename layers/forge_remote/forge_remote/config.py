@@ -12,8 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from forge_remote.confluence.api_hosts import is_loopback_host
 from forge_remote.errors import ConfigurationError
-from forge_remote.urls import is_loopback_host
 
 PRODUCTION_JWKS_URL = "https://forge.cdn.prod.atlassian-dev.net/.well-known/jwks.json"
 APP_ARI_PREFIX = "ari:cloud:ecosystem::app/"
@@ -69,7 +69,7 @@ def context_id_template(template: str) -> str:
     """``OFFLINE_TOKEN_CONTEXT_ID``: an ARI naming ``{cloudId}``, with no other placeholder or space.
 
     Checked at cold start so that a typo fails loudly; whether the GraphQL URL may receive the app
-    token is checked where it is used (``offline_tokens.py``), against ``ALLOWED_API_HOSTS``.
+    token is checked where it is used (``tokens/offline.py``), against ``ALLOWED_API_HOSTS``.
     """
     problem = "OFFLINE_TOKEN_CONTEXT_ID must be an ari:... template containing {cloudId}"
     rest = template.replace(CLOUD_ID_PLACEHOLDER, "")

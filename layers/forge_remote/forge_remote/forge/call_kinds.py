@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from forge_remote.errors import WrongCallKind
-from forge_remote.fit import Invocation
+from forge_remote.forge.invocations import Invocation
 
 # route path -> the manifest keys that may invoke it: its endpoint and the modules that use that endpoint
 TRIGGER_ROUTE_MODULES: Mapping[str, frozenset[str]] = {

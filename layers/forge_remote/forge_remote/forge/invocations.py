@@ -15,10 +15,10 @@ from typing import Any
 
 import jwt
 
+from forge_remote.confluence.api_hosts import require_allowed_api_base
 from forge_remote.errors import DisallowedApiBaseUrl, InvalidInvocation
-from forge_remote.jwks import JwksCache
-from forge_remote.keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
-from forge_remote.urls import require_allowed_api_base
+from forge_remote.forge.signing_keys import JwksCache
+from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
 
 FIT_ISSUER = "forge/invocation-token"
 ALGORITHM = "RS256"

@@ -13,9 +13,9 @@ from typing import Any
 
 from forge_remote import aws
 from forge_remote.errors import DeliveryInProgress, ServiceUnavailable
-from forge_remote.fit import Invocation
-from forge_remote.keys import EVENTS_IDEMPOTENCY_PK
-from forge_remote.payloads import ForgeEvent, page_ref
+from forge_remote.forge.invocations import Invocation
+from forge_remote.forge.payloads import ForgeEvent, page_ref
+from forge_remote.storage.table_keys import EVENTS_IDEMPOTENCY_PK
 
 PAGE_SNAPSHOT_JOB = "page-snapshot"
 DEDUP_WINDOW_S = 3600  # Forge retries for ~4 minutes and events lag up to 3: an hour is ample
@@ -63,7 +63,7 @@ class EventIntake:
             idempotent_function,
         )
 
-        from forge_remote.idempotency import app_table_store
+        from forge_remote.storage.idempotency import app_table_store
 
         store = app_table_store(self._app_table, EVENTS_IDEMPOTENCY_PK)
         self._config = IdempotencyConfig(
@@ -73,7 +73,7 @@ class EventIntake:
         @idempotent_function(data_keyword_argument="delivery", persistence_store=store, config=self._config)  # type: ignore[untyped-decorator]
         def enqueue(delivery: dict[str, Any]) -> dict[str, Any]:
             installation_id = delivery["installationId"]
-            from forge_remote.jobs import JobRequest, put_job_requests  # off the cold start of other routes
+            from forge_remote.jobs.contract import JobRequest, put_job_requests  # off the cold start of other routes
 
             request = JobRequest(job=PAGE_SNAPSHOT_JOB, installation_id=installation_id, args=delivery["args"])
             put_job_requests(aws.events(), bus, [request])

@@ -20,7 +20,6 @@ from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from botocore.exceptions import BotoCoreError, ClientError
 
-from forge_remote.call_kinds import check_call_kind
 from forge_remote.errors import (
     ConfluenceError,
     DeliveryInProgress,
@@ -32,7 +31,8 @@ from forge_remote.errors import (
     UserTokenRequired,
     WrongCallKind,
 )
-from forge_remote.fit import FitVerifier, Invocation
+from forge_remote.forge.call_kinds import check_call_kind
+from forge_remote.forge.invocations import FitVerifier, Invocation
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def error_response(status: int, code: str, message: str, headers: Mapping[str, s
 def count_rejection(reason: str) -> None:
     """One ``FitRejections`` datapoint; the dimension is the reason up to its first colon (what follows
     may quote the request: ``app.apiBaseUrl rejected: <why>``)."""
-    from forge_remote import counts  # only refused calls pay for it (cold start)
+    from forge_remote.telemetry import counts  # only refused calls pay for it (cold start)
 
     counts.count("FitRejections", "reason", reason.split(":", 1)[0])
 

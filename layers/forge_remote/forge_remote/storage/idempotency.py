@@ -1,6 +1,6 @@
 """Powertools idempotency records in the app table, each use under a partition of its own.
 
-Product-event deliveries (``events_intake.py``) and job runs (``run_once.py``) keep their records in the
+Product-event deliveries (``jobs/intake.py``) and job runs (``jobs/run_once.py``) keep their records in the
 app table with ``pk`` a static value and Powertools' hash as ``sk``, expiring through the table's ``ttl``.
 Import this only where it is used: Powertools' idempotency costs about 0.3 s of import.
 """

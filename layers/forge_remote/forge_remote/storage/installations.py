@@ -1,6 +1,6 @@
 """The installation registry (app table): who is installed, where, and since when.
 
-Items (keys from ``keys.py``): ``pk = INST#<installationId>``, ``sk = INSTALLATION``. Active
+Items (keys from ``storage/table_keys.py``): ``pk = INST#<installationId>``, ``sk = INSTALLATION``. Active
 installations also carry ``activePk = "ACTIVE"`` and ``activeSk = <installationId>``, a sparse GSI
 (``ActiveInstallations``) that the scheduler pages through without reading any token item.
 Uninstalled is terminal: an installation id changes on reinstall, so nothing revives it. A FIT that
@@ -9,11 +9,11 @@ acted on a destructive route is recorded under ``sk = FIT#<jti>`` until ``ONCE_T
 Every registry item carries a DynamoDB ``ttl``: an active one ``ACTIVE_TTL_S`` ahead, pushed forward by
 every token delivery (Forge calls at least hourly), so an installation whose uninstall never reached
 us still ages out; an uninstalled one until its data's retention ends plus ``TOMBSTONE_GRACE_S`` (the
-tombstone refuses late token writes). While its cleanup (``cleanup.py``) is pending, an uninstalled
+tombstone refuses late token writes). While its cleanup (``lifecycle/cleanup.py``) is pending, an uninstalled
 item sits in the same sparse GSI under ``activePk = "CLEANUP"``, where the scheduled sweep finds it.
 
 The registry takes plain values (``InstallationFacts``), not a verified ``Invocation``: storage knows
-nothing of FITs, and the caller (``http_wiring.py``) says which facts of a call are recorded.
+nothing of FITs, and the caller (``inbound/wiring.py``) says which facts of a call are recorded.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
-from forge_remote.keys import ACTIVE_PK, CLEANUP_PK, INSTALLATION_SK, installation_pk, once_sk
+from forge_remote.storage.table_keys import ACTIVE_PK, CLEANUP_PK, INSTALLATION_SK, installation_pk, once_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -22,14 +22,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from forge_remote.errors import BadJobRequest, ConfigurationError, ServiceUnavailable
-from forge_remote.keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
-from forge_remote.payloads import MAX_JSON_DEPTH, json_depth
+from forge_remote.forge.payloads import MAX_JSON_DEPTH, json_depth
+from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
 
-    from forge_remote.confluence import ConfluenceClient
-    from forge_remote.results import ResultStore
+    from forge_remote.confluence.client import ConfluenceClient
+    from forge_remote.storage.results import ResultStore
 
 logger = logging.getLogger(__name__)
 

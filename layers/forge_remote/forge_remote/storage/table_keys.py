@@ -4,20 +4,20 @@ Both tables are keyed by two strings, ``pk`` and ``sk``. Everything kept about o
 shares the partition ``pk = INST#<installationId>``, so that one query finds all of it:
 
 - tokens table, ``sk = SYSTEM``: the app token; ``sk = USER#<accountId>``: a user's token delivered
-  with a UI call (``tokens.py``); ``sk = OFFLINE#<accountId>``: an offline user token a job minted
-  (``offline_tokens.py``), kept apart from the UI's because its scopes differ; ``sk = REFUSED#SYSTEM``:
+  with a UI call (``tokens/store.py``); ``sk = OFFLINE#<accountId>``: an offline user token a job minted
+  (``tokens/offline.py``), kept apart from the UI's because its scopes differ; ``sk = REFUSED#SYSTEM``:
   the digest of the last app token Confluence refused, so its re-delivery wakes no parked job;
 - app table, ``sk = INSTALLATION``: the registry item; ``sk = FIT#<jti>``: a FIT that acted on a
-  destructive route (``installations.py``); ``sk = <KIND>#<key>``: a job result, e.g.
-  ``SNAPSHOT#<pageId>#v<version>`` (``results.py``); ``sk = PARKED#<requestId>``: a job waiting for a
-  token (``parking.py``); ``sk = DEAD#<time>#<requestId>``: a job sent to the dead-letter queue, and
-  ``sk = LASTRUN#<job>``: the last run of each job kind (``job_activity.py``); ``sk = PRIVACY#REPORT``:
+  destructive route (``storage/installations.py``); ``sk = <KIND>#<key>``: a job result, e.g.
+  ``SNAPSHOT#<pageId>#v<version>`` (``storage/results.py``); ``sk = PARKED#<requestId>``: a job waiting for a
+  token (``jobs/parking.py``); ``sk = DEAD#<time>#<requestId>``: a job sent to the dead-letter queue, and
+  ``sk = LASTRUN#<job>``: the last run of each job kind (``jobs/activity.py``); ``sk = PRIVACY#REPORT``:
   the personal data report's progress (the ``personal-data-report`` job).
 
 Active registry items also carry the sparse GSI keys ``activePk = ACTIVE``, ``activeSk = <installationId>``;
-uninstalled ones whose data cleanup is not finished carry ``activePk = CLEANUP`` (``cleanup.py``).
+uninstalled ones whose data cleanup is not finished carry ``activePk = CLEANUP`` (``lifecycle/cleanup.py``).
 Two partitions belong to no installation: ``pk = IDEMPOTENCY#forge-events``, where Powertools keeps one
-item per product-event delivery (``events_intake.py``), and ``pk = IDEMPOTENCY#jobs``, one item per job
+item per product-event delivery (``jobs/intake.py``), and ``pk = IDEMPOTENCY#jobs``, one item per job
 request that ran to the end (the worker; Powertools chooses the ``sk`` of both).
 
 Nothing here touches DynamoDB or imports another module of this package: the stores, the FIT

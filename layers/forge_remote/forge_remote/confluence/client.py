@@ -28,7 +28,8 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import requests
 
-from forge_remote.cql import Cql
+from forge_remote.confluence.api_hosts import require_allowed_api_base
+from forge_remote.confluence.cql import Cql
 from forge_remote.errors import (
     ConfluenceError,
     ConfluenceUnavailable,
@@ -38,8 +39,7 @@ from forge_remote.errors import (
     ScopeMissing,
     TokenRejected,
 )
-from forge_remote.tokens import token_sha256
-from forge_remote.urls import require_allowed_api_base
+from forge_remote.tokens.store import token_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -318,7 +318,7 @@ class ConfluenceClient:
     def search_content(self, cql: Cql, *, expand: Sequence[str] = (), limit: int = 50) -> Iterator[dict[str, Any]]:
         """v1 CQL content search (``GET /rest/api/content/search``), streamed across ``_links.next``."""
         if not isinstance(cql, Cql):
-            raise TypeError("build CQL with forge_remote.cql, never from strings")
+            raise TypeError("build CQL with forge_remote.confluence.cql, never from strings")
         if limit < 1:
             raise ValueError("limit must be at least 1")
         params = {"cql": str(cql), "limit": str(limit)}
@@ -455,7 +455,7 @@ class ConfluenceClient:
             raise
         _log_exchange(method, path, response)
         if response.status_code in COUNTED_STATUSES:
-            from forge_remote import counts  # only refusals pay for it (cold start)
+            from forge_remote.telemetry import counts  # only refusals pay for it (cold start)
 
             counts.count("ConfluenceRefusals", "status", str(response.status_code))
         return response

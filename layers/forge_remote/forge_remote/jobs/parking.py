@@ -12,7 +12,7 @@ The delay stays the safety net: a job nobody wakes comes back by itself, and aft
 ``maxReceiveCount`` it lands in the dead-letter queue, as before. Waking never sends a message twice:
 it only shortens the wait of the one delivery in flight. A wake-up that races the delay's own
 redelivery can make the message visible twice; the worker runs each request id to the end at most
-once (``run_once.py``), so the job still runs once.
+once (``jobs/run_once.py``), so the job still runs once.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from forge_remote import clock
-from forge_remote.keys import PARKED_SK_PREFIX, installation_pk, parked_sk
+from forge_remote.storage.table_keys import PARKED_SK_PREFIX, installation_pk, parked_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 from forge_remote import aws
 from forge_remote.config import Settings
-from forge_remote.fit import FitVerifier, Invocation
-from forge_remote.installations import InstallationFacts, InstallationRegistry
-from forge_remote.jwks import JwksCache
-from forge_remote.tokens import TokenStore
+from forge_remote.forge.invocations import FitVerifier, Invocation
+from forge_remote.forge.signing_keys import JwksCache
+from forge_remote.storage.installations import InstallationFacts, InstallationRegistry
+from forge_remote.tokens.store import TokenStore
 
 
 def installation_facts(invocation: Invocation) -> InstallationFacts:

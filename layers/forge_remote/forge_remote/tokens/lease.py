@@ -7,7 +7,7 @@ about to expire.
 
 A lease remembers every token it handed out (by digest), so that when a server rejects one
 (``TokenRejected.token_sha256``) the worker can tell which lease it came from and invalidate exactly
-that token under that lease's key. ``OfflineTokenLease`` (``offline_tokens.py``) is the same contract
+that token under that lease's key. ``OfflineTokenLease`` (``tokens/offline.py``) is the same contract
 for a user's offline token, which it can mint instead of waiting for Forge.
 """
 
@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
-from forge_remote.keys import SYSTEM_TOKEN_SK
-from forge_remote.tokens import StoredToken, TokenStore, token_sha256
+from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK
+from forge_remote.tokens.store import StoredToken, TokenStore, token_sha256
 
 REQUEST_MARGIN_S = 60.0  # a request plus its retries must finish before the token expires
 

@@ -1,7 +1,7 @@
 """The token store: every Forge app token with its expiry, newest wins, never an expired one out.
 
-Items (tokens table, keys from ``keys.py``): ``pk = INST#<installationId>``, ``sk = SYSTEM``,
-``USER#<accountId>`` or ``OFFLINE#<accountId>`` (an offline user token, ``offline_tokens.py``), with
+Items (tokens table, keys from ``storage/table_keys.py``): ``pk = INST#<installationId>``, ``sk = SYSTEM``,
+``USER#<accountId>`` or ``OFFLINE#<accountId>`` (an offline user token, ``tokens/offline.py``), with
 ``token``, ``tokenSha256``, ``expiresAt`` (epoch s, from the token's own ``exp``), and ``ttl``
 (expiry + grace) for DynamoDB's lazy TTL deletion. Reads check ``expiresAt`` themselves.
 """
@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
-from forge_remote.batch_delete import delete_keys
 from forge_remote.errors import TokenUnavailable
-from forge_remote.keys import REFUSED_TOKEN_SK, SYSTEM_TOKEN_SK, installation_pk, token_sk
+from forge_remote.storage.batch_delete import delete_keys
+from forge_remote.storage.table_keys import REFUSED_TOKEN_SK, SYSTEM_TOKEN_SK, installation_pk, token_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from forge_remote.installations import InstallationRegistry
-from forge_remote.jobs import JobRequest, put_job_requests
+from forge_remote.jobs.contract import JobRequest, put_job_requests
+from forge_remote.storage.installations import InstallationRegistry
 
 if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient

@@ -1,4 +1,4 @@
-"""Job results in the app table: ``pk = INST#<installationId>``, ``sk = <KIND>#<key>`` (keys from ``keys.py``).
+"""Job results in the app table: ``pk = INST#<installationId>``, ``sk = <KIND>#<key>`` (keys: ``table_keys``).
 
 Records are JSON documents (``data``) so a job can store what it likes without a schema change;
 ``put`` is an upsert, which makes a re-run of the same job idempotent.
@@ -42,7 +42,7 @@ from json.encoder import encode_basestring
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
-from forge_remote.keys import installation_pk, result_sk, result_sk_prefix
+from forge_remote.storage.table_keys import installation_pk, result_sk, result_sk_prefix
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 MAX_ITEM_BYTES = 400 * 1024  # DynamoDB's item size limit
 # Every result expires (DynamoDB TTL): a job that wants its records longer or shorter says so with
-# ``ttl_s``; an uninstall shortens it to the retention period (``cleanup.py``).
+# ``ttl_s``; an uninstall shortens it to the retention period (``lifecycle/cleanup.py``).
 DEFAULT_RESULT_TTL_S = 90 * 86400
 ITEM_BUDGET_BYTES = 380_000  # what put() lets a whole item reach (see the module docstring)
 MIN_ITEM_BUDGET_BYTES = 1024  # room for the keys and a last-resort marker

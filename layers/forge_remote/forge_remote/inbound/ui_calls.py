@@ -34,17 +34,17 @@ from urllib.parse import parse_qsl
 from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
 
 from forge_remote.errors import MalformedEvent, UserTokenRequired
-from forge_remote.fit import Invocation
-from forge_remote.lease import TokenLease
-from forge_remote.payloads import MAX_BODY_BYTES, decode_body, json_object
+from forge_remote.forge.invocations import Invocation
+from forge_remote.forge.payloads import MAX_BODY_BYTES, decode_body, json_object
+from forge_remote.tokens.lease import TokenLease
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
     from aws_lambda_powertools.event_handler.api_gateway import Router
     from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 
-    from forge_remote.confluence import ConfluenceClient
-    from forge_remote.http_wiring import HttpWiring
+    from forge_remote.confluence.client import ConfluenceClient
+    from forge_remote.inbound.wiring import HttpWiring
 
 UI_BUDGET_S = 25.0  # Forge's limit for a UI call
 ANSWER_MARGIN_S = 2.0  # kept for shaping and sending the answer
@@ -293,7 +293,7 @@ class UiCall:
         return self._client(lease.token)
 
     def _client(self, token: Callable[[], str]) -> ConfluenceClient:
-        from forge_remote.confluence import ConfluenceClient  # requests stays off the cold start
+        from forge_remote.confluence.client import ConfluenceClient  # requests stays off the cold start
 
         return ConfluenceClient(
             self.invocation.api_base_url,

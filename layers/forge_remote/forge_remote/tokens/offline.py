@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 import requests
 
 from forge_remote import clock
-from forge_remote.confluence import bounded_timeouts, redact, retry_after_s, shared_session
+from forge_remote.confluence.api_hosts import require_allowed_api_base
+from forge_remote.confluence.client import bounded_timeouts, redact, retry_after_s, shared_session
 from forge_remote.errors import (
     ConfigurationError,
     DisallowedApiBaseUrl,
@@ -45,11 +46,10 @@ from forge_remote.errors import (
     TokenRejected,
     TokenUnavailable,
 )
-from forge_remote.installations import InstallationRegistry
-from forge_remote.keys import offline_token_sk
-from forge_remote.lease import REQUEST_MARGIN_S, TokenLease
-from forge_remote.tokens import MAX_PAYLOAD_CHARS, PutOutcome, StoredToken, TokenStore, token_expiry, token_sha256
-from forge_remote.urls import require_allowed_api_base
+from forge_remote.storage.installations import InstallationRegistry
+from forge_remote.storage.table_keys import offline_token_sk
+from forge_remote.tokens.lease import REQUEST_MARGIN_S, TokenLease
+from forge_remote.tokens.store import MAX_PAYLOAD_CHARS, PutOutcome, StoredToken, TokenStore, token_expiry, token_sha256
 
 logger = logging.getLogger(__name__)
 

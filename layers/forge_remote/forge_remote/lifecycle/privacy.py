@@ -43,17 +43,17 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
 from forge_remote import clock
+from forge_remote.confluence.api_hosts import require_allowed_api_base
 from forge_remote.errors import ConfluenceError, ConfluenceUnavailable, PermanentFailure, RetryLater, TokenRejected
-from forge_remote.keys import (
+from forge_remote.storage.results import encode
+from forge_remote.storage.table_keys import (
     ACCOUNT_ID_PATTERN,
     OFFLINE_TOKEN_SK_PREFIX,
     PRIVACY_REPORT_SK,
     USER_TOKEN_SK_PREFIX,
     installation_pk,
 )
-from forge_remote.results import encode
-from forge_remote.tokens import token_sha256
-from forge_remote.urls import require_allowed_api_base
+from forge_remote.tokens.store import token_sha256
 
 if TYPE_CHECKING:
     import requests
@@ -290,7 +290,13 @@ class PersonalDataReporter:
         # that only erase (the uninstall imports this one for its eraser).
         import requests
 
-        from forge_remote.confluence import bounded_timeouts, error_message, redact, retry_after_s, shared_session
+        from forge_remote.confluence.client import (
+            bounded_timeouts,
+            error_message,
+            redact,
+            retry_after_s,
+            shared_session,
+        )
 
         if not 1 <= len(accounts) <= MAX_ACCOUNTS_PER_REPORT:
             raise ValueError(f"a report carries 1 to {MAX_ACCOUNTS_PER_REPORT} accounts")

@@ -1,6 +1,6 @@
 """Each job request runs to the end at most once, however often SQS delivers it.
 
-SQS delivers at least once, and a parked job woken by a token (``parking.py``) can race the
+SQS delivers at least once, and a parked job woken by a token (``jobs/parking.py``) can race the
 redelivery its own delay brings. Powertools idempotency, keyed by the request id, makes the second
 delivery find either a run in progress (it is deferred briefly: that run may still fail) or a run
 done (it is acknowledged without running). Only a finished run is remembered: a deferred job must
@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from forge_remote.keys import JOBS_IDEMPOTENCY_PK
-from forge_remote.worker import JobStatus, Outcome
+from forge_remote.jobs.runner import JobStatus, Outcome
+from forge_remote.storage.table_keys import JOBS_IDEMPOTENCY_PK
 
 # A finished run is remembered as long as SQS may still deliver its message (the queue's retention).
 DONE_WINDOW_S = 4 * 24 * 3600
@@ -80,7 +80,7 @@ class RunOnce:
             idempotent_function,
         )
 
-        from forge_remote.idempotency import app_table_store
+        from forge_remote.storage.idempotency import app_table_store
 
         store = app_table_store(self._app_table, JOBS_IDEMPOTENCY_PK)
         self._config = IdempotencyConfig(

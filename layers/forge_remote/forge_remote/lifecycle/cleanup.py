@@ -34,12 +34,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from forge_remote.batch_delete import delete_keys
 from forge_remote.errors import ConfigurationError
-from forge_remote.installations import InstallationRegistry, UninstallMark
-from forge_remote.keys import INSTALLATION_SK, ONCE_SK_PREFIX, PRIVACY_REPORT_SK, installation_pk
-from forge_remote.privacy import PersonalDataEraser, accounts_in_item, keyed_by
-from forge_remote.tokens import TokenStore
+from forge_remote.lifecycle.privacy import PersonalDataEraser, accounts_in_item, keyed_by
+from forge_remote.storage.batch_delete import delete_keys
+from forge_remote.storage.installations import InstallationRegistry, UninstallMark
+from forge_remote.storage.table_keys import INSTALLATION_SK, ONCE_SK_PREFIX, PRIVACY_REPORT_SK, installation_pk
+from forge_remote.tokens.store import TokenStore
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from forge_remote import clock
-from forge_remote.keys import DEAD_SK_PREFIX, LAST_RUN_SK_PREFIX, dead_sk, installation_pk, last_run_sk
+from forge_remote.storage.table_keys import DEAD_SK_PREFIX, LAST_RUN_SK_PREFIX, dead_sk, installation_pk, last_run_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient

@@ -18,15 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 from forge_remote.config import DEFAULT_FORGE_GRAPHQL_URL, DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
 from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected, TokenUnavailable
-from forge_remote.installations import Installation, InstallationRegistry
-from forge_remote.jobs import Job, JobContext, JobRegistry, JobRequest
-from forge_remote.lease import TokenLease
-from forge_remote.results import ResultStore
-from forge_remote.tokens import TokenStore
+from forge_remote.jobs.contract import Job, JobContext, JobRegistry, JobRequest
+from forge_remote.storage.installations import Installation, InstallationRegistry
+from forge_remote.storage.results import ResultStore
+from forge_remote.tokens.lease import TokenLease
+from forge_remote.tokens.store import TokenStore
 
 if TYPE_CHECKING:
-    from forge_remote.confluence import ConfluenceClient
-    from forge_remote.offline_tokens import OfflineTokens
+    from forge_remote.confluence.client import ConfluenceClient
+    from forge_remote.tokens.offline import OfflineTokens
 
 logger = logging.getLogger(__name__)
 
@@ -86,9 +86,9 @@ class Outcome:
     reason: str = ""
     delay_s: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
-    # Deferred because no usable app token is stored: the next token delivery can wake it (parking.py).
+    # Deferred because no usable app token is stored: the next token delivery can wake it (jobs/parking.py).
     waiting_for_token: bool = False
-    repeated: bool = False  # done before: a repeated delivery, acknowledged without running (run_once.py)
+    repeated: bool = False  # done before: a repeated delivery, acknowledged without running (jobs/run_once.py)
     # False: nothing was tried (too little invocation time, the request busy elsewhere): not an attempt
     # that counts towards giving up.
     attempted: bool = True
@@ -102,7 +102,7 @@ class JobRunner:
     results: ResultStore
     allowed_api_hosts: Collection[str]
     min_validity_s: float
-    # None: forge_remote.confluence (and requests) is imported by the first job that calls Confluence,
+    # None: forge_remote.confluence.client (and requests) is imported by the first job that calls Confluence,
     # keeping it off the worker's cold start; invocations whose jobs are all deferred never load it.
     client_factory: Callable[..., ConfluenceClient] | None = None
     # Offline user impersonation (``ctx.confluence_as``): where Forge mints user tokens. The minter is
@@ -183,7 +183,7 @@ class JobRunner:
 
     def _client(self, api_base_url: str, token: Callable[[], str], remaining_ms: Callable[[], int]) -> ConfluenceClient:
         if self.client_factory is None:
-            from forge_remote.confluence import ConfluenceClient
+            from forge_remote.confluence.client import ConfluenceClient
 
             self.client_factory = ConfluenceClient
         return self.client_factory(api_base_url, token, allowed_hosts=self.allowed_api_hosts, remaining_ms=remaining_ms)
@@ -230,7 +230,7 @@ class JobRunner:
             # Recorded from the verified FIT (context or apiBaseUrl); the next Forge call records it.
             raise RetryLater("the installation's cloud id is not recorded yet: cannot name it to Forge")
         if self.offline_tokens is None:
-            from forge_remote.offline_tokens import OfflineTokenMinter, OfflineTokens
+            from forge_remote.tokens.offline import OfflineTokenMinter, OfflineTokens
 
             minter = OfflineTokenMinter(self.graphql_url, self.offline_token_context_id, self.allowed_api_hosts)
             self.offline_tokens = OfflineTokens(self.tokens, minter, self.installations, self.min_validity_s)

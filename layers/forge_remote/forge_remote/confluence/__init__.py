@@ -1,0 +1,1 @@
+"""Calling Confluence: the client, the CQL builder, and where a token may be sent."""

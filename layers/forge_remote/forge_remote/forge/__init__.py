@@ -1,0 +1,1 @@
+"""Forge invocations: the FIT, its signing keys, which call a route accepts, event bodies."""

@@ -1,0 +1,1 @@
+"""Inbound HTTP: the FIT middleware and error answers, the per-container wiring, UI calls."""

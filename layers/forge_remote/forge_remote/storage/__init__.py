@@ -1,0 +1,1 @@
+"""The app table: its keys, the installation registry, job results, batch deletes, idempotency."""

@@ -1,0 +1,1 @@
+"""Log lines and metrics, written the way the functions' own are."""
