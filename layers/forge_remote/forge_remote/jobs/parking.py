@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
 
+    from forge_remote.storage.interfaces import ParkedJobs
+
 logger = logging.getLogger(__name__)
 
 PARK_GRACE_S = 24 * 3600  # a parked item outlives its delivery's delay by a day, then TTL removes it
@@ -166,7 +168,7 @@ class WakeReport:
 
 
 def wake_parked(
-    lot: ParkingLot, sqs: SQSClient, queue_url: str, installation_id: str, *, request_id: str | None = None
+    lot: ParkedJobs, sqs: SQSClient, queue_url: str, installation_id: str, *, request_id: str | None = None
 ) -> WakeReport:
     """Make this installation's parked jobs (or one of them) visible on the queue now."""
     report = WakeReport()

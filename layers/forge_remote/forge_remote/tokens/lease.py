@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
-from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK
-from forge_remote.tokens.store import StoredToken, TokenStore, token_sha256
+from forge_remote.storage.interfaces import Tokens
+from forge_remote.storage.table_keys import APP_TOKEN_SK
+from forge_remote.tokens.store import StoredToken, token_sha256
 
 REQUEST_MARGIN_S = 60.0  # a request plus its retries must finish before the token expires
 
@@ -24,12 +25,12 @@ REQUEST_MARGIN_S = 60.0  # a request plus its retries must finish before the tok
 class TokenLease:
     def __init__(
         self,
-        store: TokenStore,
+        store: Tokens,
         installation_id: str,
         min_validity_s: float,
         *,
         request_margin_s: float = REQUEST_MARGIN_S,
-        sk: str = SYSTEM_TOKEN_SK,
+        sk: str = APP_TOKEN_SK,
     ) -> None:
         self._store = store
         self.installation_id = installation_id
