@@ -13,7 +13,6 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from functools import partial
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -121,13 +120,13 @@ _BACKEND_OPERATIONS = (
 
 
 @pytest.fixture
-def handler(stack: LocalStack) -> Callable[[str], ModuleType]:
+def handler(stack: LocalStack) -> Callable[[str], Any]:
     """Load a function's real module with the environment the template gives it."""
     return partial(load_function, stack)
 
 
 @pytest.fixture
-def gateway(handler: Callable[[str], ModuleType]) -> Gateway:
+def gateway(handler: Callable[[str], Any]) -> Gateway:
     return Gateway(handler("ForgeCallsFunction"), handler("ForgeTriggersFunction"))
 
 
@@ -173,14 +172,14 @@ def allow_emulator(stack: LocalStack, confluence: ConfluenceEmulator) -> None:
 
 
 @pytest.fixture
-def triggers(allow_emulator: None, handler: Callable[[str], ModuleType]) -> Gateway:
+def triggers(allow_emulator: None, handler: Callable[[str], Any]) -> Gateway:
     """forge_triggers (every path goes to it), allowed to reach the Confluence emulator."""
     module = handler("ForgeTriggersFunction")
     return Gateway(module, module)
 
 
 @pytest.fixture
-def worker(allow_emulator: None, handler: Callable[[str], ModuleType]) -> ModuleType:
+def worker(allow_emulator: None, handler: Callable[[str], Any]) -> Any:
     """The Confluence worker, allowed to reach the Confluence emulator."""
     return handler("ConfluenceWorkerFunction")
 
@@ -192,8 +191,8 @@ def local_world(
     confluence: ConfluenceEmulator,
     confluence_site: Site,
     triggers: Gateway,
-    worker: ModuleType,
-    handler: Callable[[str], ModuleType],
+    worker: Any,
+    handler: Callable[[str], Any],
 ) -> LocalWorld:
     """All of the above for one test (see ``tests.support.LocalWorld``): the same stack, emulators and
     function modules a test would get from the separate fixtures."""

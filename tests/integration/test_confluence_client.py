@@ -18,15 +18,8 @@ import requests
 import responses
 from openapi_core import OpenAPI
 
-from forge_remote import clock
-from forge_remote.confluence import client as confluence_module
-from forge_remote.confluence.client import (
-    ConfluenceClient,
-    error_message,
-    ratelimit_reset_s,
-    retry_after_s,
-    shared_session,
-)
+from forge_remote import clock, outbound
+from forge_remote.confluence.client import ConfluenceClient
 from forge_remote.confluence.cql import and_, field_eq, field_in, id_eq
 from forge_remote.errors import (
     ConfluenceError,
@@ -523,11 +516,11 @@ def test_bad_arguments_are_refused_before_any_request(
 def test_the_container_session_is_shared(
     monkeypatch: pytest.MonkeyPatch, confluence: ConfluenceEmulator, token: str
 ) -> None:
-    monkeypatch.setattr(confluence_module, "_session", None)
-    first = shared_session()
-    assert shared_session() is first
+    monkeypatch.setattr(outbound, "_session", None)
+    first = outbound.shared_session()
+    assert outbound.shared_session() is first
     recorder = Recorder()
-    monkeypatch.setattr(confluence_module, "_session", recorder)
+    monkeypatch.setattr(outbound, "_session", recorder)
     client = ConfluenceClient(
         confluence.api_base_url, lambda: token, allowed_hosts=[confluence.api_base_url.split("/")[2]]
     )
@@ -672,7 +665,7 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC).timestamp()
     ],
 )
 def test_retry_after_parsing(value: str | None, seconds: float | None) -> None:
-    assert retry_after_s(value, NOW) == seconds
+    assert outbound.retry_after_s(value, NOW) == seconds
 
 
 @pytest.mark.parametrize(
@@ -695,7 +688,7 @@ def test_retry_after_parsing(value: str | None, seconds: float | None) -> None:
     ],
 )
 def test_ratelimit_reset_parsing(value: str | None, seconds: float | None) -> None:
-    result = ratelimit_reset_s(value, NOW)
+    result = outbound.ratelimit_reset_s(value, NOW)
     assert result == (pytest.approx(seconds) if seconds is not None else None)
 
 
@@ -739,4 +732,4 @@ def canned(
     ],
 )
 def test_error_messages_from_every_body_shape(body: bytes, content_type: str, message: str) -> None:
-    assert error_message(canned(400, body, content_type)) == message
+    assert outbound.error_message(canned(400, body, content_type)) == message

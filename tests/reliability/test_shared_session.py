@@ -19,10 +19,11 @@ from typing import Any
 import boto3
 import pytest
 
-from forge_remote.confluence import client as confluence_module
-from forge_remote.confluence.client import ConfluenceClient, shared_session
+from forge_remote import outbound
+from forge_remote.confluence.client import ConfluenceClient
 from forge_remote.errors import ScopeMissing, TokenRejected
-from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK, installation_pk
+from forge_remote.outbound import shared_session
+from forge_remote.storage.table_keys import APP_TOKEN_SK, installation_pk
 from local.loopback import LoopbackServer
 from tests.reliability.ledger import Ledger
 from tests.support import LocalWorld
@@ -73,11 +74,11 @@ class CookieServer:
 @pytest.fixture
 def fresh_session() -> Iterator[None]:
     """The container's session as a new container has it (none yet), and none left behind."""
-    confluence_module._session = None
+    outbound._session = None
     yield
-    if confluence_module._session is not None:
-        confluence_module._session.close()
-    confluence_module._session = None
+    if outbound._session is not None:
+        outbound._session.close()
+    outbound._session = None
 
 
 def test_a_cookie_set_for_one_tenant_is_never_sent_with_anothers(fresh_session: None, ledger: Ledger) -> None:
@@ -145,7 +146,7 @@ def test_a_job_calling_beyond_the_manifests_scopes_keeps_the_app_token(local_wor
     """A token Forge granted without the search scope: the job goes to the DLQ naming the manifest, and
     the stored app token, valid all along, is still there for every other job."""
     token = ledger.secret(local_world.forge.app_token(lifetime_s=3 * 3600, scopes=["read:confluence-user"]))
-    headers = local_world.forge.headers(local_world.site, system_token=token)
+    headers = local_world.forge.headers(local_world.site, app_token=token)
     installed = local_world.send(
         "POST", "/forge/lifecycle", headers, local_world.forge.installed_event(local_world.site)
     )
@@ -156,7 +157,7 @@ def test_a_job_calling_beyond_the_manifests_scopes_keeps_the_app_token(local_wor
     assert response["batchItemFailures"] == []  # not deferred: dead-lettered with its reason
     stored = boto3.client("dynamodb").get_item(
         TableName=local_world.stack.physical["TokensTable"],
-        Key={"pk": {"S": installation_pk(local_world.site.installation_id)}, "sk": {"S": SYSTEM_TOKEN_SK}},
+        Key={"pk": {"S": installation_pk(local_world.site.installation_id)}, "sk": {"S": APP_TOKEN_SK}},
     )
     assert "Item" in stored, "the valid app token was deleted for a missing scope"
     [dead] = boto3.client("sqs").receive_message(

@@ -1,30 +1,27 @@
-"""The Confluence client: a ``requests`` session per container, base ``<apiBaseUrl>/wiki``.
+"""The Confluence client: idempotent GETs under ``<apiBaseUrl>/wiki``, streamed across cursor pages.
 
-Every request re-reads the token (``token()`` re-checks expiry and may raise ``TokenUnavailable``),
-sends it only to the allowed apiBaseUrl (redirects are not followed; a ``next`` link is followed only
-if the path requests will send stays under ``<apiBaseUrl>/wiki/``) and never logs it; error text a
-server sends back is stripped of every piece of the token before it is shortened. A listing that
-repeats a page, or runs past ``MAX_PAGES_PER_LISTING`` pages, fails for good instead of looping.
-Only idempotent requests are retried: 429/503 honour ``Retry-After`` (clamped), else
-``X-RateLimit-Reset``, else exponential backoff with full jitter; other 5xx and connection errors
-back off too. Attempts are bounded and no sleep runs past the Lambda's remaining time: the job is
-deferred (``RetryLater``) instead.
+How it talks HTTP (the container's session, the token per request and no redirects, timeouts within
+the Lambda's remaining time, backoff and server hints, redacted error text) is ``forge_remote.outbound``,
+shared with every other client. What is Confluence's stays here: which paths may be sent (a ``next``
+link is followed only if the path requests will send stays under ``<apiBaseUrl>/wiki/``), cursors (a
+listing that repeats a page, or runs past ``MAX_PAGES_PER_LISTING`` pages, fails for good instead of
+looping), and what each status means in the library's errors. Every request re-reads the token
+(``token()`` re-checks expiry and may raise ``TokenUnavailable``). Only idempotent requests are
+retried: 429/503 honour ``Retry-After`` (clamped), else ``X-RateLimit-Reset``, else exponential backoff
+with full jitter; other 5xx and connection errors back off too. Attempts are bounded and no sleep runs
+past the Lambda's remaining time: the job is deferred (``RetryLater``) instead.
 """
 
 from __future__ import annotations
 
-import html
 import logging
-import math
 import random
 import re
 import string
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import requests
 
@@ -39,15 +36,23 @@ from forge_remote.errors import (
     ScopeMissing,
     TokenRejected,
 )
+from forge_remote.outbound import (
+    IDEMPOTENT_METHODS,
+    RATE_LIMITED,
+    SERVER_ERRORS,
+    TRANSIENT_ERRORS,
+    Retries,
+    bounded_timeouts,
+    error_message,
+    rate_limit_hint_s,
+    send,
+)
 from forge_remote.tokens.store import token_sha256
 
 logger = logging.getLogger(__name__)
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-RATE_LIMITED = frozenset({429, 503})  # these may say when to come back
 # Counted per response as ``ConfluenceRefusals`` by status: token refused, not allowed, rate limited.
 COUNTED_STATUSES = frozenset({401, 403, 429})
-SERVER_ERRORS = frozenset({500, 502, 504})
 LOGGED_HEADERS = (
     "Retry-After",
     "X-RateLimit-Limit",
@@ -56,10 +61,7 @@ LOGGED_HEADERS = (
     "X-RateLimit-NearLimit",
     "RateLimit-Reason",
 )
-BACKOFF_BASE_S = 1.0
-BACKOFF_CAP_S = 30.0
 SAFETY_MARGIN_S = 3.0  # left for the caller to record the deferral after we give up
-MIN_REQUEST_S = 1.0  # a request with less time than this left is not worth sending
 INCONCLUSIVE_PROBE_DELAY_S = 60.0
 V2_BODY_FORMATS = frozenset({"storage", "atlas_doc_format", "view", "export_view", "anonymous_export_view"})
 MAX_KEYS_PER_REQUEST = 250  # v2 /spaces ``keys`` maxItems
@@ -67,131 +69,14 @@ _WIKI_PATH = re.compile(r"(?:/[A-Za-z0-9_~:@,=+-][A-Za-z0-9._~:@,=+-]*)+/?")  # 
 # A cursor loop the visited set cannot see (a fresh cursor every time) ends here: at 250 results a
 # page that is 2.5 million results, far beyond any listing a job should stream in one invocation.
 MAX_PAGES_PER_LISTING = 10_000
-MAX_ERROR_CHARS = 300  # of Atlassian's error text, in exceptions, DLQ reasons and logs
-# Redaction reads this much of an error body (a 10 MB HTML page need not be scanned whole): only the
-# first MAX_ERROR_CHARS of what is left survive, so nothing past the scan can reach the message.
-MAX_ERROR_SCAN_CHARS = 20_000
-# Any run of this many characters of the token is removed from error text, wherever it was cut.
-REDACT_MIN_RUN = 12
-REDACTED = "[redacted]"
 _UNRESERVED = frozenset(string.ascii_letters + string.digits + "-._~")
 _PERCENT_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
-_JSON_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})")
-
-_session: requests.Session | None = None
 
 
 def _scope_refusal(response: requests.Response, message: str) -> bool:
     """Atlassian's 401 for a token without the operation's scope: the token itself is not refused."""
     category = response.headers.get("X-Failure-Category", "")
     return category == "FAILURE_CLIENT_SCOPE_CHECK" or "scope does not match" in message.lower()
-
-
-def shared_session() -> requests.Session:
-    """The container's session, created on first use: connections are reused across invocations, and
-    nothing else. Every tenant's and user's calls share it (all on api.atlassian.com), so it keeps no
-    cookies: one set in answer to installation A's call would go with installation B's. Authorization
-    and every other header are given per request, never set on the session."""
-    global _session
-    if _session is None:
-        import http.cookiejar  # requests imports it anyway
-
-        session = requests.Session()
-        session.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
-        _session = session
-    return _session
-
-
-def bounded_timeouts(
-    timeout_s: tuple[float, float], remaining_ms: Callable[[], int], margin_s: float, what: str
-) -> tuple[float, float]:
-    """Connect and read timeouts cut to the time this invocation has left less ``margin_s`` (a request
-    never outlives the Lambda); ``RetryLater`` when less than ``MIN_REQUEST_S`` is left for ``what``."""
-    left_s = remaining_ms() / 1000 - margin_s
-    if left_s < MIN_REQUEST_S:
-        raise RetryLater(f"not enough time left in this invocation for {what}", 0)
-    return (min(timeout_s[0], left_s), min(timeout_s[1], left_s))
-
-
-def retry_after_s(value: str | None, now: float) -> float | None:
-    """``Retry-After`` in seconds (delta-seconds or HTTP-date); None when absent, negative or garbage."""
-    if not value or not value.strip():
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value.strip())
-        except (TypeError, ValueError, IndexError, OverflowError):
-            return None
-        if when.tzinfo is None:  # HTTP-dates are GMT
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
-
-
-def ratelimit_reset_s(value: str | None, now: float) -> float | None:
-    """Seconds until ``X-RateLimit-Reset``: ISO 8601 (documented), else epoch seconds or milliseconds.
-
-    Lenient: a small number is read as seconds from now. None when absent, garbage or in the past.
-    """
-    if not value or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        number = float(text)
-    except ValueError:
-        try:
-            when = datetime.fromisoformat(text.upper())
-        except ValueError:
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        seconds = when.timestamp() - now
-    else:
-        if number > 1e12:
-            seconds = number / 1000 - now
-        elif number > 1e9:
-            seconds = number - now
-        else:
-            seconds = number
-    return seconds if math.isfinite(seconds) and seconds > 0 else None
-
-
-def error_message(response: requests.Response, *secrets: str) -> str:
-    """Atlassian's message from a v1, v2, gateway, empty or plain-text error body (at most 300 chars).
-
-    ``secrets`` (the token, and whatever else the text must not carry, such as the account ids a
-    request named) are removed from the whole text, every run of ``REDACT_MIN_RUN`` of their
-    characters, *before* it is cut: cut first, a secret split at the limit has no whole copy or
-    segment left to find, and its head survives. Text that still shows one once decoded
-    (percent-encoded, JSON or HTML escapes) is withheld entirely.
-    """
-    secrets = tuple(s for s in secrets if s)
-    message = redact(_error_text(response)[:MAX_ERROR_SCAN_CHARS], *secrets)[:MAX_ERROR_CHARS]
-    if secrets and _token_spans(_decoded(message), *secrets):
-        return f"{REDACTED} (the error text echoed a secret in an encoded form)"
-    return message
-
-
-def _error_text(response: requests.Response) -> str:
-    """The message of an error body, in whichever shape it came: whole, or the first
-    ``MAX_ERROR_SCAN_CHARS`` of a plain-text body (not yet cut to ``MAX_ERROR_CHARS``)."""
-    try:
-        document = response.json()
-    except ValueError:
-        text = " ".join((response.text or "")[:MAX_ERROR_SCAN_CHARS].split())
-        return text or response.reason or f"HTTP {response.status_code}"
-    message = None
-    if isinstance(document, dict):
-        errors = document.get("errors")
-        if isinstance(errors, list) and errors and isinstance(errors[0], dict):  # v2
-            first = errors[0]
-            parts = [str(first[k]) for k in ("title", "detail") if first.get(k)]
-            message = ": ".join(parts) or (str(first["code"]) if first.get("code") else None)
-        elif document.get("message"):  # v1 {"statusCode", "message", "data"}, gateway {"code", "message"}
-            message = str(document["message"])
-    return message or response.reason or f"HTTP {response.status_code}"
 
 
 def _next_link_refused(why: str) -> ConfluenceError:
@@ -306,11 +191,18 @@ class ConfluenceClient:
         self._session = session
         self._remaining_ms = remaining_ms
         self._max_attempts = max_attempts
-        self._max_retry_after_s = max_retry_after_s
         self._safety_margin_s = safety_margin_s
         self._timeout_s = timeout_s
-        self._sleep = sleep
-        self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
+        self._retries = Retries(
+            peer="Confluence",
+            max_wait_s=max_retry_after_s,
+            read_timeout_s=timeout_s[1],
+            safety_margin_s=safety_margin_s,
+            remaining_ms=remaining_ms,
+            sleep=sleep,
+            rng=rng,
+            log=logger,
+        )
         self._max_pages = max_pages_per_listing
         self.request_count = 0
 
@@ -398,18 +290,18 @@ class ConfluenceClient:
     def _request(self, method: str, url: str, params: Mapping[str, str] | None) -> requests.Response:
         """Send with retries and return a 2xx response, or raise."""
         if method not in IDEMPOTENT_METHODS:
-            # Retrying a write could apply it twice.
             raise ValueError(f"{method} is not idempotent; this client only sends idempotent requests")
+        retries = self._retries
         for attempt in range(1, self._max_attempts + 1):
             token = self._token()  # re-checks expiry before every request (token rule 4)
             last = attempt == self._max_attempts
             try:
                 response = self._send(method, url, params, token)
-            except (requests.Timeout, requests.ConnectionError, requests.exceptions.ChunkedEncodingError) as exc:
+            except TRANSIENT_ERRORS as exc:
                 reason = f"Confluence unreachable ({type(exc).__name__})"
                 if last:
-                    raise RetryLater(f"{reason} after {attempt} attempts", self._backoff_cap(attempt)) from None
-                self._wait(self._backoff(attempt), reason, attempt)
+                    raise RetryLater(f"{reason} after {attempt} attempts", retries.cap(attempt)) from None
+                retries.wait(retries.backoff(attempt), reason, attempt)
                 continue
             except requests.RequestException as exc:
                 raise ConfluenceError(0, f"request failed ({type(exc).__name__})") from None
@@ -417,17 +309,17 @@ class ConfluenceClient:
             if 200 <= status < 300:
                 return response
             if status in RATE_LIMITED:
-                hint = self._hint_s(response)
+                hint = rate_limit_hint_s(response.headers)
                 reason = f"Confluence HTTP {status}"
                 if last:
-                    delay = min(hint, self._max_retry_after_s) if hint is not None else self._backoff_cap(attempt)
+                    delay = min(hint, retries.max_wait_s) if hint is not None else retries.cap(attempt)
                     raise RetryLater(f"{reason} after {attempt} attempts", delay)
-                self._wait(self._backoff(attempt) if hint is None else hint, reason, attempt)
+                retries.wait(retries.backoff(attempt) if hint is None else hint, reason, attempt)
             elif status in SERVER_ERRORS:
                 if last:
                     message = error_message(response, token)
                     raise ConfluenceUnavailable(status, f"{message} (after {attempt} attempts)", _trace_id(response))
-                self._wait(self._backoff(attempt), f"Confluence HTTP {status}", attempt)
+                retries.wait(retries.backoff(attempt), f"Confluence HTTP {status}", attempt)
             else:
                 raise self._error(response, token)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -439,17 +331,9 @@ class ConfluenceClient:
             else bounded_timeouts(self._timeout_s, self._remaining_ms, self._safety_margin_s, "another request")
         )
         self.request_count += 1
-        session = self._session or shared_session()
         path = urlsplit(url).path
         try:
-            response = session.request(
-                method,
-                url,
-                params=params,
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                timeout=timeouts,
-                allow_redirects=False,  # a redirect must not carry the token anywhere else
-            )
+            response = send(method, url, token=token, timeout=timeouts, session=self._session, params=params)
         except requests.RequestException as exc:
             logger.warning("Confluence %s %s failed: %s", method, path, type(exc).__name__)
             raise
@@ -497,88 +381,9 @@ class ConfluenceClient:
             return False
         return True if 200 <= probe.status_code < 300 else None
 
-    def _hint_s(self, response: requests.Response) -> float | None:
-        now = time.time()  # wall time: the server's headers are about real time, not the token clock
-        hint = retry_after_s(response.headers.get("Retry-After"), now)
-        return hint if hint is not None else ratelimit_reset_s(response.headers.get("X-RateLimit-Reset"), now)
-
-    @staticmethod
-    def _backoff_cap(attempt: int) -> float:
-        return min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2.0 ** (attempt - 1))
-
-    def _backoff(self, attempt: int) -> float:
-        """Full jitter: uniform between 0 and the exponential cap."""
-        return self._rng.uniform(0, self._backoff_cap(attempt))
-
-    def _wait(self, delay_s: float, reason: str, attempt: int) -> None:
-        """Sleep ``delay_s`` before the next attempt, or raise ``RetryLater`` if that is not sensible."""
-        if delay_s > self._max_retry_after_s:
-            raise RetryLater(f"{reason}: asked to wait {delay_s:.0f}s", self._max_retry_after_s)
-        if self._remaining_ms is not None:
-            # The next attempt needs the wait, a full read timeout and a margin within this invocation.
-            budget_s = self._remaining_ms() / 1000 - self._safety_margin_s - self._timeout_s[1]
-            if delay_s > budget_s:
-                raise RetryLater(f"{reason}: not enough time left in this invocation", delay_s)
-        logger.info("Retrying Confluence in %.2fs (%s, attempt %d)", delay_s, reason, attempt)
-        self._sleep(delay_s)
-
 
 def _trace_id(response: requests.Response) -> str | None:
     return response.headers.get("atl-traceid") or response.headers.get("atl-request-id")
-
-
-def _token_spans(text: str, *tokens: str) -> list[tuple[int, int]]:
-    """Where ``text`` holds runs of ``REDACT_MIN_RUN`` or more characters of any of ``tokens`` (merged
-    spans); a secret shorter than that counts only as a whole copy.
-
-    Pieces count, not only whole copies or JWT segments: a signature cut at a length limit, wrapped
-    over lines or interrupted by an escape is still a secret. Many secrets (a batch of account ids)
-    cost one pass over the text, not one each.
-    """
-    found: list[tuple[int, int]] = []
-    long = [t for t in tokens if len(t) >= REDACT_MIN_RUN]
-    for short in {t for t in tokens if 0 < len(t) < REDACT_MIN_RUN}:
-        found.extend((m.start(), m.end()) for m in re.finditer(re.escape(short), text))
-    if long:
-        grams = {t[i : i + REDACT_MIN_RUN] for t in long for i in range(len(t) - REDACT_MIN_RUN + 1)}
-        # Only runs of the secrets' own characters can hold a piece of one: most text is skipped at once.
-        runs = re.compile(f"[{re.escape(''.join(sorted(set(''.join(long)))))}]{{{REDACT_MIN_RUN},}}")
-        for run in runs.finditer(text):
-            for i in range(run.start(), run.end() - REDACT_MIN_RUN + 1):
-                if text[i : i + REDACT_MIN_RUN] in grams:
-                    found.append((i, i + REDACT_MIN_RUN))
-    spans: list[tuple[int, int]] = []
-    for begin, end in sorted(found):
-        if spans and spans[-1][1] >= begin:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], end))
-        else:
-            spans.append((begin, end))
-    return spans
-
-
-def redact(text: str, *tokens: str) -> str:
-    """Replace every piece of the tokens (see ``_token_spans``) in text a server sent back."""
-    spans = _token_spans(text, *tokens)
-    if not spans:
-        return text
-    kept, start = [], 0
-    for begin, end in spans:
-        kept.append(text[start:begin])
-        start = end
-    kept.append(text[start:])
-    return REDACTED.join(kept)
-
-
-def _decoded(text: str) -> str:
-    """``text`` with percent, JSON (``\\uXXXX``, ``\\/``) and HTML escapes undone, a few rounds deep:
-    only used to ask whether the token hides in it."""
-    for _ in range(3):
-        decoded = _JSON_ESCAPE.sub(lambda m: chr(int(m.group(1), 16)), text).replace("\\/", "/")
-        decoded = html.unescape(unquote(decoded))
-        if decoded == text:
-            break
-        text = decoded
-    return text
 
 
 def _log_exchange(method: str, path: str, response: requests.Response) -> None:

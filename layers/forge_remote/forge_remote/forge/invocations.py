@@ -22,13 +22,16 @@ from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_
 
 FIT_ISSUER = "forge/invocation-token"
 ALGORITHM = "RS256"
+REQUIRED_CLAIMS = ("exp", "iat", "iss", "aud", "jti")  # pyjwt refuses a FIT without any of them
+LEEWAY_S = 10.0  # clock skew allowed on exp, iat and nbf
 MAX_AUTHORIZATION_LENGTH = 16 * 1024
-SYSTEM_TOKEN_HEADER = "x-forge-oauth-system"  # noqa: S105 (a header name)
+APP_TOKEN_HEADER = "x-forge-oauth-system"  # noqa: S105 (a header name)
 USER_TOKEN_HEADER = "x-forge-oauth-user"  # noqa: S105 (a header name)
 
 _IC_LABEL = re.compile(r"^[a-z0-9_-]{1,50}$")
 UI_CONTEXT_CLAIMS = ("localId", "moduleKey", "extension")
 HEADER_MEMO_SIZE = 16
+API_BASE_MEMO_SIZE = 256  # apiBaseUrls that passed the allow-list: one per installation this container serves
 MAX_FIT_LIFETIME_S = 300  # Forge's FITs live about 25 s: one valid for longer is not Forge's
 _CLOUD_ID_IN_URL = re.compile(r"/ex/confluence/([0-9A-Za-z-]{1,64})(?:/|$)")
 
@@ -61,7 +64,7 @@ class Invocation:
     principal: str | None = None
     ui_context: bool = False  # the FIT carries a UI module's context (localId, moduleKey, extension)
     license_active: bool | None = None
-    system_token: str | None = field(default=None, repr=False, compare=False)
+    app_token: str | None = field(default=None, repr=False, compare=False)
     user_token: str | None = field(default=None, repr=False, compare=False)
 
 
@@ -102,27 +105,30 @@ class FitVerifier:
         audience: str,
         jwks: JwksCache,
         allowed_api_hosts: Collection[str],
-        leeway_s: float = 10.0,
+        leeway_s: float = LEEWAY_S,
     ) -> None:
         self._audience = audience
         self._jwks = jwks
         self._allowed_api_hosts = tuple(allowed_api_hosts)
         self._leeway_s = leeway_s
         self._header_kids: dict[str, str] = {}
+        self._api_bases: dict[str, str] = {}
+        # pyjwt with the required claims set once: jwt.decode would merge an options dict on every call.
+        self._jwt = jwt.PyJWT(options={"require": list(REQUIRED_CLAIMS)})
+        self._algorithms = [ALGORITHM]
 
     def claims(self, authorization: str | None) -> dict[str, Any]:
         """Verify the Authorization header's FIT and return its claims, or raise InvalidInvocation."""
         token = _bearer(authorization)
         key = self._jwks.key(self._kid(token))
         try:
-            claims: dict[str, Any] = jwt.decode(
+            claims: dict[str, Any] = self._jwt.decode(
                 token,
                 key.key,
-                algorithms=[ALGORITHM],
+                algorithms=self._algorithms,
                 audience=self._audience,
                 issuer=FIT_ISSUER,
                 leeway=self._leeway_s,
-                options={"require": ["exp", "iat", "iss", "aud", "jti"]},
             )
         except jwt.MissingRequiredClaimError as exc:
             raise InvalidInvocation(f"missing claim {exc.claim}") from exc
@@ -160,6 +166,25 @@ class FitVerifier:
         self._header_kids[segment] = kid
         return kid
 
+    def _api_base(self, raw: str) -> str:
+        """``raw`` checked against the allow-list (``require_allowed_api_base``), remembered per string.
+
+        The check depends only on the string and this verifier's hosts, and each installation sends the
+        same apiBaseUrl on every call: checking it once per container saves a URL parse per verify.
+        Only URLs that passed are remembered, at most ``API_BASE_MEMO_SIZE``: junk cannot grow the memo.
+        """
+        checked = self._api_bases.get(raw)
+        if checked is not None:
+            return checked
+        try:
+            checked = require_allowed_api_base(raw, self._allowed_api_hosts)
+        except DisallowedApiBaseUrl as exc:
+            raise InvalidInvocation(f"app.apiBaseUrl rejected: {exc}") from exc
+        if len(self._api_bases) >= API_BASE_MEMO_SIZE:
+            self._api_bases.clear()
+        self._api_bases[raw] = checked
+        return checked
+
     def verify(self, headers: Mapping[str, str]) -> Invocation:
         """Verify a request's headers (lower-cased names, as API Gateway v2 gives them)."""
         claims = self.claims(headers.get("authorization"))
@@ -178,11 +203,7 @@ class FitVerifier:
         app_id = _opt_str(app.get("id"))
         if app_id is not None and app_id.lower() != self._audience:
             raise InvalidInvocation("app.id does not match the audience")
-        try:
-            raw_base = _opt_str(app.get("apiBaseUrl")) or ""
-            api_base_url = require_allowed_api_base(raw_base, self._allowed_api_hosts)
-        except DisallowedApiBaseUrl as exc:
-            raise InvalidInvocation(f"app.apiBaseUrl rejected: {exc}") from exc
+        api_base_url = self._api_base(_opt_str(app.get("apiBaseUrl")) or "")
         ic_label = claims.get("icLabel")
         if ic_label is not None and not (isinstance(ic_label, str) and _IC_LABEL.fullmatch(ic_label)):
             raise InvalidInvocation("invalid claim icLabel")
@@ -213,6 +234,6 @@ class FitVerifier:
             principal=principal,
             ui_context=any(name in context for name in UI_CONTEXT_CLAIMS),
             license_active=active if isinstance(active, bool) else None,
-            system_token=_token_header(headers, SYSTEM_TOKEN_HEADER),
+            app_token=_token_header(headers, APP_TOKEN_HEADER),
             user_token=_token_header(headers, USER_TOKEN_HEADER) if principal else None,
         )

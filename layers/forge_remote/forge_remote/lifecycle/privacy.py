@@ -286,17 +286,11 @@ class PersonalDataReporter:
 
     def report(self, accounts: list[ReportedAccount]) -> dict[str, str]:
         """Account -> ``closed``/``updated`` for the accounts that need action (empty: none do)."""
-        # Imported here: requests and the Confluence client stay off the cold start of the modules
-        # that only erase (the uninstall imports this one for its eraser).
+        # Imported here: requests (and outbound, which imports it) stay off the cold start of the
+        # modules that only erase (the uninstall imports this one for its eraser).
         import requests
 
-        from forge_remote.confluence.client import (
-            bounded_timeouts,
-            error_message,
-            redact,
-            retry_after_s,
-            shared_session,
-        )
+        from forge_remote.outbound import RATE_LIMITED, bounded_timeouts, error_message, redact, retry_after_s, send
 
         if not 1 <= len(accounts) <= MAX_ACCOUNTS_PER_REPORT:
             raise ValueError(f"a report carries 1 to {MAX_ACCOUNTS_PER_REPORT} accounts")
@@ -308,13 +302,8 @@ class PersonalDataReporter:
         )
         self.request_count += 1
         try:
-            response = (self._session or shared_session()).post(
-                self.url,
-                json={"accounts": [a.as_json() for a in accounts]},
-                headers={"Authorization": f"Bearer {token}", "Accept": "application/json"},
-                timeout=timeouts,
-                allow_redirects=False,
-            )
+            body = {"accounts": [a.as_json() for a in accounts]}
+            response = send("POST", self.url, token=token, timeout=timeouts, session=self._session, json=body)
         except requests.RequestException as exc:
             raise RetryLater(
                 f"personal data report failed ({type(exc).__name__})", DEFAULT_RATE_LIMIT_DELAY_S
@@ -333,7 +322,7 @@ class PersonalDataReporter:
             except ValueError:
                 raise MalformedReportAnswer("personal data report answer is not JSON; nothing erased") from None
             return parse_answer(document, {a.account_id for a in accounts})
-        if status in (429, 503):
+        if status in RATE_LIMITED:
             hint = retry_after_s(response.headers.get("Retry-After"), time.time())  # the server's wall time
             delay = hint if hint is not None else DEFAULT_RATE_LIMIT_DELAY_S
             raise RetryLater(f"personal data report HTTP {status}; retry after {delay:.0f}s", delay)

@@ -20,7 +20,9 @@ Failures never fall back to the app's token: a user who does not exist or cannot
 answers that cannot be read are ``OfflineTokenUnavailable`` (deferred). Reasons name no token and no
 account id.
 
-This module imports ``requests``; the worker imports it only when a job first asks for a user client.
+It talks HTTP as every client of this library does (``forge_remote.outbound``: the container's
+session, no redirects, timeouts within the invocation, ``Retry-After``, redacted messages). This module
+imports ``requests``; the worker imports it only when a job first asks for a user client.
 """
 
 from __future__ import annotations
@@ -36,7 +38,6 @@ import requests
 
 from forge_remote import clock
 from forge_remote.confluence.api_hosts import require_allowed_api_base
-from forge_remote.confluence.client import bounded_timeouts, redact, retry_after_s, shared_session
 from forge_remote.errors import (
     ConfigurationError,
     DisallowedApiBaseUrl,
@@ -46,6 +47,7 @@ from forge_remote.errors import (
     TokenRejected,
     TokenUnavailable,
 )
+from forge_remote.outbound import RATE_LIMITED, bounded_timeouts, redact, retry_after_s, send
 from forge_remote.storage.installations import InstallationRegistry
 from forge_remote.storage.table_keys import offline_token_sk
 from forge_remote.tokens.lease import REQUEST_MARGIN_S, TokenLease
@@ -154,12 +156,9 @@ class OfflineTokenMinter:
         body = {"query": MUTATION, "variables": variables}
         self.mint_count += 1
         try:
-            response = (self._session or shared_session()).post(
-                self.graphql_url,
-                json=body,
-                headers={"Authorization": f"Bearer {app_token}", "Accept": "application/json"},
-                timeout=timeouts,
-                allow_redirects=False,  # a redirect must not carry the app token anywhere else
+            # send() follows no redirect: a redirect must not carry the app token anywhere else.
+            response = send(
+                "POST", self.graphql_url, token=app_token, timeout=timeouts, session=self._session, json=body
             )
         except requests.RequestException as exc:
             logger.warning("offline token mint failed: %s", type(exc).__name__)
@@ -202,7 +201,7 @@ class OfflineTokenMinter:
             return OfflineTokenRefused(
                 "Forge GraphQL refused offline impersonation (HTTP 403: a scope without impersonation?)"
             )
-        if status in (429, 503):
+        if status in RATE_LIMITED:
             hint = retry_after_s(response.headers.get("Retry-After"), time.time())
             delay = min(hint if hint is not None else RATE_LIMIT_DELAY_S, MAX_DELAY_S)
             return OfflineTokenUnavailable(f"Forge GraphQL HTTP {status}", delay)
