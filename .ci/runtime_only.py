@@ -89,7 +89,7 @@ def sample_events(folder: str) -> list[dict[str, Any]]:
 def with_real_fit(event: dict[str, Any], forge: Any, site: Any) -> dict[str, Any]:
     """An HTTP sample with a real FIT (and app token) from the Forge emulator for ``site``."""
     principal = "557058:runtime-only-user" if event["rawPath"].startswith("/api/") else None
-    real = forge.headers(site, system_token=forge.app_token(), principal=principal)
+    real = forge.headers(site, app_token=forge.app_token(), principal=principal)
     event["headers"].update({k: v for k, v in real.items() if k in ("authorization", "x-forge-oauth-system")})
     return event
 

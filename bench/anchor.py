@@ -181,7 +181,7 @@ def call_event(forge: Any, site: Any, call: Call) -> tuple[dict[str, Any], bool]
     ui = call.kind == "ui"
     headers = forge.headers(
         site,
-        system_token=call.token,
+        app_token=call.token,
         principal="557058:bench-user" if ui else None,
         module_key="ui-resolver" if ui else "keepalive-endpoint",
     )

@@ -67,7 +67,7 @@ def _deliver(forge: Any, triggers: Any, site: Any, path: str) -> None:
 
     token = forge.app_token(lifetime_s=3 * 3600)
     body = forge.installed_event(site) if path == "/forge/lifecycle" else {}
-    event = http_api_event("POST", path, headers=forge.headers(site, system_token=token), body=body)
+    event = http_api_event("POST", path, headers=forge.headers(site, app_token=token), body=body)
     with quiet():
         triggers.lambda_handler(event, LocalLambdaContext("forge-triggers", timeout_s=6))
 

@@ -144,8 +144,10 @@ class LullDay:
         wakeup = load_function(stack, "TokenWakeupFunction")
         self.counts = {"sent_valid": 0, "sent_expired": 0}
         self.worker.runner.client_factory = lambda _base, token, **_kw: _TouchClient(self.counts, token, clock.now)
-        if JOB not in self.worker.registry.names():
-            self.worker.registry.job(JOB, lambda args: args)(lambda ctx, _args: ctx.confluence.get_json("/wiki/touch"))
+        if JOB not in self.worker.runner.registry.names():
+            self.worker.runner.registry.job(JOB, lambda args: args)(
+                lambda ctx, _args: ctx.confluence.get_json("/wiki/touch")
+            )
         self.first_parked: dict[str, float] = {}
         real_park = self.worker.parking.park
 

@@ -97,7 +97,7 @@ def run(quick: bool = False) -> Section:
                     "/forge/keepalive",
                     headers=forge.headers(
                         site,
-                        system_token=tokens[i // PER_TOKEN],
+                        app_token=tokens[i // PER_TOKEN],
                         fit=forge.sign(forge.fit_claims(site, lifetime_s=300)),  # outlives the run (300 s is the cap)
                     ),
                     body={},

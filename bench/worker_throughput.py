@@ -89,7 +89,7 @@ def install(stack: Any, forge: Any, site: Any) -> None:
     from local.lambda_context import LocalLambdaContext
 
     triggers = load_function(stack, "ForgeTriggersFunction")
-    headers = forge.headers(site, system_token=forge.app_token(lifetime_s=3 * 3600))
+    headers = forge.headers(site, app_token=forge.app_token(lifetime_s=3 * 3600))
     event = http_api_event("POST", "/forge/lifecycle", headers=headers, body=forge.installed_event(site))
     with quiet():
         response = triggers.lambda_handler(event, LocalLambdaContext(timeout_s=6))

@@ -64,7 +64,7 @@ class Story:
         ]
 
     def _headers(self, module_key: str, token: str | None = None) -> dict[str, str]:
-        return self.rt.forge.headers(self.site, system_token=token, module_key=module_key)
+        return self.rt.forge.headers(self.site, app_token=token, module_key=module_key)
 
     def install(self) -> tuple[bool, str]:
         self.first_token = self.rt.forge.app_token(lifetime_s=TOKEN_LIFETIME_S)

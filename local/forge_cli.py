@@ -142,17 +142,17 @@ def request_for(
             "POST",
             "/forge/lifecycle",
             forge.installed_event(site),
-            forge.headers(site, system_token=token, module_key="lifecycle-endpoint"),
+            forge.headers(site, app_token=token, module_key="lifecycle-endpoint"),
         )
     if command == "keepalive":
-        return "POST", "/forge/keepalive", {}, forge.headers(site, system_token=token, module_key="keepalive-endpoint")
+        return "POST", "/forge/keepalive", {}, forge.headers(site, app_token=token, module_key="keepalive-endpoint")
     if command in ("page-created", "page-updated"):
         event = forge.page_event(page["id"], page["spaceKey"], created=command == "page-created", title=page["title"])
-        return "POST", "/forge/events", event, forge.headers(site, system_token=token, module_key="events-endpoint")
+        return "POST", "/forge/events", event, forge.headers(site, app_token=token, module_key="events-endpoint")
     if command == "status":
         headers = forge.headers(
             site,
-            system_token=token,
+            app_token=token,
             user_token=forge.app_token(subject=USER_ACCOUNT_ID),
             principal=USER_ACCOUNT_ID,
             module_key="ui-endpoint",
@@ -182,10 +182,12 @@ def forge_call(command: str, state: dict[str, Any], url: str | None) -> int:
 
 # -- jobs
 def known_jobs() -> list[str]:
-    """The jobs the worker registers: importing its package imports every job module in it."""
-    from confluence_jobs import registry
+    """The jobs the worker registers: every module of its jobs package, imported as the worker does."""
+    from forge_remote.jobs.contract import JOBS
+    from forge_remote.jobs.worker import import_jobs
 
-    return registry.names()
+    import_jobs("confluence_jobs")
+    return JOBS.names()
 
 
 def parse_job_args(text: str) -> dict[str, Any]:

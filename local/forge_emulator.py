@@ -311,7 +311,7 @@ class ForgeEmulator:
         self,
         site: Site,
         *,
-        system_token: str | None = None,
+        app_token: str | None = None,
         user_token: str | None = None,
         principal: str | None = None,
         fit: str | None = None,
@@ -326,8 +326,8 @@ class ForgeEmulator:
             "x-b3-spanid": uuid.uuid4().hex[:16],
             "user-agent": "Forge-Remote-Emulator/1.0",
         }
-        if system_token:
-            headers["x-forge-oauth-system"] = system_token
+        if app_token:
+            headers["x-forge-oauth-system"] = app_token
         if user_token:
             headers["x-forge-oauth-user"] = user_token
         return headers

@@ -11,13 +11,15 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_handler(logical_id: str, code_uri: str, environment: Mapping[str, str]) -> ModuleType:
-    """Import ``<code_uri>/app.py`` fresh under ``handler_<logical_id>`` with ``environment`` set."""
+def load_handler(logical_id: str, code_uri: str, environment: Mapping[str, str]) -> Any:
+    """Import ``<code_uri>/app.py`` fresh under ``handler_<logical_id>`` with ``environment`` set, and
+    return its ``lambda_handler``: the library's handler object (``forge_remote.handler``), which is
+    what Lambda calls and holds the function's parts (``.runner``, ``.app``, ``.wiring``)."""
     os.environ.update(environment)
     from forge_remote import aws
 
@@ -32,4 +34,4 @@ def load_handler(logical_id: str, code_uri: str, environment: Mapping[str, str])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
-    return module
+    return module.lambda_handler

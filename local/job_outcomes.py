@@ -13,15 +13,14 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from forge_remote import clock
 from forge_remote.jobs.contract import JobRequest
-from forge_remote.jobs.runner import JobRunner, Outcome
+from forge_remote.jobs.runner import Outcome
+from forge_remote.jobs.worker import WorkerHandler
 
 logger = logging.getLogger(__name__)
 
@@ -96,25 +95,16 @@ class OutcomeJournal:
         self.path.unlink(missing_ok=True)
 
 
-RunJob = Callable[..., Outcome]
+def journal_worker_outcomes(worker: WorkerHandler, journal: OutcomeJournal) -> None:
+    """Record every outcome the worker's runner decides in ``journal``, as one of the worker's observers.
 
-
-def journal_worker_outcomes(worker: ModuleType, journal: OutcomeJournal) -> None:
-    """Record every outcome of the worker module's ``runner`` in ``journal``.
-
-    ``app.py`` only acts on what ``JobRunner.run`` decides (delete, defer, dead-letter), so wrapping
-    that one method sees every outcome of a well-formed request without touching the handler's code.
     A journal that cannot be written is logged and ignored: it must never change what the worker does.
     """
-    runner: JobRunner = worker.runner
-    run: RunJob = runner.run
 
-    def run_and_record(request: JobRequest, **kwargs: Any) -> Outcome:
-        outcome = run(request, **kwargs)
+    def record(request: JobRequest, outcome: Outcome) -> None:
         try:
             journal.record(JobOutcome.of(request, outcome))
         except OSError:
             logger.warning("could not record a job outcome in %s", journal.path, exc_info=True)
-        return outcome
 
-    runner.run = run_and_record  # type: ignore[method-assign]
+    worker.worker.observers.append(record)

@@ -16,7 +16,7 @@ import sys
 import threading
 from contextlib import redirect_stdout
 from dataclasses import dataclass
-from types import ModuleType, TracebackType
+from types import TracebackType
 from typing import IO, Any, Self
 
 import boto3
@@ -53,7 +53,7 @@ class LocalFunction:
     """One loaded handler module, with the limits the template gives its function."""
 
     logical_id: str
-    module: ModuleType
+    module: Any
     timeout_s: float
     memory_mb: int
     # Lambda runs one event at a time per container; the modules keep per-event state in globals.

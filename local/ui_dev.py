@@ -253,7 +253,7 @@ class StatusPageServer:
         )
         forge_headers = self.forge.headers(
             self.site,
-            system_token=app_token,
+            app_token=app_token,
             user_token=self.forge.app_token(subject=self.account_id),
             principal=self.account_id,
             module_key="ui-endpoint",

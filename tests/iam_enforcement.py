@@ -21,7 +21,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -211,7 +210,7 @@ class RoleEnforcer:
             boto3.DEFAULT_SESSION = None
             aws.reset_clients()
 
-    def load(self, function: str) -> ModuleType:
+    def load(self, function: str) -> Any:
         """The function's module, imported as its role (clients made at import sign with it), and its
         handler wrapped so that each invocation runs as that role with IAM enforced."""
         if function not in self.roles:

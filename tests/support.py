@@ -17,7 +17,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -56,7 +55,7 @@ def moto_stack(forge: ForgeEmulator, **parameters: str) -> Iterator[LocalStack]:
             aws.reset_clients()
 
 
-def load_function(stack: LocalStack, logical_id: str) -> ModuleType:
+def load_function(stack: LocalStack, logical_id: str) -> Any:
     """A fresh copy of a function's module, with the environment the template gives it: what one Lambda
     container runs (its own clients and caches)."""
     return load_handler(logical_id, FUNCTIONS[logical_id], stack.environment(logical_id))
@@ -65,7 +64,7 @@ def load_function(stack: LocalStack, logical_id: str) -> ModuleType:
 class Gateway:
     """Calls the HTTP handlers the way API Gateway would: one v2 event in, a response out."""
 
-    def __init__(self, calls: ModuleType, triggers: ModuleType) -> None:
+    def __init__(self, calls: Any, triggers: Any) -> None:
         self.calls = calls
         self.triggers = triggers
 
@@ -125,17 +124,17 @@ class LocalWorld:
     forge: ForgeEmulator
     confluence: ConfluenceEmulator
     site: Site
-    triggers: ModuleType
-    worker: ModuleType
-    load: Callable[[str], ModuleType] = field(repr=False)  # logical id -> the function's module
+    triggers: Any
+    worker: Any
+    load: Callable[[str], Any] = field(repr=False)  # logical id -> the function's module
 
     @cached_property
-    def calls(self) -> ModuleType:
+    def calls(self) -> Any:
         """forge_calls, loaded when a test first sends it something."""
         return self.load("ForgeCallsFunction")
 
     @cached_property
-    def wakeup(self) -> ModuleType:
+    def wakeup(self) -> Any:
         """token_wakeup, loaded when a test first delivers the tokens table's stream."""
         return self.load("TokenWakeupFunction")
 
@@ -162,7 +161,7 @@ class LocalWorld:
         """Forge's install lifecycle event for ``site`` (this world's by default); returns its app token."""
         site = site or self.site
         token = self.forge.app_token(lifetime_s=lifetime_s)
-        headers = self.forge.headers(site, system_token=token)
+        headers = self.forge.headers(site, app_token=token)
         response = self.send("POST", "/forge/lifecycle", headers, self.forge.installed_event(site))
         assert response["statusCode"] == 200, response
         return token

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -245,7 +244,7 @@ def results_left(world: LocalWorld) -> int:
 
 
 @contextmanager
-def faulty_walk(module: ModuleType, after: int) -> Iterator[None]:
+def faulty_walk(module: Any, after: int) -> Iterator[None]:
     original = module.cleanup._client
     module.cleanup._client = FailingBatchWrites(original, after)
     try:
@@ -289,7 +288,7 @@ class RunningOutContext(LocalLambdaContext):
         return 5000 if self.calls >= 0 else 900
 
 
-def call_uninstall(module: ModuleType, headers: dict[str, str], context: LocalLambdaContext) -> dict[str, Any]:
+def call_uninstall(module: Any, headers: dict[str, str], context: LocalLambdaContext) -> dict[str, Any]:
     response: dict[str, Any] = module.lambda_handler(
         http_api_event("POST", "/forge/uninstall", headers=headers, body={}), context
     )

@@ -37,7 +37,7 @@ def bearer(token: str) -> dict[str, str]:
 
 def test_valid_fit_gives_the_invocation(forge: ForgeEmulator, verifier: FitVerifier, site: Site) -> None:
     system, user = forge.app_token(), forge.app_token(subject="user")
-    headers = forge.headers(site, system_token=system, user_token=user, principal="557058:abc-123")
+    headers = forge.headers(site, app_token=system, user_token=user, principal="557058:abc-123")
     invocation = verifier.verify(headers)
     assert invocation.installation_id == site.installation_id
     assert invocation.api_base_url == site.api_base_url
@@ -45,7 +45,7 @@ def test_valid_fit_gives_the_invocation(forge: ForgeEmulator, verifier: FitVerif
     assert invocation.principal == "557058:abc-123"
     assert invocation.environment_type == "DEVELOPMENT"
     assert invocation.module_type == "core:endpoint"
-    assert invocation.system_token == system
+    assert invocation.app_token == system
     assert invocation.user_token == user
     assert system not in repr(invocation)
     assert user not in repr(invocation)
@@ -69,7 +69,7 @@ def test_user_token_without_principal_is_ignored(forge: ForgeEmulator, verifier:
 def test_empty_token_headers_are_not_tokens(forge: ForgeEmulator, verifier: FitVerifier, site: Site) -> None:
     headers = forge.headers(site)
     headers["x-forge-oauth-system"] = "   "
-    assert verifier.verify(headers).system_token is None
+    assert verifier.verify(headers).app_token is None
 
 
 def _mutated(forge: ForgeEmulator, site: Site, mutate: Callable[[dict[str, Any]], None]) -> str:

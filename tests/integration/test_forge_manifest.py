@@ -324,7 +324,7 @@ def test_the_expected_forge_routes_are_all_wired(manifest: dict[str, Any]) -> No
     assert [path_of(m["endpoint"]) for m in _modules(manifest, "scheduledTrigger")] == ["/forge/keepalive"]
 
 
-def test_keepalive_runs_hourly_with_a_system_token(manifest: dict[str, Any]) -> None:
+def test_keepalive_runs_hourly_with_an_app_token(manifest: dict[str, Any]) -> None:
     """Token rule 7: an hourly run delivers a token valid >= 2 h, so one is always stored."""
     (keepalive,) = [m for m in _modules(manifest, "scheduledTrigger") if m["key"] == "token-keepalive"]
     assert keepalive["interval"] == "hour"
@@ -380,11 +380,14 @@ def _modules_calling(manifest: dict[str, Any]) -> dict[str, set[str]]:
 
 
 def test_trigger_routes_accept_exactly_the_modules_the_manifest_routes_there(manifest: dict[str, Any]) -> None:
-    from forge_remote.forge.call_kinds import TRIGGER_ROUTE_MODULES, UI_ROUTE_PREFIX
+    """The template's FORGE_TRIGGER_MODULES (what the functions check FITs against) is the manifest's."""
+    from forge_remote.forge.call_kinds import UI_ROUTE_PREFIX, TriggerModules
 
+    variables = load_template(TEMPLATE)["Globals"]["Function"]["Environment"]["Variables"]
+    configured = TriggerModules.from_json(variables["FORGE_TRIGGER_MODULES"])
     expected = _modules_calling(manifest)
-    assert {path: set(keys) for path, keys in TRIGGER_ROUTE_MODULES.items()} == expected
+    assert {path: set(keys) for path, keys in configured.routes.items()} == expected
     assert not any(path.startswith(UI_ROUTE_PREFIX) for path in expected)
     ui_keys = _ui_endpoint_keys(manifest)
     assert ui_keys
-    assert not ui_keys & set().union(*TRIGGER_ROUTE_MODULES.values())
+    assert not ui_keys & configured.keys

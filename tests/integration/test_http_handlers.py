@@ -41,7 +41,7 @@ def test_every_route_rejects_a_missing_or_bad_fit_with_401_json_and_writes_nothi
     gateway: Gateway, forge: ForgeEmulator, site: Site, stack: LocalStack, method: str, path: str
 ) -> None:
     token = forge.app_token()
-    good = forge.headers(site, system_token=token)
+    good = forge.headers(site, app_token=token)
     for headers in (
         {"x-forge-oauth-system": token},  # no FIT at all
         {**good, "authorization": good["authorization"][:-4] + "AAAA"},  # bad signature
@@ -58,7 +58,7 @@ def test_keepalive_stores_the_token_and_answers_204(
     gateway: Gateway, forge: ForgeEmulator, site: Site, stack: LocalStack
 ) -> None:
     token = forge.app_token(lifetime_s=7200)
-    response = gateway("POST", "/forge/keepalive", forge.headers(site, system_token=token), {})
+    response = gateway("POST", "/forge/keepalive", forge.headers(site, app_token=token), {})
     assert response["statusCode"] == 204
     items = token_items(stack)
     assert len(items) == 1
@@ -82,7 +82,7 @@ def test_redelivered_token_is_written_once(
     gateway = Gateway(triggers, triggers)
     token = forge.app_token()
     for _ in range(20):
-        assert gateway("POST", "/forge/keepalive", forge.headers(site, system_token=token))["statusCode"] == 204
+        assert gateway("POST", "/forge/keepalive", forge.headers(site, app_token=token))["statusCode"] == 204
     assert triggers.wiring.tokens.write_count == 1
 
 
@@ -90,7 +90,7 @@ def test_lifecycle_installed_records_the_installation(
     gateway: Gateway, forge: ForgeEmulator, site: Site, stack: LocalStack
 ) -> None:
     response = gateway(
-        "POST", "/forge/lifecycle", forge.headers(site, system_token=forge.app_token()), forge.installed_event(site)
+        "POST", "/forge/lifecycle", forge.headers(site, app_token=forge.app_token()), forge.installed_event(site)
     )
     assert response["statusCode"] == 200
     assert body_of(response)["installation"] == "active"
@@ -125,9 +125,7 @@ def test_malformed_lifecycle_body_is_400_json(
 def test_uninstall_deletes_tokens_and_marks_uninstalled(
     gateway: Gateway, forge: ForgeEmulator, site: Site, stack: LocalStack
 ) -> None:
-    gateway(
-        "POST", "/forge/lifecycle", forge.headers(site, system_token=forge.app_token()), forge.installed_event(site)
-    )
+    gateway("POST", "/forge/lifecycle", forge.headers(site, app_token=forge.app_token()), forge.installed_event(site))
     gateway("GET", "/api/status", forge.headers(site, user_token=forge.app_token(), principal="557058:user-1"))
     assert len(token_items(stack)) == 2
     response = gateway("POST", "/forge/uninstall", forge.headers(site), {"eventType": "avi:forge:uninstalled:app"})
@@ -138,7 +136,7 @@ def test_uninstall_deletes_tokens_and_marks_uninstalled(
     assert item["status"]["S"] == "uninstalled"
     assert "activePk" not in item
     # A late keepalive (Forge retry, or one racing the uninstall) can never bring a token back.
-    late = gateway("POST", "/forge/keepalive", forge.headers(site, system_token=forge.app_token(lifetime_s=9000)))
+    late = gateway("POST", "/forge/keepalive", forge.headers(site, app_token=forge.app_token(lifetime_s=9000)))
     assert late["statusCode"] == 204
     assert token_items(stack) == []
 
@@ -147,7 +145,7 @@ def test_page_event_becomes_one_job_request_even_when_retried(
     gateway: Gateway, forge: ForgeEmulator, site: Site, stack: LocalStack
 ) -> None:
     event = forge.page_event("12345", "ENG", version=3)
-    first = gateway("POST", "/forge/events", forge.headers(site, system_token=forge.app_token()), event)
+    first = gateway("POST", "/forge/events", forge.headers(site, app_token=forge.app_token()), event)
     assert first["statusCode"] == 202
     assert body_of(first)["jobs"] == 1
     # Forge retries the same delivery, wrapped, with a retryContext: no second job.
@@ -186,7 +184,7 @@ def test_non_page_event_is_acknowledged_without_a_job(
 def test_status_reports_expiry_never_the_token(gateway: Gateway, forge: ForgeEmulator, site: Site) -> None:
     system, user = forge.app_token(lifetime_s=7200), forge.app_token(lifetime_s=3000)
     response = gateway(
-        "GET", "/api/status", forge.headers(site, system_token=system, user_token=user, principal="557058:u")
+        "GET", "/api/status", forge.headers(site, app_token=system, user_token=user, principal="557058:u")
     )
     assert response["statusCode"] == 200
     body = body_of(response)
@@ -214,11 +212,11 @@ def test_installation_comes_only_from_the_verified_fit(
 ) -> None:
     a, b = forge.site(), forge.site()
     token_b = forge.app_token(lifetime_s=9000)
-    gateway("POST", "/forge/keepalive", forge.headers(b, system_token=token_b))
+    gateway("POST", "/forge/keepalive", forge.headers(b, app_token=token_b))
     # A FIT for A, with B's id smuggled into the body and query: A's call only touches A.
     smuggled = {"installationId": b.installation_id, "payload": {"installationId": b.installation_id}}
     token_a = forge.app_token(lifetime_s=3600)
-    gateway("POST", "/forge/keepalive", forge.headers(a, system_token=token_a), smuggled)
+    gateway("POST", "/forge/keepalive", forge.headers(a, app_token=token_a), smuggled)
     status_a = body_of(gateway("GET", "/api/status", forge.headers(a)))
     assert status_a["installationId"] == a.installation_id
     assert status_a["tokens"][0]["validForSeconds"] <= 3600
@@ -230,7 +228,7 @@ def test_storage_failure_is_503_json_not_a_crash(
     gateway: Gateway, forge: ForgeEmulator, site: Site, stack: LocalStack
 ) -> None:
     boto3.client("dynamodb").delete_table(TableName=stack.physical["TokensTable"])
-    response = gateway("POST", "/forge/keepalive", forge.headers(site, system_token=forge.app_token()))
+    response = gateway("POST", "/forge/keepalive", forge.headers(site, app_token=forge.app_token()))
     assert response["statusCode"] == 503
     assert body_of(response)["error"] == "unavailable"
 
@@ -248,21 +246,21 @@ def test_no_token_or_fit_in_logs_or_responses(
         return response.get("body") or ""
 
     bodies = [
-        call("POST", "/forge/lifecycle", forge.installed_event(site), system_token=forge.app_token()),
-        call("POST", "/forge/keepalive", None, system_token=forge.app_token(lifetime_s=-5)),  # expired on arrival
-        call("POST", "/forge/events", forge.page_event("1", "X"), system_token=forge.app_token()),
-        call("POST", "/forge/events", "{broken", system_token=forge.app_token()),
+        call("POST", "/forge/lifecycle", forge.installed_event(site), app_token=forge.app_token()),
+        call("POST", "/forge/keepalive", None, app_token=forge.app_token(lifetime_s=-5)),  # expired on arrival
+        call("POST", "/forge/events", forge.page_event("1", "X"), app_token=forge.app_token()),
+        call("POST", "/forge/events", "{broken", app_token=forge.app_token()),
         call(
             "GET",
             "/api/status",
             None,
-            system_token=forge.app_token(),
+            app_token=forge.app_token(),
             user_token=forge.app_token(),
             principal="557058:u",
         ),
         call("POST", "/forge/uninstall", {}),
     ]
-    forged = forge.headers(site, system_token=forge.app_token())
+    forged = forge.headers(site, app_token=forge.app_token())
     forged["authorization"] = forged["authorization"][:-6] + "AAAAAA"
     secrets.extend([forged["authorization"].split(" ", 1)[1], forged["x-forge-oauth-system"]])
     bodies.append(gateway("POST", "/forge/keepalive", forged).get("body") or "")
@@ -325,6 +323,6 @@ def test_a_stored_token_is_published_as_a_metric(
     token = forge.app_token()
     capsys.readouterr()
     for _ in range(2):  # the second delivery stores nothing: no metric, and no warning about it
-        assert gateway("POST", "/forge/keepalive", forge.headers(site, system_token=token))["statusCode"] == 204
+        assert gateway("POST", "/forge/keepalive", forge.headers(site, app_token=token))["statusCode"] == 204
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
     assert [line["TokensStored"] for line in lines] == [[1.0]]

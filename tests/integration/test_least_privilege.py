@@ -23,7 +23,6 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 from unittest.mock import patch
 
@@ -81,7 +80,7 @@ class EnforcedWorld:
     def site(self) -> Site:
         return self.world.site
 
-    def module(self, function: str) -> ModuleType:
+    def module(self, function: str) -> Any:
         """The function's one container (loaded once per test, as its role)."""
         return self.world.load(function)
 
@@ -100,9 +99,7 @@ class EnforcedWorld:
 
     def as_user(self, account: str) -> dict[str, str]:
         user_token = self.forge.app_token(lifetime_s=3600, subject=account)
-        return self.forge.headers(
-            self.site, user_token=user_token, principal=account, system_token=self.forge.app_token()
-        )
+        return self.forge.headers(self.site, user_token=user_token, principal=account, app_token=self.forge.app_token())
 
     def routes_answered(self, function: str) -> dict[str, bool]:
         """Every template route of ``function`` (and its resolver's routes): answered 2xx at least once?"""
@@ -135,9 +132,9 @@ def enforced(
     stack.parameters["AllowedApiHosts"] = ",".join(hosts)
     stack.parameters["ForgeGraphqlUrl"] = forge.graphql_url
     enforcer = RoleEnforcer(stack, ROLES, CODE_URIS)
-    loaded: dict[str, ModuleType] = {}
+    loaded: dict[str, Any] = {}
 
-    def load(function: str) -> ModuleType:
+    def load(function: str) -> Any:
         if function not in loaded:
             _fresh_function_modules(CODE_URIS[function])
             loaded[function] = enforcer.load(function)
@@ -163,7 +160,7 @@ def _sample_http_events(folder: str) -> list[dict[str, Any]]:
 
 
 def _with_real_fit(w: EnforcedWorld, event: dict[str, Any], principal: str | None = None) -> dict[str, Any]:
-    real = w.forge.headers(SAMPLE_SITE, system_token=w.forge.app_token(), principal=principal)
+    real = w.forge.headers(SAMPLE_SITE, app_token=w.forge.app_token(), principal=principal)
     event["headers"].update({k: v for k, v in real.items() if k in ("authorization", "x-forge-oauth-system")})
     return event
 
@@ -184,13 +181,11 @@ def uninstall_out_of_time(w: EnforcedWorld) -> None:
 def drive_triggers(w: EnforcedWorld) -> None:
     forge, site = w.forge, w.site
     w.world.install()
-    headers = forge.headers(site, system_token=forge.app_token())
+    headers = forge.headers(site, app_token=forge.app_token())
     assert w.http("POST", "/forge/lifecycle", headers, forge.installed_event(site, "avi:forge:upgraded:app")) == 200
-    assert w.http("POST", "/forge/keepalive", forge.headers(site, system_token=forge.app_token())) == 204
+    assert w.http("POST", "/forge/keepalive", forge.headers(site, app_token=forge.app_token())) == 204
     assert (
-        w.http(
-            "POST", "/forge/events", forge.headers(site, system_token=forge.app_token()), forge.page_event("7", "ENG")
-        )
+        w.http("POST", "/forge/events", forge.headers(site, app_token=forge.app_token()), forge.page_event("7", "ENG"))
         < 300
     )
     for event in _sample_http_events("forge_triggers"):  # the samples, as `sam local invoke -e` sends them
@@ -198,7 +193,7 @@ def drive_triggers(w: EnforcedWorld) -> None:
     uninstall_out_of_time(w)  # a cleanup too big for one call: 503, then Forge's retry finishes it
     assert w.http("POST", "/forge/uninstall", forge.headers(site)) == 200
     after = w.http(
-        "POST", "/forge/events", forge.headers(site, system_token=forge.app_token()), forge.page_event("8", "ENG")
+        "POST", "/forge/events", forge.headers(site, app_token=forge.app_token()), forge.page_event("8", "ENG")
     )
     assert after == 200  # acknowledged, no job: the installation is gone
 
@@ -288,7 +283,7 @@ def drive_wakeup(w: EnforcedWorld) -> None:
     _, response = world.run_worker()
     assert len(response["batchItemFailures"]) == 1
     fresh = forge.app_token()
-    assert w.http("POST", "/forge/keepalive", forge.headers(waiting, system_token=fresh)) == 204
+    assert w.http("POST", "/forge/keepalive", forge.headers(waiting, app_token=fresh)) == 204
     stored = {
         "eventID": "1",
         "eventName": "MODIFY",
@@ -316,7 +311,7 @@ def drive_wakeup(w: EnforcedWorld) -> None:
     unwell = ClientError({"Error": {"Code": "ServiceUnavailable", "Message": "try later"}}, "ChangeMessageVisibility")
     record = {**stored, "dynamodb": {**stored["dynamodb"], "Keys": {**stored["dynamodb"]["Keys"]}}}
     record["dynamodb"]["Keys"]["pk"] = {"S": installation_pk(stale.installation_id)}
-    assert w.http("POST", "/forge/keepalive", forge.headers(stale, system_token=forge.app_token())) == 204
+    assert w.http("POST", "/forge/keepalive", forge.headers(stale, app_token=forge.app_token())) == 204
     real_call = BaseClient._make_api_call
 
     def sqs_unwell(client: BaseClient, operation: str, params: dict[str, Any]) -> Any:

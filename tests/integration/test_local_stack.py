@@ -223,7 +223,7 @@ def rt() -> Iterator[LocalRuntime]:
 def forge_call(
     rt: LocalRuntime, site: Site, path: str, body: Any = None, token: str | None = None
 ) -> requests.Response:
-    return rt.call("POST", path, rt.forge.headers(site, system_token=token), body if body is not None else {})
+    return rt.call("POST", path, rt.forge.headers(site, app_token=token), body if body is not None else {})
 
 
 def install(rt: LocalRuntime, lifetime_s: float = 3 * 3600) -> tuple[Site, str]:
@@ -303,11 +303,11 @@ def test_the_gateway_routes_to_the_real_handlers(rt: LocalRuntime) -> None:
         404,
         {"message": "Not Found"},
     )
-    wrong_method = rt.call("GET", "/forge/keepalive", rt.forge.headers(site, system_token=token))
+    wrong_method = rt.call("GET", "/forge/keepalive", rt.forge.headers(site, app_token=token))
     assert (wrong_method.status_code, wrong_method.json()) == (404, {"message": "Not Found"})
     no_fit = rt.call("GET", "/api/status")
     assert (no_fit.status_code, no_fit.json()["error"]) == (401, "unauthorized")  # the real forge_calls answered
-    headers = rt.forge.headers(site, system_token=token, principal="557058:abc", module_key="ui-endpoint")
+    headers = rt.forge.headers(site, app_token=token, principal="557058:abc", module_key="ui-endpoint")
     status = rt.call("GET", "/api/status", headers)
     assert status.status_code == 200
     assert status.json()["installationId"] == site.installation_id

@@ -467,7 +467,7 @@ def test_jobs_after_install_are_done_and_print_what_they_stored(
     assert "stored result (DIGEST, 1 record):" in out
     assert '"spaceKey": "ENG"' in out
     assert settled_depths(rt, {"queue": (0, 0), "dlq": (0, 0)}) == {"queue": (0, 0), "dlq": (0, 0)}
-    assert set(rt.functions[rt.poller.source.function].module.registry.names()) >= SHIPPED_JOBS
+    assert set(rt.functions[rt.poller.source.function].module.runner.registry.names()) >= SHIPPED_JOBS
 
 
 def test_result_kind_lists_a_kind_for_jobs_the_cli_does_not_know(
@@ -578,10 +578,11 @@ def test_serve_help_is_plain_text_too() -> None:
 
 # -- 5. jobs are found without an import list
 def test_the_shipped_jobs_are_registered() -> None:
-    import confluence_jobs
+    from forge_remote.jobs.contract import JOBS
+    from forge_remote.jobs.worker import import_jobs
 
-    assert set(confluence_jobs.registry.names()) >= SHIPPED_JOBS
-    assert {"page_snapshot", "space_digest"} <= set(confluence_jobs.JOB_MODULES)
+    assert {"page_snapshot", "space_digest"} <= set(import_jobs("confluence_jobs"))
+    assert set(JOBS.names()) >= SHIPPED_JOBS
 
 
 LABEL_AUDIT = '''\
@@ -589,24 +590,25 @@ LABEL_AUDIT = '''\
 from collections.abc import Mapping
 from typing import Any
 
-from confluence_jobs import registry
-from forge_remote.jobs.contract import JobContext, JobResult
+from forge_remote import JobContext, JobResult, job
 
 
 def parse_args(args: Mapping[str, Any]) -> str:
     return str(args["label"])
 
 
-@registry.job("label-audit", parse_args)
+@job("label-audit", parse_args)
 def label_audit(ctx: JobContext, label: str) -> JobResult:
     return JobResult({"label": label})
 '''
 
 IMPORT_AND_REPORT = """
 import json, sys
-import confluence_jobs
+from forge_remote.jobs.contract import JOBS
+from forge_remote.jobs.worker import import_jobs
+import_jobs("confluence_jobs")
 print(json.dumps({
-    "jobs": confluence_jobs.registry.names(),
+    "jobs": JOBS.names(),
     "modules": sorted(m for m in sys.modules if m.split(".")[0] == "confluence_jobs"),
     "heavy": sorted(m for m in ("requests", "boto3", "forge_remote.confluence.client") if m in sys.modules),
 }))

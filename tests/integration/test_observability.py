@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-from types import ModuleType
 from typing import Any
 
 import pytest
@@ -48,7 +47,7 @@ def test_a_refused_fit_is_counted_by_reason_and_names_no_token(
     gateway: Gateway, forge: ForgeEmulator, site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
     token = forge.app_token()
-    headers = forge.headers(site, system_token=token, fit=forge.sign({"iss": "nobody"}))
+    headers = forge.headers(site, app_token=token, fit=forge.sign({"iss": "nobody"}))
     assert gateway("POST", "/forge/keepalive", headers)["statusCode"] == 401
     assert gateway("POST", "/forge/keepalive", {"content-type": "application/json"})["statusCode"] == 401
     out = capsys.readouterr().out
@@ -63,7 +62,7 @@ def test_a_refused_fit_is_counted_by_reason_and_names_no_token(
 def test_a_verified_call_of_the_wrong_kind_is_counted_too(
     gateway: Gateway, forge: ForgeEmulator, site: Site, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    user_call = forge.headers(site, principal="557058:someone", system_token=forge.app_token())
+    user_call = forge.headers(site, principal="557058:someone", app_token=forge.app_token())
     assert gateway("POST", "/forge/keepalive", user_call)["statusCode"] == 403
     assert [d["reason"] for d in datapoints(capsys.readouterr().out, "FitRejections")] == [
         "wrong call kind for this route"
@@ -88,7 +87,7 @@ def test_the_token_census_counts_installations_holding_a_usable_token(
     mine = local_world.site
     short = Site(forge.site().installation_id, mine.cloud_id, mine.api_base_url, mine.site_url)
     local_world.install(short, lifetime_s=120)  # under TOKEN_MIN_VALIDITY_S: not usable by a job
-    scheduler: ModuleType = local_world.load("JobSchedulerFunction")
+    scheduler: Any = local_world.load("JobSchedulerFunction")
     capsys.readouterr()
     census = scheduler.lambda_handler({"task": "token-census"}, LocalLambdaContext("scheduler", timeout_s=300))
     assert census == {"task": "token-census", "activeInstallations": 2, "installationsWithUsableToken": 1}
@@ -121,7 +120,9 @@ def published_metric_names() -> set[str]:
     """Every metric name the code publishes (Powertools ``add_metric`` and the layer's ``counts.count``)."""
     sources = [*(ROOT / "functions").rglob("*.py"), *(ROOT / "layers" / "forge_remote").rglob("*.py")]
     text = "\n".join(path.read_text(encoding="utf-8") for path in sources)
-    return set(re.findall(r'add_metric\(\s*name="(\w+)"', text)) | set(re.findall(r'counts\.count\(\s*"(\w+)"', text))
+    # add_metric directly, or through the handlers' one-line helpers (_count for events, _gauge for levels)
+    recorded = re.findall(r'(?:add_metric\(\s*name=|\._count\(|\._gauge\()\s*"(\w+)"', text)
+    return set(recorded) | set(re.findall(r'counts\.count\(\s*"(\w+)"', text))
 
 
 def test_every_forge_remote_metric_the_dashboard_and_alarms_read_is_published() -> None:

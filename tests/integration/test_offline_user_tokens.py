@@ -15,7 +15,6 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -80,8 +79,8 @@ def wiki_site(wiki: ConfluenceEmulator) -> Site:
 
 @pytest.fixture
 def load(
-    stack: LocalStack, graphql: ForgeEmulator, wiki: ConfluenceEmulator, handler: Callable[[str], ModuleType]
-) -> Callable[[str], ModuleType]:
+    stack: LocalStack, graphql: ForgeEmulator, wiki: ConfluenceEmulator, handler: Callable[[str], Any]
+) -> Callable[[str], Any]:
     """Functions configured as the local stack is: both emulators allowed, GraphQL on the Forge emulator."""
     hosts = [wiki.api_base_url.split("/")[2], graphql.graphql_url.split("/")[2]]
     stack.parameters["AllowedApiHosts"] = ",".join(hosts)
@@ -90,12 +89,12 @@ def load(
 
 
 @pytest.fixture
-def triggers(load: Callable[[str], ModuleType]) -> ModuleType:
+def triggers(load: Callable[[str], Any]) -> Any:
     return load("ForgeTriggersFunction")
 
 
 @pytest.fixture
-def worker(load: Callable[[str], ModuleType]) -> ModuleType:
+def worker(load: Callable[[str], Any]) -> Any:
     return load("ConfluenceWorkerFunction")
 
 
@@ -107,8 +106,8 @@ class OfflineWorld:
     forge: ForgeEmulator
     wiki: ConfluenceEmulator
     site: Site
-    triggers: ModuleType
-    worker: ModuleType
+    triggers: Any
+    worker: Any
 
 
 @pytest.fixture
@@ -117,22 +116,22 @@ def world(
     graphql: ForgeEmulator,
     wiki: ConfluenceEmulator,
     wiki_site: Site,
-    triggers: ModuleType,
-    worker: ModuleType,
+    triggers: Any,
+    worker: Any,
 ) -> OfflineWorld:
     return OfflineWorld(stack, graphql, wiki, wiki_site, triggers, worker)
 
 
-def call(triggers: ModuleType, forge: ForgeEmulator, site: Site, path: str, **headers: Any) -> dict[str, Any]:
+def call(triggers: Any, forge: ForgeEmulator, site: Site, path: str, **headers: Any) -> dict[str, Any]:
     body = forge.installed_event(site) if path == "/forge/lifecycle" else {}
     event = http_api_event("POST", path, headers=forge.headers(site, **headers), body=body)
     response: dict[str, Any] = triggers.lambda_handler(event, LocalLambdaContext(timeout_s=6))
     return response
 
 
-def install(triggers: ModuleType, forge: ForgeEmulator, site: Site) -> str:
+def install(triggers: Any, forge: ForgeEmulator, site: Site) -> str:
     token = forge.app_token(lifetime_s=APP_TOKEN_LIFETIME_S)
-    assert call(triggers, forge, site, "/forge/lifecycle", system_token=token)["statusCode"] == 200
+    assert call(triggers, forge, site, "/forge/lifecycle", app_token=token)["statusCode"] == 200
     return token
 
 
@@ -140,13 +139,13 @@ def digest_request(site: Site, account_id: str | None, **args: Any) -> JobReques
     return JobRequest(job="user-digest", installation_id=site.installation_id, args=args, requested_by=account_id)
 
 
-def run(worker: ModuleType, request: JobRequest) -> Outcome:
+def run(worker: Any, request: JobRequest) -> Outcome:
     """The real runner of a loaded worker container, on one request (no SQS)."""
     outcome: Outcome = worker.runner.run(request, receive_count=1, remaining_ms=lambda: 60_000)
     return outcome
 
 
-def run_through_sqs(worker: ModuleType, stack: LocalStack, request: JobRequest) -> dict[str, Any]:
+def run_through_sqs(worker: Any, stack: LocalStack, request: JobRequest) -> dict[str, Any]:
     """One request sent, received and handled as the SQS event source mapping would."""
     sqs = boto3.client("sqs")
     body = json.dumps({"source": "forge-remote.jobs", "detail": request.to_detail()})
@@ -210,7 +209,7 @@ def test_a_user_job_reads_as_that_user_with_one_minted_token(
 
 def test_the_cached_token_serves_the_next_job_in_another_container_without_a_mint(
     world: OfflineWorld,
-    load: Callable[[str], ModuleType],
+    load: Callable[[str], Any],
 ) -> None:
     install(world.triggers, world.forge, world.site)
     alice = account()
@@ -321,7 +320,7 @@ def test_an_app_token_the_gateway_refuses_is_removed_exactly_and_the_job_deferre
 ) -> None:
     install(world.triggers, world.forge, world.site)
     alice = account()
-    world.forge.fail_graphql_next(1, 401)  # the system token expired or was revoked at Forge
+    world.forge.fail_graphql_next(1, 401)  # the app token expired or was revoked at Forge
 
     outcome = run(world.worker, digest_request(world.site, alice))
 

@@ -48,14 +48,32 @@ def labelled(local_world: LocalWorld) -> list[str]:
     return audited
 
 
+@pytest.mark.parametrize(
+    "first_line",
+    ["# functions/confluence_worker/confluence_jobs/label_audit.py", "# functions/forge_calls/ui_routes/labels.py"],
+)
+def test_a_readme_example_imports_only_the_library_face(first_line: str) -> None:
+    """What a team copies from the README is written with ``forge_remote``'s public names alone."""
+    import forge_remote
+
+    source = readme_example(first_line)
+    imports = re.findall(r"^from (\S+) import (.+)$", source, re.M)
+    library = [(module, names) for module, names in imports if module.startswith("forge_remote")]
+    assert library, "the example imports nothing from the library"
+    for module, names in library:
+        assert module == "forge_remote", f"{first_line} imports from {module}, not the face"
+        for name in (n.strip() for n in names.split(",")):
+            assert name in forge_remote.__all__, f"{name} is not in forge_remote.__all__"
+
+
 def test_the_readme_job_example_runs(local_world: LocalWorld, labelled: list[str]) -> None:
-    from confluence_jobs import registry
+    from forge_remote.jobs.contract import JOBS
 
     module = load_example(
         "confluence_jobs.label_audit", readme_example("# functions/confluence_worker/confluence_jobs/label_audit.py")
     )
     try:
-        assert "label-audit" in registry.names()
+        assert "label-audit" in JOBS.names()
         request = JobRequest(
             job="label-audit", installation_id=local_world.site.installation_id, args={"label": "audit"}
         )
@@ -66,7 +84,7 @@ def test_the_readme_job_example_runs(local_world: LocalWorld, labelled: list[str
         assert sorted(pages[int(page_id)] for page_id in record["pages"]) == sorted(labelled)
         assert local_world.queue_count() == 0
     finally:
-        registry._jobs.pop("label-audit", None)
+        JOBS._jobs.pop("label-audit", None)
         sys.modules.pop(module.__name__, None)
 
 

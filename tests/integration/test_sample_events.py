@@ -47,7 +47,7 @@ def test_sample_with_its_placeholder_fit_is_a_clean_401(path: Path, gateway: Gat
 def test_sample_with_a_real_fit_is_accepted(path: Path, gateway: Gateway, forge: ForgeEmulator) -> None:
     event = load(path)
     principal = "557058:sample-user" if event["rawPath"].startswith("/api/") else None
-    real = forge.headers(SAMPLE_SITE, system_token=forge.app_token(), principal=principal)
+    real = forge.headers(SAMPLE_SITE, app_token=forge.app_token(), principal=principal)
     event["headers"].update({k: v for k, v in real.items() if k in ("authorization", "x-forge-oauth-system")})
     module = gateway.calls if event["rawPath"].startswith("/api/") else gateway.triggers
     response = module.lambda_handler(event, LocalLambdaContext())

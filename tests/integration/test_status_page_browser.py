@@ -232,7 +232,7 @@ def open_page(browser: BrowserContext, dev_bundle: Path, rt: LocalRuntime) -> It
 
 # -- driving the stack as Forge and the worker do
 def forge_call(rt: LocalRuntime, site: Site, path: str, body: Any = None, token: str | None = None) -> int:
-    response = rt.call("POST", path, rt.forge.headers(site, system_token=token), body if body is not None else {})
+    response = rt.call("POST", path, rt.forge.headers(site, app_token=token), body if body is not None else {})
     assert response.status_code < 300, response.text
     return response.status_code
 

@@ -13,7 +13,7 @@ import pytest
 
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
-from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK
+from forge_remote.storage.table_keys import APP_TOKEN_SK
 from forge_remote.tokens.store import FALLBACK_LIFETIME_S, MAX_TOKEN_LIFETIME_S, TTL_GRACE_S, PutOutcome, TokenStore
 from local.forge_emulator import ForgeEmulator, new_installation_id
 from local.stack import LocalStack
@@ -25,7 +25,7 @@ def store(stack: LocalStack) -> TokenStore:
     return TokenStore(boto3.client("dynamodb"), stack.physical["TokensTable"])
 
 
-def raw_item(stack: LocalStack, installation_id: str, sk: str = SYSTEM_TOKEN_SK) -> dict | None:
+def raw_item(stack: LocalStack, installation_id: str, sk: str = APP_TOKEN_SK) -> dict | None:
     return stored_item(stack, "TokensTable", installation_id, sk)
 
 

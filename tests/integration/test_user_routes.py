@@ -13,7 +13,6 @@ import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -37,7 +36,7 @@ def site_confluence() -> Iterator[ConfluenceEmulator]:
 
 
 @pytest.fixture
-def calls(stack: LocalStack, site_confluence: ConfluenceEmulator, handler: Callable[[str], ModuleType]) -> ModuleType:
+def calls(stack: LocalStack, site_confluence: ConfluenceEmulator, handler: Callable[[str], Any]) -> Any:
     """forge_calls, allowed to send tokens to the emulator (http on loopback, as the local stack does)."""
     stack.parameters["AllowedApiHosts"] = site_confluence.api_base_url.split("/")[2]
     return handler("ForgeCallsFunction")
@@ -57,18 +56,18 @@ class UiWorld:
     forge: ForgeEmulator
     confluence: ConfluenceEmulator
     site: Site
-    calls: ModuleType
+    calls: Any
 
 
 @pytest.fixture
 def ui(
-    stack: LocalStack, forge: ForgeEmulator, site_confluence: ConfluenceEmulator, emulated_site: Site, calls: ModuleType
+    stack: LocalStack, forge: ForgeEmulator, site_confluence: ConfluenceEmulator, emulated_site: Site, calls: Any
 ) -> UiWorld:
     return UiWorld(stack, forge, site_confluence, emulated_site, calls)
 
 
 def call(
-    module: ModuleType,
+    module: Any,
     method: str,
     path: str,
     headers: dict[str, str],
@@ -84,7 +83,7 @@ def call(
 
 def as_user(forge: ForgeEmulator, site: Site, account: str) -> tuple[dict[str, str], str]:
     token = forge.app_token(lifetime_s=3600, subject=account)
-    return forge.headers(site, user_token=token, principal=account, system_token=forge.app_token()), token
+    return forge.headers(site, user_token=token, principal=account, app_token=forge.app_token()), token
 
 
 def bearers(confluence: ConfluenceEmulator) -> list[str | None]:
@@ -130,7 +129,7 @@ def test_recent_pages_cannot_include_what_the_user_may_not_see(ui: UiWorld) -> N
 
 
 def test_a_call_without_a_user_token_is_refused_and_sends_nothing(ui: UiWorld) -> None:
-    headers = ui.forge.headers(ui.site, principal=READER, system_token=ui.forge.app_token())
+    headers = ui.forge.headers(ui.site, principal=READER, app_token=ui.forge.app_token())
     for method, path, body in (("GET", "/api/pages/recent", None), ("POST", "/api/jobs", {"job": "space-digest"})):
         status, answer = call(ui.calls, method, path, headers, body)
         assert status == 403

@@ -61,7 +61,7 @@ def _keepalive(world: LocalWorld, token: str, site: Site | None = None) -> None:
     response = world.send(
         "POST",
         "/forge/keepalive",
-        world.forge.headers(site or world.site, system_token=token, module_key="keepalive-endpoint"),
+        world.forge.headers(site or world.site, app_token=token, module_key="keepalive-endpoint"),
     )
     assert response["statusCode"] == 204
 
@@ -73,13 +73,13 @@ def _by_keepalive(world: LocalWorld, token: str) -> None:
 
 def _by_lifecycle(world: LocalWorld, token: str) -> None:
     event = world.forge.installed_event(world.site, "avi:forge:upgraded:app")
-    headers = world.forge.headers(world.site, system_token=token, module_key="lifecycle-endpoint")
+    headers = world.forge.headers(world.site, app_token=token, module_key="lifecycle-endpoint")
     assert world.send("POST", "/forge/lifecycle", headers, event)["statusCode"] == 200
 
 
 def _by_product_event(world: LocalWorld, token: str) -> None:
     page = world.confluence.add_page("ENG", "Another")
-    headers = world.forge.headers(world.site, system_token=token, module_key="events-endpoint")
+    headers = world.forge.headers(world.site, app_token=token, module_key="events-endpoint")
     response = world.send("POST", "/forge/events", headers, world.forge.page_event(str(page["id"]), "ENG"))
     assert response["statusCode"] == 202
 
@@ -88,7 +88,7 @@ def _by_ui_call(world: LocalWorld, token: str) -> None:
     # Any UI route stores the tokens the call brings, not only the status page.
     user_token = world.forge.app_token(subject="user")
     headers = world.forge.headers(
-        world.site, system_token=token, user_token=user_token, principal="557058:someone", module_key="ui"
+        world.site, app_token=token, user_token=user_token, principal="557058:someone", module_key="ui"
     )
     assert world.send("GET", "/api/pages/recent", headers)["statusCode"] == 200
 

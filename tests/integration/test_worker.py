@@ -51,7 +51,7 @@ def test_expired_token_is_never_sent_and_the_job_is_deferred_not_lost(local_worl
     # The hourly keepalive brings a fresh token; the deferred job then succeeds.
     fresh = local_world.forge.app_token(lifetime_s=7200)
     keepalive = local_world.send(
-        "POST", "/forge/keepalive", local_world.forge.headers(local_world.site, system_token=fresh)
+        "POST", "/forge/keepalive", local_world.forge.headers(local_world.site, app_token=fresh)
     )
     assert keepalive["statusCode"] == 204
     local_world.make_visible(event)

@@ -19,7 +19,6 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
-from types import ModuleType
 from typing import Any
 
 import boto3
@@ -66,7 +65,7 @@ def event(
     return built
 
 
-def invoke(module: ModuleType, api_event: dict[str, Any]) -> dict[str, Any]:
+def invoke(module: Any, api_event: dict[str, Any]) -> dict[str, Any]:
     """Call a handler as Lambda would; record what it answered (a secret must never be in it)."""
     response: dict[str, Any] = module.lambda_handler(api_event, LocalLambdaContext(timeout_s=6))
     LEDGER.seen(response.get("body"), "response body")
@@ -178,10 +177,10 @@ def settle(world: LocalWorld, requests: Sequence[JobRequest], ledger: Ledger = L
 class World:
     stack: LocalStack
     forge: ForgeEmulator
-    triggers: ModuleType
-    calls: ModuleType
+    triggers: Any
+    calls: Any
 
-    def module_for(self, path: str) -> ModuleType:
+    def module_for(self, path: str) -> Any:
         return self.calls if path.startswith("/api/") else self.triggers
 
     def send(
@@ -199,7 +198,7 @@ class World:
     def install(self, site: Site, *, lifetime_s: float = 3 * 3600, principal: str | None = None) -> None:
         """An installed site holding an app token (and a user token for ``principal``)."""
         token = LEDGER.secret(self.forge.app_token(lifetime_s=lifetime_s))
-        headers = self.forge.headers(site, system_token=token)
+        headers = self.forge.headers(site, app_token=token)
         response = self.send("POST", "/forge/lifecycle", headers, self.forge.installed_event(site))
         assert response["statusCode"] == 200, response
         if principal:
@@ -243,7 +242,7 @@ class UiSite:
     site: Site
     principal: str
     # Never in a repr: hypothesis prints its arguments when a case fails, and that would be a leak.
-    system_token: str = field(repr=False)
+    app_token: str = field(repr=False)
     user_token: str = field(repr=False)
 
     @classmethod
@@ -261,6 +260,6 @@ class UiSite:
     def headers(self) -> dict[str, str]:
         return LEDGER.headers(
             self.world.forge.headers(
-                self.site, system_token=self.system_token, user_token=self.user_token, principal=self.principal
+                self.site, app_token=self.app_token, user_token=self.user_token, principal=self.principal
             )
         )

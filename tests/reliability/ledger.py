@@ -16,7 +16,7 @@ that account unless the call says so), and ``leaks()`` then looks for them, whol
 after the ``557058:``/``qm:`` prefix, plain or percent-encoded, only where they must not appear:
 
 - log records, captured output and failure reports: everything (a log is read by operators and kept
-  for 30 days; an id in one is the leak issue 17 found);
+  for 30 days; an id in one is a leak found before);
 - response bodies and headers: everything, except the id of the account the response went to (its
   FIT's ``principal``; ``seen(..., viewer=...)``): a user's own id in their own answer is fine;
 - the app table: only ``DEAD#`` items (their reason is shown on the status page to every user of the

@@ -1,4 +1,4 @@
-"""Regression for defect 3 of the second outside review (issue 17): the admin check's scope was missing.
+"""The admin check behind POST /api/jobs needs its own OAuth scope, and its absence is said clearly.
 
 ``POST /api/jobs`` asks Confluence, as the signed-in user, whether they administer the site
 (``GET /wiki/rest/api/user/current?expand=operations``). Atlassian's OpenAPI description gives that

@@ -10,7 +10,6 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 from unittest.mock import patch
 
@@ -23,7 +22,7 @@ from moto.core.botocore_stubber import BotocoreStubber
 
 from forge_remote import aws, clock
 from forge_remote.jobs.contract import JobRequest
-from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK
+from forge_remote.storage.table_keys import APP_TOKEN_SK
 from local.forge_emulator import ForgeEmulator, Site
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack
@@ -132,7 +131,7 @@ def send(
 def genuine(forge: ForgeEmulator, site: Site, *, ui: bool = False, lifetime_s: float = 3 * 3600) -> dict[str, str]:
     return forge.headers(
         site,
-        system_token=forge.app_token(lifetime_s=lifetime_s),
+        app_token=forge.app_token(lifetime_s=lifetime_s),
         user_token=forge.app_token(lifetime_s=lifetime_s, subject=PRINCIPAL) if ui else None,
         principal=PRINCIPAL if ui else None,
     )
@@ -155,7 +154,7 @@ class FakeMonotonic:
 
 
 def test_jwks_outage_on_a_cold_container_fails_closed_then_recovers_after_the_cooldown(
-    handler: Callable[[str], ModuleType], forge: ForgeEmulator, site: Site, stack: LocalStack, ledger: Ledger
+    handler: Callable[[str], Any], forge: ForgeEmulator, site: Site, stack: LocalStack, ledger: Ledger
 ) -> None:
     forge.jwks_available = False
     triggers = handler("ForgeTriggersFunction")
@@ -176,11 +175,11 @@ def test_jwks_outage_on_a_cold_container_fails_closed_then_recovers_after_the_co
     clock.now += 301  # past the refetch cooldown: the key set is fetched again
     assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, site))["statusCode"] == 204
     assert jwks.fetch_count > fetches
-    assert set(stored_tokens(stack, site.installation_id)) == {SYSTEM_TOKEN_SK}
+    assert set(stored_tokens(stack, site.installation_id)) == {APP_TOKEN_SK}
 
 
 def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_closed_on_new_ones(
-    handler: Callable[[str], ModuleType], forge: ForgeEmulator, stack: LocalStack, ledger: Ledger
+    handler: Callable[[str], Any], forge: ForgeEmulator, stack: LocalStack, ledger: Ledger
 ) -> None:
     triggers = handler("ForgeTriggersFunction")
     clock = FakeMonotonic()
@@ -196,7 +195,7 @@ def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_cl
         other = forge.site()
         ledger.tried += 2
         assert send(gateway, ledger, "POST", "/forge/keepalive", genuine(forge, other))["statusCode"] == 204
-        assert SYSTEM_TOKEN_SK in stored_tokens(stack, other.installation_id)
+        assert APP_TOKEN_SK in stored_tokens(stack, other.installation_id)
 
         forge.rotate_key()  # a key this container never saw, published while the JWKS is down
         rotated = forge.site()
@@ -336,7 +335,7 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
     ledger.rejected += 1
     if case.fault.operation == "TransactWriteItems":
         # The token write failed as a whole: the stored token is still the installed one.
-        assert stored_tokens(stack, site.installation_id)[SYSTEM_TOKEN_SK] != headers["x-forge-oauth-system"]
+        assert stored_tokens(stack, site.installation_id)[APP_TOKEN_SK] != headers["x-forge-oauth-system"]
     # Nothing was left half-done in a way that blocks Forge's retry: once the fault clears, it succeeds.
     retried = send(gateway, ledger, case.method, case.path, headers, body)
     assert 200 <= retried["statusCode"] < 300, retried
@@ -355,7 +354,7 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
 )
 def test_product_event_whose_job_request_failed_is_queued_once_when_forge_retries(
     fault: Fault,
-    handler: Callable[[str], ModuleType],
+    handler: Callable[[str], Any],
     forge: ForgeEmulator,
     site: Site,
     stack: LocalStack,

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from forge_remote.storage.table_keys import SYSTEM_TOKEN_SK, user_token_sk
+from forge_remote.storage.table_keys import APP_TOKEN_SK, user_token_sk
 from local.forge_emulator import ForgeEmulator, SigningKey, Site, _rsa_key
 from local.loopback import LoopbackServer
 from tests.reliability import jwt_forge
@@ -320,7 +320,7 @@ def request_headers(world: World, site: Site, route: Route, authorization: str |
     lifetime_s = 3 * 3600 + next(NEWER)  # strictly later expiries: an accepted forgery would be stored
     headers = world.forge.headers(
         site,
-        system_token=world.forge.app_token(lifetime_s=lifetime_s),
+        app_token=world.forge.app_token(lifetime_s=lifetime_s),
         user_token=world.forge.app_token(lifetime_s=lifetime_s, subject=PRINCIPAL) if route.ui else None,
         principal=PRINCIPAL if route.ui else None,
     )
@@ -334,7 +334,7 @@ def request_headers(world: World, site: Site, route: Route, authorization: str |
 def victim(world: World) -> Site:
     site = world.forge.site()
     world.install(site, principal=PRINCIPAL)
-    assert set(installation_items_sk(world, site)) == {SYSTEM_TOKEN_SK, user_token_sk(PRINCIPAL)}
+    assert set(installation_items_sk(world, site)) == {APP_TOKEN_SK, user_token_sk(PRINCIPAL)}
     return site
 
 

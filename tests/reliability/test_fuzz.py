@@ -99,7 +99,7 @@ def genuine_headers(world: World, site: Site, *, ui: bool) -> dict[str, str]:
     return LEDGER.headers(
         world.forge.headers(
             site,
-            system_token=world.forge.app_token(),
+            app_token=world.forge.app_token(),
             user_token=world.forge.app_token(subject=PRINCIPAL) if ui else None,
             principal=PRINCIPAL if ui else None,
         )

@@ -1,4 +1,4 @@
-"""Issue 17: personal data reporting and retention, each defect fixed as a class, with variants.
+"""Personal data reports and retention: resumes, erasure and uninstall, each failure class with variants.
 
 1. A report resumed after a 429, an outage or the time budget sends every account held when the cycle
    started exactly once, however many accounts earlier batches erased (progress is a key, not a

@@ -17,7 +17,6 @@ import functools
 import random
 import threading
 from collections.abc import Callable
-from types import ModuleType
 from typing import Any
 
 import jwt
@@ -26,7 +25,7 @@ import pytest
 from forge_remote import aws
 from forge_remote.inbound.api import lower_headers
 from forge_remote.storage.installations import InstallationRegistry
-from forge_remote.storage.table_keys import INSTALLATION_SK, SYSTEM_TOKEN_SK
+from forge_remote.storage.table_keys import APP_TOKEN_SK, INSTALLATION_SK
 from forge_remote.tokens.store import TokenStore
 from local.forge_emulator import ForgeEmulator, Site
 from local.stack import LocalStack
@@ -91,17 +90,17 @@ def run_threads(*targets: Callable[[], Any]) -> None:
         raise errors[0]
 
 
-def keepalive(module: ModuleType, forge: ForgeEmulator, site: Site, token: str, ledger: Ledger) -> int:
-    headers = ledger.headers(forge.headers(site, system_token=token))
+def keepalive(module: Any, forge: ForgeEmulator, site: Site, token: str, ledger: Ledger) -> int:
+    headers = ledger.headers(forge.headers(site, app_token=token))
     return int(invoke(module, event("POST", "/forge/keepalive", headers, {}))["statusCode"])
 
 
-def keepalive_capture(module: ModuleType, forge: ForgeEmulator, site: Site, token: str, ledger: Ledger) -> str:
+def keepalive_capture(module: Any, forge: ForgeEmulator, site: Site, token: str, ledger: Ledger) -> str:
     """What the keepalive route does with a delivery, below Powertools' resolver: the container's own
     FIT verifier, then its token capture. Threads cannot share a resolver call here: Powertools keeps
     the event being handled on its ``BaseRouter`` class, one per process, and Lambda runs one
     invocation per process, so a thread standing in for a container would read another's headers."""
-    headers = ledger.headers(forge.headers(site, system_token=token))
+    headers = ledger.headers(forge.headers(site, app_token=token))
     call = module.wiring.verifier.verify(lower_headers({"headers": headers}))
     return str(module.wiring.capture_tokens(call, delivered_by="keepalive")["system"])
 
@@ -122,7 +121,7 @@ def test_concurrent_keepalives_never_step_back_and_leave_the_newest_token(
 
     outcomes: list[str] = []
 
-    def sender(module: ModuleType, mine: list[str]) -> Callable[[], None]:
+    def sender(module: Any, mine: list[str]) -> Callable[[], None]:
         def run() -> None:
             outcomes.extend(keepalive_capture(module, forge, site, token, ledger) for token in mine)
 
@@ -145,7 +144,7 @@ def test_concurrent_keepalives_never_step_back_and_leave_the_newest_token(
     assert set(outcomes) <= {"stored", "not_newer", "already_stored"}, outcomes
     assert outcomes.count("stored") >= 1
     assert observed == sorted(observed), "the stored token went back in time"
-    assert stored_tokens(stack, site.installation_id) == {SYSTEM_TOKEN_SK: newest}
+    assert stored_tokens(stack, site.installation_id) == {APP_TOKEN_SK: newest}
 
 
 def test_control_without_the_condition_the_newest_token_is_lost(
@@ -166,7 +165,7 @@ def test_control_without_the_condition_the_newest_token_is_lost(
     newer, older = (ledger.secret(forge.app_token(lifetime_s=s)) for s in (3 * 3600, 2 * 3600))
     assert keepalive(module, forge, site, newer, ledger) == 204
     assert keepalive(module, forge, site, older, ledger) == 204
-    assert stored_tokens(stack, site.installation_id) != {SYSTEM_TOKEN_SK: newer}
+    assert stored_tokens(stack, site.installation_id) != {APP_TOKEN_SK: newer}
 
 
 def test_control_without_the_installed_guard_a_late_keepalive_leaves_a_token(
@@ -192,14 +191,14 @@ def test_uninstall_racing_keepalive_lifecycle_and_ui_calls_leaves_no_token(
     uninstaller, keeper, installer = (container(stack, "ForgeTriggersFunction") for _ in range(3))
     ui = container(stack, "ForgeCallsFunction")
 
-    def call(module: ModuleType, method: str, path: str, headers: dict[str, str], body: Any, delay: float) -> None:
+    def call(module: Any, method: str, path: str, headers: dict[str, str], body: Any, delay: float) -> None:
         threading.Event().wait(delay)  # shuffles the interleavings a little; nothing asserts on time
         invoke(module, event(method, path, ledger.headers(headers), body))
 
     survivors: dict[int, list[str]] = {}
     for round_ in range(ROUNDS):
         site = forge.site()
-        installed = forge.headers(site, system_token=forge.app_token())
+        installed = forge.headers(site, app_token=forge.app_token())
         assert (
             invoke(
                 installer, event("POST", "/forge/lifecycle", ledger.headers(installed), forge.installed_event(site))
@@ -210,18 +209,18 @@ def test_uninstall_racing_keepalive_lifecycle_and_ui_calls_leaves_no_token(
         newer = [forge.app_token(lifetime_s=later + i) for i in range(3)]
         ui_headers = forge.headers(
             site,
-            system_token=newer[2],
+            app_token=newer[2],
             user_token=forge.app_token(lifetime_s=later, subject=PRINCIPAL),
             principal=PRINCIPAL,
         )
         racers = [
             (uninstaller, "POST", "/forge/uninstall", forge.headers(site), {}),
-            (keeper, "POST", "/forge/keepalive", forge.headers(site, system_token=newer[0]), {}),
+            (keeper, "POST", "/forge/keepalive", forge.headers(site, app_token=newer[0]), {}),
             (
                 installer,
                 "POST",
                 "/forge/lifecycle",
-                forge.headers(site, system_token=newer[1]),
+                forge.headers(site, app_token=newer[1]),
                 forge.installed_event(site, "avi:forge:upgraded:app"),
             ),
             (ui, "GET", "/api/status", ui_headers, None),

@@ -30,7 +30,7 @@ from forge_remote.errors import ConfigurationError, InvalidInvocation
 from forge_remote.forge.invocations import FitVerifier
 from forge_remote.forge.signing_keys import JwksCache
 from forge_remote.jobs.contract import JobRequest
-from forge_remote.storage.table_keys import ONCE_SK_PREFIX, SYSTEM_TOKEN_SK, installation_pk, user_token_sk
+from forge_remote.storage.table_keys import APP_TOKEN_SK, ONCE_SK_PREFIX, installation_pk, user_token_sk
 from forge_remote.tokens.store import FALLBACK_LIFETIME_S, TokenStore
 from local.forge_emulator import ForgeEmulator, Site
 from tests.reliability import jwt_forge
@@ -120,7 +120,7 @@ def test_trigger_routes_refuse_calls_of_another_kind(world: World, installed: Si
         assert body_of(response)["error"] == "wrong_call_kind", name
         ledger.refused()
     # The installation is untouched: still active, still holding its token.
-    assert SYSTEM_TOKEN_SK in stored_tokens(world.stack, installed.installation_id)
+    assert APP_TOKEN_SK in stored_tokens(world.stack, installed.installation_id)
 
 
 @pytest.mark.parametrize("path", sorted(TRIGGER_ROUTES))
@@ -153,7 +153,7 @@ def test_a_user_fit_cannot_uninstall_and_the_site_keeps_working(world: World, in
     keepalive = world.forge.headers(installed, module_key="token-keepalive")
     keepalive["x-forge-oauth-system"] = token = LEDGER.secret(world.forge.app_token(lifetime_s=3.95 * 3600))
     assert world.send("POST", "/forge/keepalive", keepalive, {})["statusCode"] == 204
-    assert stored_tokens(world.stack, installed.installation_id)[SYSTEM_TOKEN_SK] == token
+    assert stored_tokens(world.stack, installed.installation_id)[APP_TOKEN_SK] == token
 
 
 def test_the_same_uninstall_fit_acts_at_most_once(world: World, installed: Site, ledger: Ledger) -> None:
@@ -181,7 +181,7 @@ def test_the_same_uninstall_fit_acts_at_most_once(world: World, installed: Site,
 
 # -- defect 2: a re-delivered token the store no longer holds is stored again ---------------------------
 def keepalive(world: World, module: Any, site: Site, token: str) -> dict[str, Any]:
-    headers = world.forge.headers(site, system_token=token, module_key="token-keepalive")
+    headers = world.forge.headers(site, app_token=token, module_key="token-keepalive")
     LEDGER.headers(headers)
     return invoke(module, event("POST", "/forge/keepalive", headers, {}))
 
@@ -200,7 +200,7 @@ def test_a_token_invalidated_by_the_worker_is_stored_again_on_redelivery(world: 
         assert stored_tokens(world.stack, site.installation_id) == {}
         # ...and Forge delivers the same token again, to whichever container.
         assert keepalive(world, module, site, token)["statusCode"] == 204
-        assert stored_tokens(world.stack, site.installation_id) == {SYSTEM_TOKEN_SK: token}
+        assert stored_tokens(world.stack, site.installation_id) == {APP_TOKEN_SK: token}
 
 
 def test_a_token_removed_by_ttl_or_by_hand_is_stored_again(world: World) -> None:
@@ -210,10 +210,10 @@ def test_a_token_removed_by_ttl_or_by_hand_is_stored_again(world: World) -> None
     assert keepalive(world, world.triggers, site, token)["statusCode"] == 204
     boto3.client("dynamodb").delete_item(
         TableName=world.stack.physical["TokensTable"],
-        Key={"pk": {"S": installation_pk(site.installation_id)}, "sk": {"S": SYSTEM_TOKEN_SK}},
+        Key={"pk": {"S": installation_pk(site.installation_id)}, "sk": {"S": APP_TOKEN_SK}},
     )
     assert keepalive(world, world.triggers, site, token)["statusCode"] == 204
-    assert stored_tokens(world.stack, site.installation_id) == {SYSTEM_TOKEN_SK: token}
+    assert stored_tokens(world.stack, site.installation_id) == {APP_TOKEN_SK: token}
 
 
 def test_a_user_token_invalidated_is_stored_again_on_the_next_ui_call(world: World) -> None:
@@ -343,7 +343,7 @@ def test_deep_nesting_is_a_400_never_a_500(
             raw = page + ',"retryContext":{"retryCount":1,"deep":' + inner + "}}"
         before = world.state
         for path, encoded in (("/forge/events", False), ("/forge/events", True), ("/forge/lifecycle", False)):
-            headers = world.forge.headers(installed, system_token=None)
+            headers = world.forge.headers(installed, app_token=None)
             body = base64.b64encode(raw.encode()).decode() if encoded else raw
             response = world.send("POST", path, headers, raw=body, base64_body=encoded)
             assert response["statusCode"] == 400, (depth, response)
@@ -406,7 +406,7 @@ def test_a_product_event_after_uninstall_is_acknowledged_without_a_job(world: Wo
     assert world.send("POST", "/forge/uninstall", world.forge.headers(site), {})["statusCode"] == 200
     queued = len(queue_messages(world.stack, "JobsQueue"))
     for n, token in enumerate((None, LEDGER.secret(world.forge.app_token()))):
-        headers = world.forge.headers(site, system_token=token, module_key="page-events")
+        headers = world.forge.headers(site, app_token=token, module_key="page-events")
         response = world.send("POST", "/forge/events", headers, world.forge.page_event(str(5000 + n), "ENG"))
         assert response["statusCode"] == 200, response
         assert body_of(response)["jobs"] == 0

@@ -377,7 +377,7 @@ def test_a_trigger_body_with_a_huge_integer_or_a_lone_surrogate_is_a_400(
     world: World, admin: UiSite, ledger: Ledger
 ) -> None:
     """``payloads.json_object`` is shared: a 5,000-digit integer made ``json.loads`` raise ValueError there."""
-    headers = world.forge.headers(admin.site, system_token=admin.system_token)
+    headers = world.forge.headers(admin.site, app_token=admin.app_token)
     for raw in (
         '{"eventType": "avi:confluence:created:page", "n": ' + "1" * 5000 + "}",
         '{"eventType": "avi:confluence:created:page", "n": "\ud800"}',

@@ -38,7 +38,7 @@ def _settings(world: LocalWorld) -> tuple[int, int]:
 
 
 def _keepalive(world: LocalWorld, token: str) -> None:
-    headers = world.forge.headers(world.site, system_token=token, module_key="keepalive-endpoint")
+    headers = world.forge.headers(world.site, app_token=token, module_key="keepalive-endpoint")
     assert world.send("POST", "/forge/keepalive", headers)["statusCode"] == 204
 
 

@@ -10,10 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluence_jobs import registry
-from forge_remote import clock
-from forge_remote.confluence.cql import and_, field_eq, field_in, id_eq
-from forge_remote.jobs.contract import JobContext, JobResult
+from forge_remote import JobContext, JobResult, clock, cql, job
 
 SNAPSHOT = "SNAPSHOT"
 
@@ -38,12 +35,12 @@ def parse_args(args: Mapping[str, Any]) -> SnapshotArgs:
     return SnapshotArgs(page_id=int(page_id), space_key=space_key, version=version)
 
 
-@registry.job("page-snapshot", parse_args)
+@job("page-snapshot", parse_args)
 def page_snapshot(ctx: JobContext, args: SnapshotArgs) -> JobResult:
-    clauses = [field_eq("type", "page"), id_eq(args.page_id)]
+    clauses = [cql.field_eq("type", "page"), cql.id_eq(args.page_id)]
     if args.space_key:
-        clauses.insert(0, field_in("space", [args.space_key]))
-    pages = list(ctx.confluence.search_content(and_(*clauses), expand=["version", "space"], limit=1))
+        clauses.insert(0, cql.field_in("space", [args.space_key]))
+    pages = list(ctx.confluence.search_content(cql.and_(*clauses), expand=["version", "space"], limit=1))
     if not pages:
         # Deleted, moved out of the space, or not visible to the app: nothing to snapshot.
         return JobResult({"pageId": args.page_id, "found": False})
@@ -59,5 +56,5 @@ def page_snapshot(ctx: JobContext, args: SnapshotArgs) -> JobResult:
         "requestId": ctx.request.request_id,
     }
     # Keyed by page and version: a redelivered job overwrites its own record, never adds a second.
-    ctx.results.put(ctx.installation_id, SNAPSHOT, f"{page['id']}#v{version}", record)
+    ctx.results.put(SNAPSHOT, f"{page['id']}#v{version}", record)
     return JobResult({"pageId": args.page_id, "found": True, "version": version})

@@ -28,11 +28,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from confluence_jobs import registry
-from forge_remote import aws, clock
+from forge_remote import JobContext, JobResult, aws, clock, job
 from forge_remote.config import Settings
 from forge_remote.errors import ConfigurationError, RetryLater
-from forge_remote.jobs.contract import JobContext, JobResult
 from forge_remote.storage.table_keys import PRIVACY_REPORT_SK as PROGRESS_SK
 from forge_remote.storage.table_keys import installation_pk
 
@@ -197,7 +195,7 @@ def _finish_erasure(eraser: PersonalDataEraser, installation_id: str, progress: 
     return save_progress(installation_id, replace(progress, pending_closed=(), pending_updated=(), erase_cursor=None))
 
 
-@registry.job("personal-data-report", parse_args)
+@job("personal-data-report", parse_args)
 def personal_data_report(ctx: JobContext, _: None) -> JobResult:
     # Imported here: the reporter loads requests, which the worker's cold start leaves to the first job
     # that needs it.

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluence_jobs import registry
-from forge_remote import clock
-from forge_remote.confluence.cql import Cql, and_, date_gte, field_eq, field_in
-from forge_remote.jobs.contract import JobContext, JobResult
+from forge_remote import JobContext, JobResult, clock, cql, job
 
 DIGEST = "DIGEST"
 MAX_SPACES = 100
@@ -51,15 +48,15 @@ def parse_args(args: Mapping[str, Any]) -> DigestArgs:
     return DigestArgs(space_keys=tuple(keys), hours=hours)
 
 
-@registry.job("space-digest", parse_args)
+@job("space-digest", parse_args)
 def space_digest(ctx: JobContext, args: DigestArgs) -> JobResult:
     now = datetime.fromtimestamp(clock.now(), UTC)
     since = now - timedelta(hours=args.hours)
-    clauses: list[Cql] = [field_eq("type", "page"), date_gte("lastmodified", since)]
+    clauses: list[cql.Cql] = [cql.field_eq("type", "page"), cql.date_gte("lastmodified", since)]
     if args.space_keys:
-        clauses.insert(0, field_in("space", list(args.space_keys)))
+        clauses.insert(0, cql.field_in("space", list(args.space_keys)))
     by_space: dict[str, list[dict[str, Any]]] = {key: [] for key in args.space_keys}
-    for page in ctx.confluence.search_content(and_(*clauses), expand=["version", "space"]):
+    for page in ctx.confluence.search_content(cql.and_(*clauses), expand=["version", "space"]):
         space_key = page.get("space", {}).get("key") or "?"
         by_space.setdefault(space_key, []).append(
             {
@@ -81,7 +78,7 @@ def space_digest(ctx: JobContext, args: DigestArgs) -> JobResult:
             "pages": pages[:MAX_PAGES_PER_RECORD],
             "truncated": capped,
         }
-        stored = ctx.results.put(ctx.installation_id, DIGEST, f"{day}#{space_key}", record)
+        stored = ctx.results.put(DIGEST, f"{day}#{space_key}", record)
         if capped or stored.truncated:
             cut.append(space_key)
     return JobResult(

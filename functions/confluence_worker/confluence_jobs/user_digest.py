@@ -17,11 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from confluence_jobs import registry
-from forge_remote import clock
-from forge_remote.confluence.cql import and_, date_gte, field_eq
-from forge_remote.errors import BadJobRequest
-from forge_remote.jobs.contract import JobContext, JobResult
+from forge_remote import JobContext, JobResult, PermanentFailure, clock, cql, job
 from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN
 
 USER_DIGEST = "USER_DIGEST"
@@ -45,19 +41,19 @@ def parse_args(args: Mapping[str, Any]) -> UserDigestArgs:
     return UserDigestArgs(account_id=account_id, days=days)
 
 
-@registry.job("user-digest", parse_args)
+@job("user-digest", parse_args)
 def user_digest(ctx: JobContext, args: UserDigestArgs) -> JobResult:
     account_id = args.account_id or ctx.request.requested_by
     if not account_id:
         # Nobody to act as: acting as the app instead would show pages the user may not see.
-        raise BadJobRequest("user-digest needs requestedBy or args.accountId")
+        raise PermanentFailure("user-digest needs requestedBy or args.accountId")
     confluence = ctx.confluence_as(account_id)
     now = datetime.fromtimestamp(clock.now(), UTC)
     since = now - timedelta(days=args.days)
-    cql = and_(field_eq("type", "page"), date_gte("lastmodified", since))
+    query = cql.and_(cql.field_eq("type", "page"), cql.date_gte("lastmodified", since))
     pages: list[dict[str, Any]] = []
     count = 0
-    for page in confluence.search_content(cql, expand=["version", "space"]):
+    for page in confluence.search_content(query, expand=["version", "space"]):
         count += 1
         if len(pages) < MAX_PAGES_PER_RECORD:
             pages.append(
@@ -76,6 +72,6 @@ def user_digest(ctx: JobContext, args: UserDigestArgs) -> JobResult:
         "truncated": count > len(pages),
         "requestId": ctx.request.request_id,
     }
-    stored = ctx.results.put(ctx.installation_id, USER_DIGEST, account_id, record)
+    stored = ctx.results.put(USER_DIGEST, account_id, record)
     # The summary is logged: counts only, no account id.
     return JobResult({"pages": count, "truncated": count > len(pages) or stored.truncated})

@@ -110,6 +110,9 @@ class Settings:
     # the worker dead-letters it itself instead of leaving SQS's redrive to move it without a reason.
     job_max_receives: int = DEFAULT_JOB_MAX_RECEIVES
     job_queue_max_receives: int = DEFAULT_JOB_QUEUE_MAX_RECEIVES
+    # Each trigger route's manifest module keys, as JSON (``forge/call_kinds.py``): the HTTP functions
+    # require it, the others never read it.
+    forge_trigger_modules: str | None = None
 
     def required(self, name: str) -> str:
         """A setting only some functions need (``jobs_bus``, ``jobs_queue_url``, ``jobs_dlq_url``).
@@ -156,6 +159,7 @@ class Settings:
             ),
             job_max_receives=max_receives,
             job_queue_max_receives=queue_max_receives,
+            forge_trigger_modules=env.get("FORGE_TRIGGER_MODULES", "").strip() or None,
         )
 
 

@@ -8,36 +8,62 @@ manifest (``forge-app/manifest.yml``) routes there. Forge's documentation does n
 a trigger's FIT names the endpoint module or the trigger module, so both keys are accepted; an
 absent claim is accepted (lenient), a present and wrong one is refused (strict).
 
-Renamed a module in your manifest? Change ``TRIGGER_ROUTE_MODULES``: ``make test`` checks that the
-two agree.
+Which module keys those are is the app's configuration, not the library's: the setting
+``FORGE_TRIGGER_MODULES`` (``template.yaml``'s ``Globals``) maps each trigger route to its keys, as
+JSON. Renamed a module in your manifest? Update that setting: ``make test`` checks the two agree.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 
-from forge_remote.errors import WrongCallKind
+from forge_remote.errors import ConfigurationError, WrongCallKind
 from forge_remote.forge.invocations import Invocation
 
-# route path -> the manifest keys that may invoke it: its endpoint and the modules that use that endpoint
-TRIGGER_ROUTE_MODULES: Mapping[str, frozenset[str]] = {
-    "/forge/lifecycle": frozenset({"lifecycle-endpoint", "app-lifecycle"}),
-    "/forge/uninstall": frozenset({"uninstall-endpoint", "pre-uninstall"}),
-    "/forge/events": frozenset({"events-endpoint", "page-events"}),
-    "/forge/keepalive": frozenset({"keepalive-endpoint", "token-keepalive"}),
-}
-TRIGGER_MODULE_KEYS = frozenset().union(*TRIGGER_ROUTE_MODULES.values())
+# The routes Forge's triggers call on this backend (the library serves them: ``inbound/triggers.py``).
+TRIGGER_ROUTES = ("/forge/lifecycle", "/forge/uninstall", "/forge/events", "/forge/keepalive")
 UI_ROUTE_PREFIX = "/api/"
 TRIGGER_MODULE_TYPE_PREFIX = "core:"  # endpoint, trigger, scheduledTrigger, preUninstall: no UI module
+
+
+@dataclass(frozen=True)
+class TriggerModules:
+    """Route path -> the manifest keys that may invoke it: its endpoint and the modules using that endpoint."""
+
+    routes: Mapping[str, frozenset[str]]
+
+    @property
+    def keys(self) -> frozenset[str]:
+        return frozenset().union(*self.routes.values())
+
+    @classmethod
+    def from_json(cls, text: str | None) -> TriggerModules:
+        """Parse ``FORGE_TRIGGER_MODULES``: ``{"/forge/lifecycle": ["lifecycle-endpoint", ...], ...}``."""
+        if not text or not text.strip():
+            raise ConfigurationError("FORGE_TRIGGER_MODULES is required: each trigger route's manifest module keys")
+        try:
+            document = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigurationError("FORGE_TRIGGER_MODULES is not valid JSON") from exc
+        if not isinstance(document, dict) or set(document) != set(TRIGGER_ROUTES):
+            raise ConfigurationError(f"FORGE_TRIGGER_MODULES must name exactly the routes {', '.join(TRIGGER_ROUTES)}")
+        routes: dict[str, frozenset[str]] = {}
+        for path, keys in document.items():
+            if not isinstance(keys, list) or not keys or not all(isinstance(k, str) and k for k in keys):
+                raise ConfigurationError(f"FORGE_TRIGGER_MODULES[{path!r}] must be a list of module keys")
+            routes[path] = frozenset(keys)
+        return cls(routes)
 
 
 def _shown(value: str) -> str:
     return repr(value[:64])  # a claim of a verified FIT, never a secret, but bounded in logs and answers
 
 
-def check_call_kind(path: str, invocation: Invocation) -> None:
+def check_call_kind(path: str, invocation: Invocation, modules: TriggerModules) -> None:
     """Raise ``WrongCallKind`` if ``invocation`` is not the kind of call Forge makes to ``path``."""
-    allowed = TRIGGER_ROUTE_MODULES.get(path)
+    allowed = modules.routes.get(path)
     if allowed is not None:
         if invocation.principal is not None:
             raise WrongCallKind("a call made by a user is not accepted on a trigger route")
@@ -48,5 +74,5 @@ def check_call_kind(path: str, invocation: Invocation) -> None:
             raise WrongCallKind(f"module {_shown(key)} is not routed to {path}")
         if kind is not None and not kind.startswith(TRIGGER_MODULE_TYPE_PREFIX):
             raise WrongCallKind(f"module type {_shown(kind)} does not call trigger routes")
-    elif path.startswith(UI_ROUTE_PREFIX) and invocation.module_key in TRIGGER_MODULE_KEYS:
+    elif path.startswith(UI_ROUTE_PREFIX) and invocation.module_key in modules.keys:
         raise WrongCallKind("a trigger's call is not accepted on a UI route")

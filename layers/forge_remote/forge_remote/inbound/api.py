@@ -31,7 +31,7 @@ from forge_remote.errors import (
     UserTokenRequired,
     WrongCallKind,
 )
-from forge_remote.forge.call_kinds import check_call_kind
+from forge_remote.forge.call_kinds import TriggerModules, check_call_kind
 from forge_remote.forge.invocations import FitVerifier, Invocation
 
 logger = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ def count_rejection(reason: str) -> None:
     counts.count("FitRejections", "reason", reason.split(":", 1)[0])
 
 
-def require_fit(verifier: FitVerifier) -> Middleware:
+def require_fit(verifier: FitVerifier, modules: TriggerModules) -> Middleware:
     """Verify the FIT and the kind of call before the route runs; put the ``Invocation`` in ``app.context``."""
 
     def verify_fit(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
@@ -78,7 +78,7 @@ def require_fit(verifier: FitVerifier) -> Middleware:
             count_rejection(exc.reason)
             return error_response(401, "unauthorized", f"Forge invocation token rejected: {exc.reason}")
         try:
-            check_call_kind(path, found)
+            check_call_kind(path, found, modules)
         except WrongCallKind as exc:
             count_rejection("wrong call kind for this route")
             logger.warning(

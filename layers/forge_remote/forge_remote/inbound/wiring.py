@@ -1,20 +1,19 @@
-"""The per-container wiring the HTTP handlers share: settings, verifier and stores, built once.
+"""The HTTP functions' wiring: the shared one (``forge_remote/wiring.py``) plus the FIT verifier and
+the trigger module keys, built once per container.
 
-Building it reads the environment and creates one DynamoDB client; nothing is fetched until the
-first request needs it (JWKS, tables). It is also where a verified ``Invocation`` meets the stores,
-which take plain values and know nothing of FITs (``installation_facts``).
+It is also where a verified ``Invocation`` meets the stores, which take plain values and know nothing
+of FITs (``installation_facts``). Nothing is fetched until the first request needs it (JWKS, tables).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from functools import cached_property
 
-from forge_remote import aws
-from forge_remote.config import Settings
+from forge_remote.forge.call_kinds import TriggerModules
 from forge_remote.forge.invocations import FitVerifier, Invocation
 from forge_remote.forge.signing_keys import JwksCache
-from forge_remote.storage.installations import InstallationFacts, InstallationRegistry
-from forge_remote.tokens.store import TokenStore
+from forge_remote.storage.installations import InstallationFacts
+from forge_remote.wiring import Wiring
 
 
 def installation_facts(invocation: Invocation) -> InstallationFacts:
@@ -30,27 +29,18 @@ def installation_facts(invocation: Invocation) -> InstallationFacts:
     )
 
 
-@dataclass
-class HttpWiring:
-    settings: Settings
-    verifier: FitVerifier
-    tokens: TokenStore
-    installations: InstallationRegistry
-
-    @classmethod
-    def from_env(cls, settings: Settings | None = None) -> HttpWiring:
-        settings = settings or Settings.from_env()
-        client = aws.dynamodb()
-        return cls(
-            settings=settings,
-            verifier=FitVerifier(
-                audience=settings.app_ari,
-                jwks=JwksCache(settings.jwks_url),
-                allowed_api_hosts=settings.allowed_api_hosts,
-            ),
-            tokens=TokenStore(client, settings.tokens_table),
-            installations=InstallationRegistry(client, settings.app_table),
+class HttpWiring(Wiring):
+    @cached_property
+    def verifier(self) -> FitVerifier:
+        settings = self.settings
+        return FitVerifier(
+            audience=settings.app_ari, jwks=JwksCache(settings.jwks_url), allowed_api_hosts=settings.allowed_api_hosts
         )
+
+    @cached_property
+    def trigger_modules(self) -> TriggerModules:
+        """``FORGE_TRIGGER_MODULES``, parsed: read when the routes are wired, so a bad value fails the cold start."""
+        return TriggerModules.from_json(self.settings.forge_trigger_modules)
 
     def capture_tokens(self, invocation: Invocation, *, delivered_by: str | None = None) -> dict[str, str]:
         """Token rule 1: store what this verified call delivered (app token, and user token if any).
@@ -61,10 +51,10 @@ class HttpWiring:
         """
         outcomes: dict[str, str] = {}
         facts = installation_facts(invocation)
-        if invocation.system_token:
+        if invocation.app_token:
             outcome = self.tokens.put_if_newer(
                 invocation.installation_id,
-                invocation.system_token,
+                invocation.app_token,
                 guard=self.installations.active_guard(facts),
                 delivered_by=delivered_by,
             )

@@ -1,8 +1,9 @@
 """The job contract: what a background job is, how it is requested, and how requests travel.
 
 A job is a function ``(ctx: JobContext, args: A) -> JobResult | None`` registered under a name
-with a parser that turns the request's JSON ``args`` into ``A`` (raising ``ValueError`` for bad
-input). A job request is a small JSON document put on the jobs EventBridge bus::
+with ``@job("name", parse_args)``, where ``parse_args`` turns the request's JSON ``args`` into ``A``
+(raising ``ValueError``, ``TypeError`` or ``KeyError`` for bad input). ``request_job`` is the one way
+to ask for a run: it puts a small JSON document on the jobs EventBridge bus::
 
     {"job": "page-snapshot", "installationId": "ari:...", "args": {...}, "requestId": "...", "attempt": 0}
 
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
     from mypy_boto3_events import EventBridgeClient
 
     from forge_remote.confluence.client import ConfluenceClient
-    from forge_remote.storage.results import ResultStore
+    from forge_remote.storage.interfaces import Results
+    from forge_remote.storage.results import StoredResult
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +118,7 @@ class JobContext:
     request: JobRequest
     api_base_url: str
     confluence: ConfluenceClient
-    results: ResultStore
+    results: JobResults
     remaining_ms: Callable[[], int]
     # Set by the worker: builds a client acting as an account (offline user impersonation).
     user_client_factory: Callable[[str], ConfluenceClient] | None = field(default=None, repr=False)
@@ -144,6 +146,27 @@ class JobContext:
         return self.user_client_factory(account_id)
 
 
+class JobResults:
+    """The job's own installation's results: a job cannot name, read or write another installation's.
+
+    ``put(kind, key, record)`` upserts a JSON record under ``<KIND>#<key>`` (cut to DynamoDB's item
+    size if it must be, and set to expire; see ``storage/results.py``); ``get`` and ``list`` read back.
+    """
+
+    def __init__(self, store: Results, installation_id: str) -> None:
+        self._store = store
+        self._installation_id = installation_id
+
+    def put(self, kind: str, key: str, record: dict[str, Any], *, ttl_s: int | None = None) -> StoredResult:
+        return self._store.put(self._installation_id, kind, key, record, ttl_s=ttl_s)
+
+    def get(self, kind: str, key: str) -> dict[str, Any] | None:
+        return self._store.get(self._installation_id, kind, key)
+
+    def list(self, kind: str) -> list[dict[str, Any]]:
+        return self._store.list(self._installation_id, kind)
+
+
 @dataclass(frozen=True)
 class JobResult:
     """A short, secret-free summary for logs and metrics."""
@@ -160,7 +183,9 @@ class Job(Generic[A]):
     def __call__(self, ctx: JobContext) -> JobResult | None:
         try:
             args = self.parse_args(ctx.request.args)
-        except (ValueError, TypeError, KeyError) as exc:
+        except KeyError as exc:  # a bare KeyError says only the key: say what it means
+            raise BadJobRequest(f"bad arguments for job {self.name}: missing argument {exc}") from exc
+        except (ValueError, TypeError) as exc:
             raise BadJobRequest(f"bad arguments for job {self.name}: {exc}") from exc
         return self.run(ctx, args)
 
@@ -178,7 +203,8 @@ class JobRegistry:
             raise ValueError(f"invalid job name {name!r}")
 
         def register(fn: Callable[[JobContext, A], JobResult | None]) -> Callable[[JobContext, A], JobResult | None]:
-            if name in self._jobs:
+            known = self._jobs.get(name)
+            if known is not None and not _reimported(known.run, fn):
                 raise ValueError(f"job {name!r} is already registered")
             self._jobs[name] = Job(name=name, run=fn, parse_args=parse_args)
             return fn
@@ -193,6 +219,46 @@ class JobRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._jobs)
+
+
+def _reimported(known: Callable[..., Any], fn: Callable[..., Any]) -> bool:
+    """``fn`` is ``known``'s module loaded afresh (a new container in tests, the local stack's reload): the
+    same job, replaced. The same function twice, or another one under the name, is a mistake."""
+    same_code = getattr(known, "__code__", None), getattr(fn, "__code__", None)
+    return (
+        known is not fn
+        and all(same_code)
+        and getattr(same_code[0], "co_filename", 1) == getattr(same_code[1], "co_filename", 2)
+        and getattr(same_code[0], "co_firstlineno", 1) == getattr(same_code[1], "co_firstlineno", 2)
+        and getattr(known, "__qualname__", 1) == getattr(fn, "__qualname__", 2)
+    )
+
+
+JOBS = JobRegistry()  # the registry ``@job`` adds to, and the worker runs from
+job = JOBS.job
+
+
+def request_job(
+    job: str,
+    installation_id: str,
+    args: Mapping[str, Any] | None = None,
+    *,
+    requested_by: str | None = None,
+    bus: str | None = None,
+) -> str:
+    """Ask for one run of ``job`` for ``installation_id``; returns the request id.
+
+    The request goes on the jobs bus (``JOBS_BUS``, or ``bus``) and reaches the worker through the
+    queue; the worker validates it on arrival (an unknown job or bad arguments go to the DLQ with the
+    reason). ``requested_by`` is the account that asked from the UI, kept as personal data. Raises
+    ``ServiceUnavailable`` if the bus did not take it, so the caller's own source retries.
+    """
+    from forge_remote import aws
+    from forge_remote.config import Settings
+
+    request = JobRequest(job=job, installation_id=installation_id, args=dict(args or {}), requested_by=requested_by)
+    put_job_requests(aws.events(), bus or Settings.from_env().required("jobs_bus"), [request])
+    return request.request_id
 
 
 def put_job_requests(client: EventBridgeClient, bus: str, requests: Iterable[JobRequest]) -> int:

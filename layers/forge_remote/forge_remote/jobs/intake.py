@@ -1,5 +1,10 @@
 """Product events to job requests, exactly once per Forge delivery.
 
+Which event requests which job is the app's configuration (``events``, given to ``triggers_handler``):
+an event type maps to a job name, whose arguments are then the page the event is about
+(``{"pageId", "spaceKey", "version"}``) for a page event and ``{}`` for any other, or to a function
+``(ForgeEvent) -> (job, args) | None``.
+
 Forge retries an event up to 4 times (60 s apart) and may deliver duplicates; retries differ only
 in ``retryContext``. Powertools idempotency, keyed by the installation and the event without its
 ``retryContext``, makes each delivery put its job requests on the bus once. It is imported on the
@@ -8,38 +13,41 @@ first page event only, keeping it off the cold start of every other route.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeAlias
 
 from forge_remote import aws
 from forge_remote.errors import DeliveryInProgress, ServiceUnavailable
 from forge_remote.forge.invocations import Invocation
-from forge_remote.forge.payloads import ForgeEvent, page_ref
+from forge_remote.forge.payloads import PAGE_EVENTS, ForgeEvent, page_ref
 from forge_remote.storage.table_keys import EVENTS_IDEMPOTENCY_PK
 
-PAGE_SNAPSHOT_JOB = "page-snapshot"
+EventJob: TypeAlias = "str | Callable[[ForgeEvent], tuple[str, dict[str, Any]] | None]"
 DEDUP_WINDOW_S = 3600  # Forge retries for ~4 minutes and events lag up to 3: an hour is ample
 
 
 class EventIntake:
-    def __init__(self, *, app_table: str, jobs_bus: str) -> None:
+    def __init__(self, *, app_table: str, jobs_bus: str, events: Mapping[str, EventJob]) -> None:
         self._app_table = app_table
         self._jobs_bus = jobs_bus
+        self._events = dict(events)
         self._enqueue: Callable[..., dict[str, Any]] | None = None
         self._config: Any = None
 
     def accept(self, invocation: Invocation, event: ForgeEvent, lambda_context: Any = None) -> dict[str, Any]:
-        """Job requests for this event (page created/updated -> ``page-snapshot``); others are acknowledged."""
-        page = page_ref(event)
-        if page is None:
+        """The job request this event maps to, put on the bus once per delivery; others are acknowledged."""
+        wanted = self.job_for(event)
+        if wanted is None:
             return {"jobs": 0}
+        job, args = wanted
         enqueue = self._enqueue_once()
         if lambda_context is not None:
             self._config.register_lambda_context(lambda_context)
         delivery = {
             "installationId": invocation.installation_id,
             "dedupKey": event.dedup_key,
-            "args": {"pageId": page.page_id, "spaceKey": page.space_key, "version": page.version},
+            "job": job,
+            "args": args,
             "eventType": event.event_type,
         }
         from aws_lambda_powertools.utilities.idempotency.exceptions import (
@@ -53,6 +61,19 @@ class EventIntake:
             raise DeliveryInProgress("this delivery is being processed; retry later") from exc
         except IdempotencyPersistenceLayerError as exc:
             raise ServiceUnavailable("idempotency store unavailable") from exc
+
+    def job_for(self, event: ForgeEvent) -> tuple[str, dict[str, Any]] | None:
+        """The job and arguments ``event`` requests, or None (not mapped, or the mapping said none)."""
+        wanted = self._events.get(event.event_type)
+        if wanted is None:
+            return None
+        if callable(wanted):
+            return wanted(event)
+        page = page_ref(event)
+        if page is None:
+            # A page event that names no page cannot be about one; any other event takes no arguments.
+            return None if event.event_type in PAGE_EVENTS else (wanted, {})
+        return wanted, {"pageId": page.page_id, "spaceKey": page.space_key, "version": page.version}
 
     def _enqueue_once(self) -> Callable[..., dict[str, Any]]:
         if self._enqueue is not None:
@@ -75,7 +96,7 @@ class EventIntake:
             installation_id = delivery["installationId"]
             from forge_remote.jobs.contract import JobRequest, put_job_requests  # off the cold start of other routes
 
-            request = JobRequest(job=PAGE_SNAPSHOT_JOB, installation_id=installation_id, args=delivery["args"])
+            request = JobRequest(job=delivery["job"], installation_id=installation_id, args=delivery["args"])
             put_job_requests(aws.events(), bus, [request])
             return {"jobs": 1, "requestId": request.request_id}
 

@@ -12,21 +12,24 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import traceback
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from forge_remote.config import DEFAULT_FORGE_GRAPHQL_URL, DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
 from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected, TokenUnavailable
-from forge_remote.jobs.contract import Job, JobContext, JobRegistry, JobRequest
-from forge_remote.storage.installations import Installation, InstallationRegistry
-from forge_remote.storage.results import ResultStore
+from forge_remote.jobs.contract import Job, JobContext, JobRegistry, JobRequest, JobResults
+from forge_remote.storage.installations import Installation
+from forge_remote.storage.interfaces import Installations, Results, Tokens
 from forge_remote.tokens.lease import TokenLease
-from forge_remote.tokens.store import TokenStore
 
 if TYPE_CHECKING:
     from forge_remote.confluence.client import ConfluenceClient
+    from forge_remote.storage.installations import InstallationRegistry
     from forge_remote.tokens.offline import OfflineTokens
+    from forge_remote.tokens.store import TokenStore
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +76,20 @@ def gives_up(
     return waited_s is None or waited_s >= deferral_schedule_s(max_attempts)
 
 
+def unexpected_failure(job: str, exc: BaseException) -> str:
+    """The reason recorded for an exception that is neither ``PermanentFailure`` nor ``RetryLater``.
+
+    Such an exception (a bug in the job, an AWS error nobody caught) may be passing: it is deferred on
+    the ordinary schedule, so a throttled table gets its retries, and after ``JOB_MAX_RECEIVES``
+    attempts the job goes to the DLQ with this reason. Its message is never kept (it may quote a
+    token or a person); its type and where it was raised are enough to find it.
+    """
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {Path(frames[-1].filename).name}:{frames[-1].lineno}" if frames else ""
+    logger.warning("job %s raised %s%s", job, type(exc).__name__, where)
+    return f"job {job} raised {type(exc).__name__}{where}"
+
+
 class JobStatus(enum.StrEnum):
     DONE = "done"
     DEFERRED = "deferred"  # comes back later: no valid token, rate limited, out of time
@@ -97,9 +114,9 @@ class Outcome:
 @dataclass
 class JobRunner:
     registry: JobRegistry
-    tokens: TokenStore
-    installations: InstallationRegistry
-    results: ResultStore
+    tokens: Tokens
+    installations: Installations
+    results: Results
     allowed_api_hosts: Collection[str]
     min_validity_s: float
     # None: forge_remote.confluence.client (and requests) is imported by the first job that calls Confluence,
@@ -164,6 +181,8 @@ class JobRunner:
                 return Outcome(JobStatus.DEAD, exc.reason)
             except RetryLater as exc:
                 return self._defer(receive_count, exc.reason, at_least=exc.delay_s)
+            except Exception as exc:  # every exception has an outcome: see unexpected_failure()
+                return self._defer(receive_count, unexpected_failure(job.name, exc))
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _invalidate_rejected(
@@ -215,7 +234,8 @@ class JobRunner:
             request=request,
             api_base_url=api_base_url,
             confluence=self._client(api_base_url, lease.token, remaining_ms),
-            results=self.results,
+            # JobResults still names ResultStore; it calls only what the Results Protocol has.
+            results=JobResults(self.results, request.installation_id),
             remaining_ms=remaining_ms,
             user_client_factory=confluence_as,
             app_token=lease.token,
@@ -233,7 +253,9 @@ class JobRunner:
             from forge_remote.tokens.offline import OfflineTokenMinter, OfflineTokens
 
             minter = OfflineTokenMinter(self.graphql_url, self.offline_token_context_id, self.allowed_api_hosts)
-            self.offline_tokens = OfflineTokens(self.tokens, minter, self.installations, self.min_validity_s)
+            # OfflineTokens still names the DynamoDB stores; it calls only what the Protocols have.
+            tokens, installations = cast("TokenStore", self.tokens), cast("InstallationRegistry", self.installations)
+            self.offline_tokens = OfflineTokens(tokens, minter, installations, self.min_validity_s)
         return self.offline_tokens.lease(
             installation.installation_id,
             account_id,

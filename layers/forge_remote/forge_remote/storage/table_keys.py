@@ -49,7 +49,7 @@ def installation_pk(installation_id: str) -> str:
 
 
 # -- tokens table ----------------------------------------------------------------------------------
-SYSTEM_TOKEN_SK = "SYSTEM"  # noqa: S105 (a sort key)
+APP_TOKEN_SK = "SYSTEM"  # noqa: S105 (a sort key)
 USER_TOKEN_SK_PREFIX = "USER#"  # noqa: S105 (a sort-key prefix)
 
 
@@ -70,12 +70,12 @@ def offline_token_sk(account_id: str) -> str:
 
 
 # The digest (never the token) of the last app token a server refused (``TokenStore.invalidate``).
-REFUSED_TOKEN_SK = f"REFUSED#{SYSTEM_TOKEN_SK}"
+REFUSED_TOKEN_SK = f"REFUSED#{APP_TOKEN_SK}"
 
 
 def token_sk(account_id: str | None) -> str:
     """The user's token if an account id is given, else the app (system) token."""
-    return user_token_sk(account_id) if account_id else SYSTEM_TOKEN_SK
+    return user_token_sk(account_id) if account_id else APP_TOKEN_SK
 
 
 # -- app table -------------------------------------------------------------------------------------

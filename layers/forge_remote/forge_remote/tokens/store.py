@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from forge_remote import clock
 from forge_remote.errors import TokenUnavailable
 from forge_remote.storage.batch_delete import delete_keys
-from forge_remote.storage.table_keys import REFUSED_TOKEN_SK, SYSTEM_TOKEN_SK, installation_pk, token_sk
+from forge_remote.storage.table_keys import APP_TOKEN_SK, REFUSED_TOKEN_SK, installation_pk, token_sk
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -243,7 +243,7 @@ class TokenStore:
         """Is an app token valid for ``min_validity_s`` more seconds stored? Reads its expiry only."""
         item = self._client.get_item(
             TableName=self.table_name,
-            Key=self._key(installation_id, SYSTEM_TOKEN_SK),
+            Key=self._key(installation_id, APP_TOKEN_SK),
             ProjectionExpression="expiresAt",
             ConsistentRead=True,
         ).get("Item")
@@ -257,7 +257,7 @@ class TokenStore:
         now = clock.now()
         count = 0
         for start in range(0, len(installation_ids), BATCH_GET_KEYS):
-            keys = [self._key(i, SYSTEM_TOKEN_SK) for i in installation_ids[start : start + BATCH_GET_KEYS]]
+            keys = [self._key(i, APP_TOKEN_SK) for i in installation_ids[start : start + BATCH_GET_KEYS]]
             items = self._batch_get(keys, "expiresAt", "token expiries")
             count += sum(float(item["expiresAt"]["N"]) - now >= min_validity_s for item in items)
         return count
@@ -289,7 +289,7 @@ class TokenStore:
             "ExpressionAttributeValues": {":digest": {"S": digest}},
         }
         self.write_count += 1
-        if sk != SYSTEM_TOKEN_SK:
+        if sk != APP_TOKEN_SK:
             try:
                 self._client.delete_item(**delete)
             except self._client.exceptions.ConditionalCheckFailedException:
@@ -325,10 +325,10 @@ class TokenStore:
         """Should the app token stored now wake this installation's parked jobs? Only if jobs can use it
         (``usable``) and it is not the token a server last refused, delivered again: jobs waited for a
         token, not for another try of the one refused (they retry it when their delay ends)."""
-        keys = [self._key(installation_id, SYSTEM_TOKEN_SK), self._key(installation_id, REFUSED_TOKEN_SK)]
+        keys = [self._key(installation_id, APP_TOKEN_SK), self._key(installation_id, REFUSED_TOKEN_SK)]
         items = self._batch_get(keys, "sk, tokenSha256, expiresAt", "app token states")
         by_sk = {item["sk"]["S"]: item for item in items}
-        held, refused = by_sk.get(SYSTEM_TOKEN_SK), by_sk.get(REFUSED_TOKEN_SK)
+        held, refused = by_sk.get(APP_TOKEN_SK), by_sk.get(REFUSED_TOKEN_SK)
         if held is None or float(held["expiresAt"]["N"]) - clock.now() < min_validity_s:
             return False
         return refused is None or refused["tokenSha256"]["S"] != held["tokenSha256"]["S"]
@@ -336,7 +336,7 @@ class TokenStore:
     def states(self, installation_id: str, *, account_id: str | None = None) -> list[TokenState]:
         """Expiry of the app token and, if given, this user's token: for status pages, never the token."""
         states = []
-        for sk in [SYSTEM_TOKEN_SK] + ([token_sk(account_id)] if account_id else []):
+        for sk in [APP_TOKEN_SK] + ([token_sk(account_id)] if account_id else []):
             item = self._client.get_item(
                 TableName=self.table_name,
                 Key=self._key(installation_id, sk),
@@ -346,7 +346,7 @@ class TokenStore:
             if item:
                 states.append(
                     TokenState(
-                        subject="system" if sk == SYSTEM_TOKEN_SK else "user",
+                        subject="system" if sk == APP_TOKEN_SK else "user",
                         expires_at=float(item["expiresAt"]["N"]),
                         expiry_source=item.get("expirySource", {}).get("S", "exp"),
                         received_at=float(item["receivedAt"]["N"]) if "receivedAt" in item else None,

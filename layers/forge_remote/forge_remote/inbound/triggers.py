@@ -1,0 +1,163 @@
+"""Forge's trigger routes: lifecycle, uninstall, product events, keepalive.
+
+Every route verifies the FIT first (and that it is a trigger's call), stores the delivered tokens,
+does its one thing and answers well inside Forge's 5 s. Product events become job requests, once per
+delivery, as the app's ``events`` mapping says (``jobs/intake.py``).
+
+Uninstall marks the installation uninstalled, deletes its tokens, then removes the rest of its data
+as time allows. If that throws, or does not finish in time, the FIT's "acted once" mark is released
+and the answer is not a success, so Forge retries with the same FIT and the retry (or the scheduled
+sweep) continues where this one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from forge_remote import aws
+from forge_remote.forge.payloads import LIFECYCLE_EVENTS, decode_body, json_object, parse_event
+from forge_remote.handler import LambdaHandler
+from forge_remote.inbound.api import invocation, register_error_handlers, require_fit
+from forge_remote.inbound.wiring import HttpWiring
+from forge_remote.jobs.intake import EventIntake, EventJob
+from forge_remote.lifecycle.cleanup import InstallationCleanup, retention_days_setting
+from forge_remote.telemetry.logs import publishing_recorded_metrics, use_function_logger
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler import Response
+    from aws_lambda_powertools.utilities.typing import LambdaContext
+
+    from forge_remote.forge.invocations import Invocation
+
+# What each trigger route's call is, as the status page names where the last token came from.
+_DELIVERED_BY = {"/forge/lifecycle": "lifecycle", "/forge/keepalive": "keepalive", "/forge/events": "event"}
+
+
+class TriggersHandler(LambdaHandler):
+    """The trigger function's Lambda handler: ``lambda_handler = triggers_handler(events={...})``."""
+
+    def __init__(self, wiring: HttpWiring, intake: EventIntake, cleanup: InstallationCleanup) -> None:
+        from aws_lambda_powertools import Logger, Metrics
+        from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
+
+        self.wiring, self.intake, self.cleanup = wiring, intake, cleanup
+        self.logger = Logger()
+        use_function_logger(self.logger)
+        self.metrics = Metrics()
+        self.app = APIGatewayHttpResolver()
+        self.app.use([require_fit(wiring.verifier, wiring.trigger_modules)])
+        register_error_handlers(self.app)
+        self.app.post("/forge/lifecycle")(self.lifecycle)
+        self.app.post("/forge/uninstall")(self.uninstall)
+        self.app.post("/forge/keepalive")(self.keepalive)
+        self.app.post("/forge/events")(self.product_event)
+
+        @self.logger.inject_lambda_context(correlation_id_path='headers."x-b3-traceid"')
+        def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+            with publishing_recorded_metrics(self.metrics):  # a rejected call records nothing
+                return self.app.resolve(event, context)
+
+        super().__init__(lambda_handler)
+
+    def _event_body(self) -> dict[str, Any]:
+        event = self.app.current_event
+        return json_object(decode_body(event.body, bool(event.is_base64_encoded)))
+
+    def _capture(self, call: Invocation) -> dict[str, str]:
+        outcomes = self.wiring.capture_tokens(call, delivered_by=_DELIVERED_BY.get(self.app.current_event.path))
+        if outcomes.get("system") == "stored":
+            self._count("TokensStored")
+        return outcomes
+
+    def _count(self, name: str) -> None:
+        from aws_lambda_powertools.metrics import MetricUnit
+
+        self.metrics.add_metric(name=name, unit=MetricUnit.Count, value=1)
+
+    def lifecycle(self) -> dict[str, Any]:
+        call = invocation(self.app)
+        event = parse_event(self._event_body())
+        if event.event_type not in LIFECYCLE_EVENTS:
+            self.logger.warning(
+                "ignoring non-lifecycle event on /forge/lifecycle", extra={"event_type": event.event_type}
+            )
+            return {"ignored": event.event_type, "tokens": self._capture(call)}
+        if not self.wiring.record_lifecycle(call, event.event_type):
+            self.logger.warning("lifecycle event for an uninstalled installation ignored")
+            return {"installation": "uninstalled", "ignored": event.event_type}
+        self.logger.info("installation recorded", extra={"event_type": event.event_type})
+        return {"installation": "active", "event": event.event_type, "tokens": self._capture(call)}
+
+    def uninstall(self) -> tuple[dict[str, Any], int]:
+        call = invocation(self.app)
+        installations = self.wiring.installations
+        if not installations.act_once(call.installation_id, call.invocation_id):
+            self.logger.warning("uninstall FIT replayed; nothing done")
+            return {"installation": "unchanged", "replayed": True}, 200
+        try:
+            # Mark first, then delete: a token write racing us either lands before the mark (and is deleted
+            # below) or fails its "still installed" condition. Then the rest of the data, as time allows.
+            report = self.cleanup.uninstall(
+                call.installation_id, remaining_ms=self.app.lambda_context.get_remaining_time_in_millis
+            )
+        except Exception:
+            with contextlib.suppress(Exception):  # best effort: the error below is what Forge must see
+                installations.release_once(call.installation_id, call.invocation_id)
+            raise
+        self.logger.info("installation uninstalled", extra=report.as_dict())
+        self._count("Uninstalls")
+        if not report.complete:
+            # Tokens are gone and nothing runs for the installation any more; the rest of its data is
+            # still being removed. Not a success, so Forge retries (this FIT may act again).
+            with contextlib.suppress(Exception):
+                installations.release_once(call.installation_id, call.invocation_id)
+            return {"installation": "uninstalled", **report.as_dict()}, 503
+        return {"installation": "uninstalled", **report.as_dict()}, 200
+
+    def keepalive(self) -> Response[str]:
+        from aws_lambda_powertools.event_handler import Response
+
+        outcomes = self._capture(invocation(self.app))
+        self.logger.info("keepalive", extra={"tokens": outcomes})
+        return Response(status_code=204)
+
+    def product_event(self) -> tuple[dict[str, Any], int]:
+        call = invocation(self.app)
+        event = parse_event(self._event_body())
+        installation = self.wiring.installations.get(call.installation_id)
+        if installation is not None and not installation.active:
+            # Acknowledged, so Forge stops retrying, but no job: nothing may run for an uninstalled site.
+            self.logger.info(
+                "product event for an uninstalled installation ignored", extra={"event_type": event.event_type}
+            )
+            return {"event": event.event_type, "jobs": 0, "ignored": "installation uninstalled"}, 200
+        outcomes = self._capture(call)
+        result = self.intake.accept(call, event, self.app.lambda_context)
+        self.logger.info(
+            "product event",
+            extra={"event_type": event.event_type, "retry": event.retry_count, "jobs": result, "tokens": outcomes},
+        )
+        return {"event": event.event_type, **result}, 202
+
+
+def triggers_handler(*, events: Mapping[str, EventJob]) -> TriggersHandler:
+    """The trigger function's Lambda handler, built once per container from the environment.
+
+    ``events`` is the app's product event -> job mapping: an event type to the job it requests, either
+    a job name (its arguments are the page the event is about, for page events; none otherwise) or a
+    function ``(ForgeEvent) -> (job, args) | None`` (None: acknowledged, no job). Events not in the
+    mapping are acknowledged and request nothing.
+    """
+    wiring = HttpWiring.from_env()
+    intake = EventIntake(
+        app_table=wiring.settings.app_table, jobs_bus=wiring.settings.required("jobs_bus"), events=events
+    )
+    cleanup = InstallationCleanup(
+        aws.dynamodb(),
+        tokens=wiring.tokens,
+        installations=wiring.installations,
+        retention_days=retention_days_setting(),
+    )
+    return TriggersHandler(wiring, intake, cleanup)
