@@ -16,8 +16,9 @@ record of a Powertools ``BatchProcessor`` batch (partial batch failures):
 
 The runner turns every exception of a job into one of these (``RetryLater`` and any exception it does
 not know are deferred; ``PermanentFailure`` is dead). Only a failure of the worker's own AWS calls
-(SQS or DynamoDB down while it defers or parks) escapes: the record is reported failed and SQS
-brings it back after the queue's visibility timeout, counted towards the queue's redrive limit.
+outside the job escapes (reading the installation, unparking, invalidating a refused token, deferring,
+parking, the DLQ): the record is reported failed and SQS brings it back after the queue's visibility
+timeout, counted towards the queue's redrive limit. docs/architecture.md has every case.
 
 From its second delivery on, a request id runs to the end at most once (``RunOnce``): a wake-up and
 the delay's own redelivery can then race.
