@@ -45,8 +45,8 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from forge_remote.jobs.activity import JobActivity
-    from forge_remote.jobs.parking import ParkingLot
     from forge_remote.jobs.run_once import RunOnce
+    from forge_remote.storage.interfaces import ParkedJobs
 
 MIN_REMAINING_MS = 15_000  # don't start a job that cannot finish a request before the timeout
 RESTART_DELAY_S = 5  # such a job is picked up again almost at once, by a fresh invocation
@@ -70,7 +70,7 @@ class JobWorker:
     """One container's worker: the runner, the stores the policy writes, and the queues."""
 
     runner: JobRunner
-    parking: ParkingLot
+    parking: ParkedJobs
     activity: JobActivity
     run_once: RunOnce
     queue_url: str
@@ -81,6 +81,10 @@ class JobWorker:
     metrics: Metrics
     # Called with every outcome the runner decides (the local stack's journal): never changes it.
     observers: list[OutcomeObserver] = field(default_factory=list)
+    sqs: Any = None  # None: the container's client (aws.sqs()); a test gives its own
+
+    def _queue(self) -> Any:
+        return self.sqs if self.sqs is not None else aws.sqs()
 
     def handle(self, record: SQSRecord, lambda_context: LambdaContext) -> None:
         """One job request. Returning marks the record done; raising ``JobDeferred`` keeps it queued."""
@@ -145,7 +149,7 @@ class JobWorker:
         return self.run_once.run(request.request_id, attempt, lambda_context)
 
     def _dead_letter(self, record: SQSRecord, reason: str, request: JobRequest | None = None) -> None:
-        aws.sqs().send_message(
+        self._queue().send_message(
             QueueUrl=self.dlq_url,
             MessageBody=record.body,
             MessageAttributes={
@@ -167,7 +171,7 @@ class JobWorker:
         """
         from forge_remote.jobs.parking import wake_parked
 
-        aws.sqs().change_message_visibility(
+        self._queue().change_message_visibility(
             QueueUrl=self.queue_url, ReceiptHandle=record.receipt_handle, VisibilityTimeout=outcome.delay_s
         )
         self._count("JobsDeferred")
@@ -183,7 +187,7 @@ class JobWorker:
             self._count("JobsParked")
             if self.runner.token_wakes_jobs(request.installation_id):
                 woken = wake_parked(
-                    self.parking, aws.sqs(), self.queue_url, request.installation_id, request_id=request.request_id
+                    self.parking, self._queue(), self.queue_url, request.installation_id, request_id=request.request_id
                 )
                 self._count("JobsWoken", len(woken.woken))
         raise JobDeferred(outcome.reason, outcome.delay_s)
@@ -229,7 +233,7 @@ class WorkerHandler(LambdaHandler):
         return self.worker.runner
 
     @property
-    def parking(self) -> ParkingLot:
+    def parking(self) -> ParkedJobs:
         return self.worker.parking
 
 
