@@ -38,6 +38,7 @@ logger = logging.getLogger(__name__)
 JOB_SOURCE = "forge-remote.jobs"
 JOB_DETAIL_TYPE = "JobRequest"
 MAX_REQUEST_BYTES = 64 * 1024
+PUT_ATTEMPTS = 4  # PutEvents calls for one batch before ServiceUnavailable
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
 A = TypeVar("A")
@@ -281,7 +282,7 @@ def put_job_requests(client: EventBridgeClient, bus: str, requests: Iterable[Job
 
 def _put_batch(client: EventBridgeClient, bus: str, batch: list[JobRequest]) -> int:
     pending = batch
-    for attempt in range(4):
+    for attempt in range(PUT_ATTEMPTS):
         entries = [
             {
                 "EventBusName": bus,
@@ -296,6 +297,7 @@ def _put_batch(client: EventBridgeClient, bus: str, batch: list[JobRequest]) -> 
             return len(batch)
         results = response.get("Entries", [])
         pending = [r for r, res in zip(pending, results, strict=False) if res.get("ErrorCode")]
-        logger.warning("PutEvents failed for %d of %d job requests; retrying", len(pending), len(entries))
-        time.sleep(0.05 * 2**attempt)  # brief backoff: the callers (Forge, the scheduler) retry for longer
+        logger.warning("PutEvents failed for %d of %d job requests", len(pending), len(entries))
+        if attempt + 1 < PUT_ATTEMPTS:  # no wait after the last: the caller is told at once
+            time.sleep(0.05 * 2**attempt)  # brief backoff: the callers (Forge, the scheduler) retry for longer
     raise ServiceUnavailable(f"{len(pending)} job requests could not be put on the bus")
