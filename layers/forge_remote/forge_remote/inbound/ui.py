@@ -12,13 +12,11 @@ request records the account that asked (``requestedBy``). The worker validates t
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
 from forge_remote.errors import NotAllowed
-from forge_remote.handler import LambdaHandler
+from forge_remote.handler import LambdaHandler, import_modules
 from forge_remote.inbound.api import register_error_handlers, require_fit
 from forge_remote.inbound.ui_calls import JsonObject, OneOf, accepts, provide_ui_call, ui_call
 from forge_remote.inbound.wiring import HttpWiring
@@ -39,14 +37,8 @@ def routers_of(package: str) -> tuple[Router, ...]:
     """Every module's ``router`` in ``package``, in module name order (the same route table every start)."""
     from aws_lambda_powertools.event_handler.api_gateway import Router
 
-    root = importlib.import_module(package)
-    found = []
-    for info in sorted(pkgutil.iter_modules(getattr(root, "__path__", [])), key=lambda i: i.name):
-        module = importlib.import_module(f"{package}.{info.name}")
-        router = getattr(module, "router", None)
-        if isinstance(router, Router):
-            found.append(router)
-    return tuple(found)
+    found = (getattr(module, "router", None) for module in import_modules(package))
+    return tuple(router for router in found if isinstance(router, Router))
 
 
 def is_site_admin(confluence: ConfluenceClient) -> bool:

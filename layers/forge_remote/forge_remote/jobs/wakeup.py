@@ -11,17 +11,16 @@ them back anyway, so a failure here delays a job, it never loses one.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from forge_remote import aws
-from forge_remote.handler import LambdaHandler
+from forge_remote.handler import LambdaHandler, batch_handler
 from forge_remote.storage.table_keys import INSTALLATION_PK_PREFIX
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger, Metrics
     from aws_lambda_powertools.utilities.batch import BatchProcessor
     from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
-    from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from forge_remote.jobs.parking import ParkingLot
     from forge_remote.tokens.store import TokenStore
@@ -70,21 +69,9 @@ class WakeupHandler(LambdaHandler):
     """The wake-up function's Lambda handler: ``lambda_handler = wakeup_handler()``."""
 
     def __init__(self, wakeup: TokenWakeup, processor: BatchProcessor) -> None:
-        from aws_lambda_powertools.utilities.batch import process_partial_response
-
-        from forge_remote.telemetry.logs import publishing_recorded_metrics
-
         self.wakeup = wakeup
-
-        @wakeup.logger.inject_lambda_context
-        def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-            with publishing_recorded_metrics(wakeup.metrics):  # most deliveries wake nothing and record nothing
-                response = process_partial_response(
-                    event=event, record_handler=wakeup.handle, processor=processor, context=context
-                )
-            return dict(response)
-
-        super().__init__(lambda_handler)
+        # Most deliveries wake nothing and record nothing: no metrics line for them.
+        super().__init__(batch_handler(wakeup.logger, wakeup.metrics, processor, wakeup.handle))
 
 
 def wakeup_handler() -> WakeupHandler:

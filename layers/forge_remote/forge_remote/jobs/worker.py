@@ -26,15 +26,13 @@ the delay's own redelivery can then race.
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import aws, clock
 from forge_remote.errors import BadJobRequest, JobDeferred
-from forge_remote.handler import LambdaHandler
+from forge_remote.handler import LambdaHandler, batch_handler, import_modules
 from forge_remote.jobs.contract import JOBS, JobRegistry, JobRequest
 from forge_remote.jobs.runner import JobRunner, JobStatus, Outcome, gives_up
 
@@ -56,13 +54,8 @@ OutcomeObserver = Callable[[JobRequest, Outcome], None]
 
 
 def import_jobs(package: str) -> tuple[str, ...]:
-    """Import every module of ``package`` (name order, so registration is repeatable): each registers
-    the jobs it decorates with ``@job``. There is no list to edit when a job is added."""
-    root = importlib.import_module(package)
-    names = sorted(info.name for info in pkgutil.iter_modules(getattr(root, "__path__", [])))
-    for name in names:
-        importlib.import_module(f"{package}.{name}")
-    return tuple(names)
+    """Import every module of ``package``: each registers the jobs it decorates with ``@job``."""
+    return tuple(module.__name__.rsplit(".", 1)[1] for module in import_modules(package))
 
 
 @dataclass
@@ -211,22 +204,9 @@ class WorkerHandler(LambdaHandler):
     """The worker function's Lambda handler: ``lambda_handler = worker_handler(jobs="my_jobs")``."""
 
     def __init__(self, worker: JobWorker, processor: BatchProcessor) -> None:
-        from aws_lambda_powertools.utilities.batch import process_partial_response
-
-        from forge_remote.telemetry.logs import publishing_recorded_metrics
-
         self.worker = worker
         self.processor = processor
-
-        @worker.logger.inject_lambda_context
-        def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-            with publishing_recorded_metrics(worker.metrics):
-                response = process_partial_response(
-                    event=event, record_handler=worker.handle, processor=processor, context=context
-                )
-            return dict(response)
-
-        super().__init__(lambda_handler)
+        super().__init__(batch_handler(worker.logger, worker.metrics, processor, worker.handle))
 
     @property
     def runner(self) -> JobRunner:
