@@ -39,6 +39,17 @@ needs action; a bad body is a 400. ``script_report`` queues answers for the next
 ``Retry-After``, a malformed body, an error that quotes the account ids it was sent: ``{accounts}``
 in a scripted body); ``reports_seen`` keeps every body received, ``report_statuses`` the status each
 got.
+
+Requests are charged Atlassian's rate-limit points (``local/rate_limits.py``): each one with a good
+token that passes the scope check, the report POST included, is first admitted by the emulator's
+``PointsPools`` (``pools``; by default its own Global Pool of 65,000 points an hour, so several sites
+share an app's quota only when given the same instance). A spent quota or a burst limit answers 429
+``{"code": 429, "message": "Rate limit exceeded"}`` with ``Retry-After``, ``RateLimit-Reason`` and the
+quota headers, and costs nothing; an admitted request is served, charged ``response_points`` (1, plus 1
+per page or space and 2 per user it returns; a write or an error 1) and answered with ``X-RateLimit-*``,
+``RateLimit-Policy`` and, past 80% used, ``RateLimit``. ``points_seen`` keeps ``(method, path template,
+points)`` of each charge. Faults from ``fail_next`` come before admission: they cost nothing and carry
+only their own headers; so does a scripted report 429 (charged 0, headers as scripted).
 """
 
 from __future__ import annotations
@@ -65,14 +76,17 @@ from forge_remote import clock
 from local.cql_eval import CqlError, CqlQuery, Document, parse_cql
 from local.loopback import LoopbackServer
 from local.oauth_scopes import Operation, ScopeBook, manifest_scopes, scope_book, token_scopes
+from local.rate_limits import PointsPools, response_points, search_operation
 
 __all__ = [
     "AUTHOR_ID",
+    "RATE_LIMITED",
     "SCOPE_REFUSAL",
     "ConfluenceEmulator",
     "CqlError",
     "CqlQuery",
     "Fault",
+    "PointsPools",
     "Viewer",
     "parse_cql",
     "served_operations",
@@ -95,6 +109,7 @@ ECHOED_ACCOUNTS = "{accounts}"  # in a scripted report body: the ids that report
 # v2 page reads without their scope are 401s too (sooperset/mcp-atlassian#766).
 SCOPE_REFUSAL = {"code": 401, "message": "Unauthorized; scope does not match"}
 SCOPE_FAILURE_HEADERS = {"X-Failure-Category": "FAILURE_CLIENT_SCOPE_CHECK"}
+RATE_LIMITED = {"code": 429, "message": "Rate limit exceeded"}  # the body of every 429 (faults' too)
 
 
 def jwt_not_expired(token: str) -> bool:
@@ -171,6 +186,7 @@ class ConfluenceEmulator:
         port: int = 0,
         app_subjects: Iterable[str] = (APP_SUBJECT,),
         default_scopes: Iterable[str] | None = None,
+        pools: PointsPools | None = None,
     ) -> None:
         if expired_token_status not in EXPIRED_TOKEN_MODES:
             raise ValueError(f"expired_token_status must be one of {EXPIRED_TOKEN_MODES}")
@@ -190,6 +206,9 @@ class ConfluenceEmulator:
         # For tokens without a scope claim: what Forge grants this app (the manifest), unless told otherwise.
         self.default_scopes = frozenset(manifest_scopes() if default_scopes is None else default_scopes)
         self.scope_refusals: list[tuple[str, str]] = []  # (method, path template) of each request refused
+        # The app's rate-limit quota; pass one PointsPools to several emulators for sites sharing it.
+        self.pools = pools if pools is not None else PointsPools()
+        self.points_seen: list[tuple[str, str, int]] = []  # (method, path template, points) of each charge
         self._book = scope_book()
         handlers: dict[tuple[str, str], Callable[[Request, str, Viewer], Response]] = {
             ("GET", "/wiki/rest/api/content/search"): lambda request, rest, viewer: self._search(request, viewer),
@@ -500,15 +519,39 @@ class ConfluenceEmulator:
         operation = self._operation(request.method, rest, report=report)
         if operation is not None and not operation.allows(self.granted_scopes(token)):
             return self._refuse_scope(operation, token)
+        if not report:  # scripted faults are not the reporting API's (script_report is)
+            with self._lock:
+                fault = self._faults.pop(0) if self._faults else None
+            if fault is not None:
+                return _fault(fault)
+        template = operation.template if operation is not None else request.path
+        refusal = self.pools.admit(self.cloud_id, search=search_operation(template))
+        if refusal is not None:
+            return _json(429, RATE_LIMITED, refusal.headers)
         if report:
-            return self._report_accounts(request)
+            response = self._report_accounts(request)
+        elif rest is None:
+            response = _json(404, {"code": 404, "message": "Not Found"})
+        else:
+            response = self._route(request, operation, rest, self.viewer(token))
+        return self._charge(request.method, template, response)
+
+    def _charge(self, method: str, template: str, response: Response) -> Response:
+        """Charge an admitted request's answer to the pool and give it the quota headers. A scripted
+        429 (``script_report``) costs nothing and keeps only the headers it was scripted with."""
+        body: object = None
+        if method == "GET" and response.status_code < 400 and response.mimetype == "application/json":
+            try:
+                body = json.loads(response.get_data(as_text=True) or "null")
+            except ValueError:
+                body = None
+        points = response_points(method, template, body, status=response.status_code)
+        headers = self.pools.charge(self.cloud_id, points)
         with self._lock:
-            fault = self._faults.pop(0) if self._faults else None
-        if fault is not None:
-            return _fault(fault)
-        if rest is None:
-            return _json(404, {"code": 404, "message": "Not Found"})
-        return self._route(request, operation, rest, self.viewer(token))
+            self.points_seen.append((method, template, points))
+        if response.status_code != 429:
+            response.headers.update(headers)
+        return response
 
     # -- scopes
     def granted_scopes(self, token: str) -> frozenset[str]:
@@ -873,7 +916,7 @@ def _fault(fault: Fault) -> Response:
     if fault.ratelimit_reset is not None:
         headers["X-RateLimit-Reset"] = fault.ratelimit_reset
     if fault.status == 429:
-        return _json(429, {"code": 429, "message": "Rate limit exceeded"}, headers)
+        return _json(429, RATE_LIMITED, headers)
     if fault.status >= 500:
         return _json(fault.status, {"code": fault.status, "message": "Service temporarily unavailable"}, headers)
     return _v1_error(fault.status, f"Emulated HTTP {fault.status}")
