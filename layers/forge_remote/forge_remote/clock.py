@@ -1,7 +1,8 @@
 """The one clock the library reads for token expiry.
 
 Production reads wall time. The local stack and tests move it forward (``advance``) to make tokens
-expire without waiting; FIT verification deliberately keeps real time (pyjwt checks it).
+expire without waiting, or place it at a given moment (``set``: the top of an hour, for quotas);
+FIT verification deliberately keeps real time (pyjwt checks it).
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ def advance(seconds: float) -> None:
     """Move the clock forward (local stack and tests only)."""
     global _offset_s
     _offset_s += seconds
+
+
+def set(epoch_s: float) -> None:
+    """Put the clock at ``epoch_s`` from now on (local stack and tests only); it goes on ticking."""
+    global _offset_s
+    _offset_s = epoch_s - time.time()
 
 
 def reset() -> None:

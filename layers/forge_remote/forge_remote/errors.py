@@ -118,6 +118,16 @@ class OfflineTokenUnavailable(RetryLater):
 
 
 # -- Confluence -------------------------------------------------------------------------------------
+class BudgetWait(RetryLater):
+    """Background work must wait for points: the fleet's or this installation's share of Atlassian's
+    hourly quota is spent, or a 429 paused it. Not a failure and not an attempt: the job comes back at
+    ``resume_at`` (epoch seconds on the stack's clock), a slot after the quota's reset."""
+
+    def __init__(self, reason: str, resume_at: float, delay_s: float) -> None:
+        super().__init__(reason, delay_s)
+        self.resume_at = resume_at
+
+
 class ConfluenceError(PermanentFailure):
     """Confluence refused the request for a reason a retry will not change (4xx, a malformed answer).
 

@@ -43,8 +43,10 @@ def _disabled() -> bool:
     return os.environ.get("POWERTOOLS_DEV", "").strip().lower() in _TRUE
 
 
-def emf_line(name: str, dimension: str, value: str, *, namespace: str, service: str, now_ms: int) -> str:
-    """One EMF document: ``name`` = 1, by (service, dimension) and by service alone."""
+def emf_line(
+    name: str, dimension: str, value: str, *, namespace: str, service: str, now_ms: int, amount: int = 1
+) -> str:
+    """One EMF document: ``name`` = ``amount``, by (service, dimension) and by service alone."""
     document = {
         "_aws": {
             "Timestamp": now_ms,
@@ -58,19 +60,20 @@ def emf_line(name: str, dimension: str, value: str, *, namespace: str, service: 
         },
         "service": service,
         dimension: label(value),
-        name: 1,
+        name: amount,
     }
     return json.dumps(document, separators=(",", ":"))
 
 
-def count(name: str, dimension: str, value: str) -> None:
-    """Publish ``name`` = 1 for this function's service, with ``dimension`` = ``value``."""
+def count(name: str, dimension: str, value: str, amount: int = 1) -> None:
+    """Publish ``name`` = ``amount`` (1 unless said) for this function's service, with ``dimension`` = ``value``."""
     namespace = os.environ.get("POWERTOOLS_METRICS_NAMESPACE")
     if not namespace or _disabled():
         return
     try:
         service = os.environ.get("POWERTOOLS_SERVICE_NAME") or "service_undefined"
-        line = emf_line(name, dimension, value, namespace=namespace, service=service, now_ms=int(time.time() * 1000))
+        now_ms = int(time.time() * 1000)
+        line = emf_line(name, dimension, value, namespace=namespace, service=service, now_ms=now_ms, amount=amount)
         sys.stdout.write(line + "\n")
     except Exception as exc:  # a metric is never worth a failed request
         logger.warning("metric %s not published: %s", name, type(exc).__name__)

@@ -17,10 +17,11 @@ Not for production: nothing here is durable, and nothing is shared between proce
 
 from forge_remote.testing.memory import (
     MemoryInstallations,
+    MemoryLedger,
     MemoryParkingLot,
     MemoryResults,
     MemoryTokenStore,
     app_token,
 )
 
-__all__ = ["MemoryInstallations", "MemoryParkingLot", "MemoryResults", "MemoryTokenStore", "app_token"]
+__all__ = ["MemoryInstallations", "MemoryLedger", "MemoryParkingLot", "MemoryResults", "MemoryTokenStore", "app_token"]

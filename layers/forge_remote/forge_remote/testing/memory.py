@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from forge_remote import clock
+from forge_remote.budget.ledger import Ceilings, HourUsage, Refusal
 from forge_remote.errors import TokenUnavailable
 from forge_remote.jobs.parking import STALE_AFTER_S, ParkedJob
 from forge_remote.storage.installations import (
@@ -304,3 +305,79 @@ if TYPE_CHECKING:  # mypy checks that each fake is what it stands in for
         MemoryResults(),
         MemoryParkingLot(),
     )
+
+
+class MemoryLedger:
+    """The points ledger (``budget.ledger.Ledger``) in memory: the same conditional arithmetic as
+    ``DynamoLedger``'s transaction, under a lock, so threads standing in for containers can race it."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self._lock = threading.Lock()
+        self._hours: dict[tuple[int, str | None], dict[str, float]] = {}
+        self._reasons: dict[tuple[int, str | None], str] = {}
+
+    def _side(self, hour: int, installation_id: str | None) -> dict[str, float]:
+        return self._hours.setdefault((hour, installation_id), {"background": 0, "ui": 0, "total": 0})
+
+    @staticmethod
+    def _allows(side: dict[str, float], points: int, background: int | None, total: int | None, now: float) -> bool:
+        paused = side.get("pausedUntil")
+        if paused is not None and paused > now:
+            return False
+        return all(
+            ceiling is None or side[name] <= ceiling - points
+            for name, ceiling in (("background", background), ("total", total))
+        )
+
+    def reserve(self, hour: int, installation_id: str, points: int, ceilings: Ceilings, now: float) -> Refusal | None:
+        with self._lock:
+            fleet, mine = self._side(hour, None), self._side(hour, installation_id)
+            if not self._allows(fleet, points, ceilings.fleet_background, ceilings.fleet_total, now):
+                paused = fleet.get("pausedUntil", 0) > now
+                return Refusal.FLEET_PAUSED if paused else Refusal.FLEET_SPENT
+            if not self._allows(mine, points, ceilings.installation_background, ceilings.installation_total, now):
+                paused = mine.get("pausedUntil", 0) > now
+                return Refusal.INSTALLATION_PAUSED if paused else Refusal.INSTALLATION_SPENT
+            for side in (fleet, mine):
+                side["background"] += points
+                side["total"] += points
+            return None
+
+    def _add(self, hour: int, installation_id: str, name: str, delta: int) -> int:
+        with self._lock:
+            for side in (self._side(hour, None), self._side(hour, installation_id)):
+                side[name] += delta
+                side["total"] += delta
+            return int(self._side(hour, None)["total"])
+
+    def settle(self, hour: int, installation_id: str, delta: int) -> int | None:
+        return self._add(hour, installation_id, "background", delta) if delta else None
+
+    def record_ui(self, hour: int, installation_id: str, points: int) -> int | None:
+        return self._add(hour, installation_id, "ui", points) if points > 0 else None
+
+    def raise_total(self, hour: int, installation_id: str | None, at_least: int) -> None:
+        with self._lock:
+            side = self._side(hour, installation_id)
+            side["total"] = max(side["total"], at_least)
+
+    def pause(self, hour: int, installation_id: str | None, until: float, reason: str) -> None:
+        with self._lock:
+            side = self._side(hour, installation_id)
+            if side.get("pausedUntil", 0) < until:
+                side["pausedUntil"] = until
+                self._reasons[(hour, installation_id)] = reason[:200]
+
+    def usage(self, hour: int, installation_id: str | None) -> HourUsage:
+        with self._lock:
+            side = dict(self._side(hour, installation_id))
+            reason = self._reasons.get((hour, installation_id))
+        return HourUsage(
+            background=int(side["background"]),
+            ui=int(side["ui"]),
+            total=int(side["total"]),
+            paused_until=side.get("pausedUntil"),
+            pause_reason=reason,
+        )
