@@ -4,7 +4,7 @@ layer's package and the function's folder on ``sys.path`` (``/opt/python`` and `
 No moto, no test tools, no editable install in that venv.
 
 This process (the dev venv) plays the rest of the world on 127.0.0.1: moto in server mode with the
-template's tables, queues and bus (``local.stack``), and the Forge emulator's signing keys, so the HTTP
+template's tables and queues (``local.stack``), and the Forge emulator's signing keys, so the HTTP
 samples carry a real FIT. Each function then runs in a child process of the clean venv with the
 environment the template gives it, and answers every sample in ``events/<its folder>/``.
 
@@ -142,7 +142,7 @@ def check_functions(python: Path, venv_dir: Path, scratch: Path, functions: dict
         session = boto3.session.Session(region_name=moto.region)
         stack = LocalStack.from_template(
             parameters={"ForgeAppId": forge.app_ari, "ForgeJwksUrl": jwks_url}, region=moto.region
-        ).create(dynamodb=session.client("dynamodb"), sqs=session.client("sqs"), events=session.client("events"))
+        ).create(dynamodb=session.client("dynamodb"), sqs=session.client("sqs"))
         site = Site(**SAMPLE_SITE)
         base_env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "TMPDIR") if k in os.environ}
         base_env |= {

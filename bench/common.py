@@ -180,7 +180,7 @@ class RequestCounter:
 
 @contextmanager
 def moto_stack(parameters: dict[str, str]) -> Iterator[Any]:
-    """Tables, queues, bus and rule from template.yaml in in-process moto; yields the ``LocalStack``."""
+    """Tables and queues from template.yaml in in-process moto; yields the ``LocalStack``."""
     import boto3
     from moto import mock_aws
 
@@ -191,7 +191,7 @@ def moto_stack(parameters: dict[str, str]) -> Iterator[Any]:
     with mock_aws():
         aws.reset_clients()
         stack = LocalStack.from_template(parameters=parameters)
-        stack.create(dynamodb=boto3.client("dynamodb"), sqs=boto3.client("sqs"), events=boto3.client("events"))
+        stack.create(dynamodb=boto3.client("dynamodb"), sqs=boto3.client("sqs"))
         try:
             yield stack
         finally:

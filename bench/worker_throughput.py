@@ -98,7 +98,8 @@ def install(stack: Any, forge: Any, site: Any) -> None:
 
 
 def job_bodies(confluence: Any, installation_id: str, pages_per_space: int, snapshots: int, digests: int) -> list[str]:
-    """Spaces and pages in the emulator, and the job requests (EventBridge envelopes) to run on them."""
+    """Spaces and pages in the emulator, and the job requests (message bodies, as ``send_job_requests``
+    sends them) to run on them."""
     from forge_remote.jobs.contract import JobRequest
 
     rng = random.Random(7)
@@ -119,7 +120,7 @@ def job_bodies(confluence: Any, installation_id: str, pages_per_space: int, snap
         for i in range(digests)
     ]
     rng.shuffle(requests_)
-    return [json.dumps({"source": "forge-remote.jobs", "detail": r.to_detail()}) for r in requests_]
+    return [json.dumps(r.to_detail(), separators=(",", ":")) for r in requests_]
 
 
 def run_into(section: Section, quick: bool) -> None:

@@ -153,6 +153,7 @@ class Fault:
     status: int
     retry_after: str | None = None
     ratelimit_reset: str | None = None
+    reason: str | None = None  # a 429's RateLimit-Reason
 
 
 @dataclass(frozen=True)
@@ -429,15 +430,22 @@ class ConfluenceEmulator:
             self._revoked.add(token)
 
     def fail_next(
-        self, n: int, status: int = 429, *, retry_after: str | None = None, ratelimit_reset: str | None = None
+        self,
+        n: int,
+        status: int = 429,
+        *,
+        retry_after: str | None = None,
+        ratelimit_reset: str | None = None,
+        reason: str | None = None,
     ) -> None:
         """Answer the next ``n`` authenticated requests with ``status`` (429, 503, 500, ...).
 
-        429 carries ``X-RateLimit-Limit``, ``X-RateLimit-Remaining: 0`` and ``RateLimit-Reason``;
-        ``Retry-After`` and ``X-RateLimit-Reset`` are sent only when given.
+        429 carries ``X-RateLimit-Limit`` and ``X-RateLimit-Remaining: 0``; ``Retry-After``,
+        ``X-RateLimit-Reset`` and ``RateLimit-Reason`` (e.g. ``confluence-burst-based``) only when given:
+        a scripted 429 names no pool unless told to (the pools' own 429s always do).
         """
         with self._lock:
-            self._faults.extend(Fault(status, retry_after, ratelimit_reset) for _ in range(n))
+            self._faults.extend(Fault(status, retry_after, ratelimit_reset, reason) for _ in range(n))
 
     # -- personal data reporting
     def close_account(self, account_id: str) -> None:
@@ -912,7 +920,8 @@ def _fault(fault: Fault) -> Response:
         headers["Retry-After"] = fault.retry_after
     if fault.status == 429:
         headers.update({"X-RateLimit-Limit": "65000", "X-RateLimit-Remaining": "0"})
-        headers["RateLimit-Reason"] = "confluence-quota-global-based"
+        if fault.reason is not None:
+            headers["RateLimit-Reason"] = fault.reason
     if fault.ratelimit_reset is not None:
         headers["X-RateLimit-Reset"] = fault.ratelimit_reset
     if fault.status == 429:

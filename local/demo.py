@@ -196,7 +196,7 @@ class Story:
         GraphQL gateway), so a space only Bob may open stays out of her digest; the next job reuses it."""
         import boto3
 
-        from forge_remote.jobs.contract import JobRequest, put_job_requests
+        from forge_remote.jobs.contract import JobRequest, send_job_requests
 
         alice, bob = "557058:demo-alice", "557058:demo-bob"
         self.rt.confluence.add_space("SEC", "Security")
@@ -208,7 +208,7 @@ class Story:
             for _ in range(2)
         ]
         for request in requests_:  # one after the other: the second finds the first one's token cached
-            put_job_requests(boto3.client("events"), self.rt.stack.physical["JobsBus"], [request])
+            send_job_requests(boto3.client("sqs"), self.rt.stack.physical["JobsQueue"], [request])
             self.rt.poller.drain()
         sent = {seen[3] for seen in self.rt.confluence.requests_seen[seen_before:]}
         app_tokens = {
@@ -228,13 +228,13 @@ class Story:
         everything the backend kept of her goes (her cached user token, her digest)."""
         import boto3
 
-        from forge_remote.jobs.contract import JobRequest, put_job_requests
+        from forge_remote.jobs.contract import JobRequest, send_job_requests
 
         alice = "557058:demo-alice"
         self.rt.confluence.close_account(alice)
         reports_before = len(self.rt.confluence.reports_seen)
         request = JobRequest(job="personal-data-report", installation_id=self.site.installation_id)
-        put_job_requests(boto3.client("events"), self.rt.stack.physical["JobsBus"], [request])
+        send_job_requests(boto3.client("sqs"), self.rt.stack.physical["JobsQueue"], [request])
         self.rt.poller.drain()
         reported = [a["accountId"] for r in self.rt.confluence.reports_seen[reports_before:] for a in r]
         tokens_left = [i["sk"]["S"] for i in self.rt.token_items(self.site.installation_id) if alice in i["sk"]["S"]]

@@ -2,8 +2,8 @@
 
 Commands send what Forge sends for the emulated site (``.cache/local-stack.json``, written by
 ``local.serve``), with FITs signed by the serve process's dev key; they print the HTTP status and
-JSON body, never a token. ``job`` is what no Forge call does directly: it puts a job request for
-the site's installation on the stack's jobs bus, as the triggers and the scheduler do, and with
+JSON body, never a token. ``job`` is what no Forge call does directly: it sends a job request for
+the site's installation to the stack's jobs queue, as the triggers and the scheduler do, and with
 ``--wait`` prints the worker's outcome (from the journal ``local.job_outcomes`` keeps) and the
 result the job stored.
 
@@ -34,14 +34,14 @@ from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
-from forge_remote.jobs.contract import JobRequest, put_job_requests  # noqa: E402
+from forge_remote.jobs.contract import JobRequest, send_job_requests  # noqa: E402
 from forge_remote.storage.results import ResultStore  # noqa: E402
 from local.forge_emulator import ForgeEmulator, SigningKey, Site  # noqa: E402
 from local.job_outcomes import JobOutcome, OutcomeJournal  # noqa: E402
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
-    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_sqs import SQSClient
 
 STATE_FILE = ROOT / ".cache" / "local-stack.json"
 USER_ACCOUNT_ID = "557058:0a1b2c3d-4e5f-6789-abcd-ef0123456789"
@@ -71,13 +71,13 @@ FORGE_CALLS = {
     ),
     "page-created": (
         "page created event: requests a page-snapshot job",
-        "Send a page created product event for the seeded page to POST /forge/events: the stack puts a "
-        "page-snapshot job request on its bus.",
+        "Send a page created product event for the seeded page to POST /forge/events: the stack sends a "
+        "page-snapshot job request to its jobs queue.",
     ),
     "page-updated": (
         "page updated event: requests a page-snapshot job",
-        "Send a page updated product event for the seeded page to POST /forge/events: the stack puts a "
-        "page-snapshot job request on its bus.",
+        "Send a page updated product event for the seeded page to POST /forge/events: the stack sends a "
+        "page-snapshot job request to its jobs queue.",
     ),
     "status": (
         "GET /api/status as a user in the app's UI",
@@ -243,8 +243,8 @@ def _aws(state: dict[str, Any]) -> dict[str, Any]:
         raise CliError("the state file predates the job command: restart `make local`") from None
 
 
-def events_client(state: dict[str, Any]) -> EventBridgeClient:
-    return boto3.client("events", **_aws(state))
+def sqs_client(state: dict[str, Any]) -> SQSClient:
+    return boto3.client("sqs", **_aws(state))
 
 
 def dynamodb_client(state: dict[str, Any]) -> DynamoDBClient:
@@ -252,11 +252,15 @@ def dynamodb_client(state: dict[str, Any]) -> DynamoDBClient:
 
 
 def send_job(state: dict[str, Any], request: JobRequest) -> None:
+    client = sqs_client(state)
+    queue_url = state["aws"].get("jobsQueueUrl")
+    if not isinstance(queue_url, str):  # a state file from before job requests went straight to the queue
+        raise CliError("the state file names no jobs queue: restart `make local`")
     try:
-        put_job_requests(events_client(state), state["aws"]["jobsBus"], [request])
+        send_job_requests(client, queue_url, [request])
     except (BotoCoreError, ClientError) as exc:
         raise CliError(
-            f"could not put the job request on the local bus: {exc}; is `make local` still running?"
+            f"could not send the job request to the local jobs queue: {exc}; is `make local` still running?"
         ) from exc
 
 
@@ -359,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(commands.add_parser(name, help=summary, description=description), url=True)
     job = commands.add_parser(
         "job",
-        help="put a job request on the jobs bus (--wait: its outcome)",
+        help="send a job request to the jobs queue (--wait: its outcome)",
         description=(
-            "Put a job request for the emulated site's installation on the stack's jobs bus, as the triggers "
+            "Send a job request for the emulated site's installation to the stack's jobs queue, as the triggers "
             "and the scheduler do. With --wait, print what the worker did (done, deferred and why, "
             "dead-lettered and why) and the result the job stored. Exit status 0 when the job was sent "
             "(without --wait) or done; 1 when it was deferred, dead-lettered or discarded, or no outcome "

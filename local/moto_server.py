@@ -1,4 +1,4 @@
-"""moto in server mode, in this process, on 127.0.0.1: DynamoDB, SQS and EventBridge for the local stack.
+"""moto in server mode, in this process, on 127.0.0.1: DynamoDB and SQS for the local stack.
 
 Server mode (rather than ``mock_aws``) because the handlers must reach AWS the way they do on Lambda:
 over HTTP, through boto3's own ``AWS_ENDPOINT_URL`` (no custom endpoint knob of our own). ``start()``
@@ -60,7 +60,7 @@ class MotoServer:
                 os.environ[name] = value
 
     def reset(self) -> None:
-        """Forget every table, queue and bus (moto's own reset endpoint): a clean run."""
+        """Forget every table and queue (moto's own reset endpoint): a clean run."""
         requests.post(f"{self.url}/moto-api/reset", timeout=10).raise_for_status()
 
     def stop(self) -> None:

@@ -14,6 +14,9 @@ invoke the function with them in batches.
 Time: a deferred job is hidden by SQS for real seconds (a minute and up). The demo and the tests do
 not wait for that: ``release_deferred()`` makes the failed records visible again at once. It stands
 in for the passage of time, and is called by ``LocalRuntime.advance()`` together with the token clock.
+A message sent with ``DelaySeconds`` (a spread schedule's slot) has no receipt handle to release: SQS
+shows it after its real delay, which is why the local stack runs the digest unspread unless asked
+(``LocalRuntime(digest_spread_minutes=...)``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
+
+from local.stack import LocalStack
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -133,10 +138,15 @@ def matches_filter(pattern: Any, value: Any) -> bool:
     raise ValueError(f"unsupported filter pattern {pattern!r}")
 
 
-def schedules(template: dict[str, Any]) -> list[Schedule]:
+def schedules(template: dict[str, Any], resolve: Callable[[Any], Any] | None = None) -> list[Schedule]:
+    """Every ``ScheduleV2`` event's schedule. An ``Input`` written with an intrinsic (``!Sub`` naming a
+    parameter) is resolved by ``resolve`` (a ``LocalStack``'s, for its parameters), else with the
+    template's parameter defaults."""
+    if resolve is None:
+        resolve = LocalStack(template=template).resolve
     found = []
     for function, name, props in _function_events(template, "ScheduleV2"):
-        raw = props.get("Input")
+        raw = resolve(props.get("Input"))
         found.append(
             Schedule(
                 function=function,

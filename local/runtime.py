@@ -1,8 +1,8 @@
 """The embedded local stack in one object: what ``make demo``, ``make local`` and the integration tests
 all run, so the three cannot drift apart.
 
-``LocalRuntime().start()`` brings up, on 127.0.0.1 only: moto in server mode (DynamoDB, SQS,
-EventBridge) with the template's tables, queues, bus and rule; the Forge emulator (FIT signing key
+``LocalRuntime().start()`` brings up, on 127.0.0.1 only: moto in server mode (DynamoDB, SQS) with
+the template's tables and queues; the Forge emulator (FIT signing key
 and JWKS); the Confluence emulator; the four real handler modules with the environment the template
 gives each; the HTTP gateway in front of the HTTP functions; the SQS poller in front of the worker;
 and the scheduler timer. ``stop()`` undoes all of it, environment and clock included.
@@ -73,10 +73,13 @@ class LocalRuntime:
         token_min_validity_s: int | None = None,
         log_level: str = "WARNING",
         function_logs: IO[str] | None = None,
+        digest_spread_minutes: int = 0,
     ) -> None:
         """``production_jwks``: verify FITs with Atlassian's production keys (a real Forge app through a
         tunnel) instead of the emulator's. ``allowed_api_hosts`` defaults to the Confluence emulator.
         ``function_logs``: where the handlers' Powertools logs go (default stderr, apart from narration).
+        ``digest_spread_minutes``: the template's ``DigestSpreadMinutes``; 0 here (not the template's 60)
+        so that a fired digest's jobs are on the queue at once: SQS would delay them for real minutes.
         """
         self._gateway_port = gateway_port
         self._production_jwks = production_jwks
@@ -84,6 +87,7 @@ class LocalRuntime:
         self._token_min_validity_s = token_min_validity_s
         self._log_level = log_level
         self._function_logs = function_logs
+        self._digest_spread_minutes = digest_spread_minutes
         self.moto = MotoServer()
         self.forge = ForgeEmulator(app_id)
         self.confluence = ConfluenceEmulator()
@@ -123,12 +127,13 @@ class LocalRuntime:
             "AllowedApiHosts": self._allowed_api_hosts or f"{api_base_url.split('/')[2]},{jwks_url.split('/')[2]}",
             "ForgeGraphqlUrl": self.forge.graphql_url,
             "LogLevel": self._log_level,
+            "DigestSpreadMinutes": str(self._digest_spread_minutes),
         }
         if self._token_min_validity_s is not None:
             parameters["TokenMinValiditySeconds"] = str(self._token_min_validity_s)
         session = boto3.session.Session(region_name=self.moto.region)
         self._stack = LocalStack.from_template(TEMPLATE, parameters=parameters, region=self.moto.region).create(
-            dynamodb=session.client("dynamodb"), sqs=session.client("sqs"), events=session.client("events")
+            dynamodb=session.client("dynamodb"), sqs=session.client("sqs")
         )
         self._load_functions(self._stack)
         self._gateway = LocalGateway.from_template_routes(
@@ -144,7 +149,7 @@ class LocalRuntime:
             region=self.moto.region,
             invoke=self.invoke,
         )
-        self._timer = ScheduleTimer(schedules(self._stack.template), self.invoke)
+        self._timer = ScheduleTimer(schedules(self._stack.template, self._stack.resolve), self.invoke)
         self._stream_pollers = stream_pollers(self._stack, self.invoke, session=session)
 
     def _load_functions(self, stack: LocalStack) -> None:

@@ -8,7 +8,7 @@ Two ways to call it:
 - The Forge emulator: ``.venv/bin/python -m local.forge_cli COMMAND`` (the banner prints each one)
   signs FITs with this process's dev key, read from ``.cache/local-stack.json`` (0600; a throwaway
   key made for this run, trusted by nothing but this stack; the file is removed on exit). Its ``job``
-  command puts a job request on this stack's bus and reads the worker's outcome back from a journal
+  command sends a job request to this stack's jobs queue and reads the worker's outcome back from a journal
   next to that file (``local.job_outcomes``).
 - A real Forge app: expose the gateway through a tunnel, point the manifest's ``remotes[].baseUrl``
   at the tunnel, and run ``--jwks production --app-id <your app uuid> --allowed-api-hosts
@@ -121,12 +121,12 @@ def write_state(path: Path, rt: LocalRuntime, site: Site, page: dict[str, Any], 
             "siteUrl": site.site_url,
         },
         "page": {"id": str(page["id"]), "spaceKey": SEED_SPACE, "title": page.get("title", "")},
-        # `forge_cli job` puts requests on the bus itself (as the triggers function does) and reads
+        # `forge_cli job` sends requests to the jobs queue itself (as the triggers function does) and reads
         # results from the app table: moto takes any credentials, so only where to find them is shared.
         "aws": {
             "endpointUrl": rt.moto.url,
             "region": rt.moto.region,
-            "jobsBus": rt.stack.physical["JobsBus"],
+            "jobsQueueUrl": rt.stack.physical["JobsQueue"],
             "appTable": rt.stack.physical["AppTable"],
         },
         "jobOutcomes": str(journal.path),
@@ -213,7 +213,7 @@ def banner(rt: LocalRuntime, args: argparse.Namespace, page_id: str = "", status
         # Production mode sends tokens to the real Confluence only: the emulator is not part of it.
         *([] if production else [("Confluence emulator apiBaseUrl", rt.confluence.start())]),
         ("tokens may be sent to", args.allowed_api_hosts or "the Confluence emulator and the Forge emulator's GraphQL"),
-        ("moto (DynamoDB, SQS, EventBridge)", rt.moto.url),
+        ("moto (DynamoDB, SQS)", rt.moto.url),
     ]
     width = max(len(label) for label, _ in parts)
     lines = [f"Local stack on {rt.gateway_url}  (Ctrl-C stops it)"]

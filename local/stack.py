@@ -1,9 +1,10 @@
-"""Create the template's DynamoDB tables, SQS queues, EventBridge bus and rule from ``template.yaml``
-itself (one source of truth), against whatever endpoint boto3 is pointed at (moto), and resolve
-each function's environment the way CloudFormation would.
+"""Create the template's DynamoDB tables and SQS queues from ``template.yaml`` itself (one source of
+truth), against whatever endpoint boto3 is pointed at (moto), and resolve each function's environment
+the way CloudFormation would.
 
 Only the intrinsics the template uses are resolved: ``Ref``, ``Fn::GetAtt`` (``Arn``,
-``QueueName``, ``StreamArn``) and ``Fn::Sub`` with ``${AWS::StackName}`` / ``${AWS::Region}`` / resource names.
+``QueueName``, ``StreamArn``) and ``Fn::Sub`` with ``${AWS::StackName}`` / ``${AWS::Region}`` / parameters /
+resource names.
 """
 
 from __future__ import annotations
@@ -92,13 +93,10 @@ class LocalStack:
         raise KeyError(f"cannot resolve GetAtt {logical}.{attribute} locally")
 
     # -- provisioning
-    def create(self, *, dynamodb: Any, sqs: Any | None = None, events: Any | None = None) -> LocalStack:
+    def create(self, *, dynamodb: Any, sqs: Any | None = None) -> LocalStack:
         self._create_tables(dynamodb)
         if sqs is not None:
             self._create_queues(sqs)
-        if events is not None:
-            self._create_buses(events)
-            self._create_rules(events)
         return self
 
     def _create_tables(self, dynamodb: Any) -> None:
@@ -137,23 +135,6 @@ class LocalStack:
             arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
             self.physical[logical] = url
             self.arns[logical] = arn
-
-    def _create_buses(self, events: Any) -> None:
-        for logical, props in self._of_type("AWS::Events::EventBus"):
-            name = self.resolve(props["Name"])
-            self.arns[logical] = events.create_event_bus(Name=name)["EventBusArn"]
-            self.physical[logical] = name
-
-    def _create_rules(self, events: Any) -> None:
-        for logical, props in self._of_type("AWS::Events::Rule"):
-            bus = self.resolve(props.get("EventBusName", "default"))
-            name = f"{self.stack_name}-{logical}"
-            self.arns[logical] = events.put_rule(
-                Name=name, EventBusName=bus, EventPattern=json.dumps(props["EventPattern"]), State="ENABLED"
-            )["RuleArn"]
-            targets = [{"Id": t["Id"], "Arn": self.resolve(t["Arn"])} for t in props.get("Targets", [])]
-            events.put_targets(Rule=name, EventBusName=bus, Targets=targets)
-            self.physical[logical] = name
 
     def environment(self, function_logical_id: str) -> dict[str, str]:
         """The function's environment variables: Globals plus its own, resolved."""

@@ -65,7 +65,7 @@ def site(forge: ForgeEmulator) -> Site:
 
 @pytest.fixture
 def stack(forge: ForgeEmulator) -> Iterator[LocalStack]:
-    """Tables, queues, bus and rule from template.yaml, in moto."""
+    """Tables and queues from template.yaml, in moto."""
     with moto_stack(forge) as local:
         yield local
 

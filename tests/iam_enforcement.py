@@ -46,6 +46,14 @@ _TRANSACT_ITEM_ACTIONS = {
 }
 # Operations IAM authorises item by item (above); moto checks them by operation name, so its role has them.
 _PER_ITEM_OPERATIONS = ("dynamodb:TransactWriteItems", "dynamodb:TransactGetItems")
+# SQS batch operations IAM authorises with the one-message action (there is no sqs:SendMessageBatch
+# permission: sqs:SendMessage allows it); moto checks them by operation name, so its role gets the batch
+# operation beside each action that allows it.
+_BATCH_OPERATIONS = {
+    "sqs:SendMessageBatch": "sqs:SendMessage",
+    "sqs:DeleteMessageBatch": "sqs:DeleteMessage",
+    "sqs:ChangeMessageVisibilityBatch": "sqs:ChangeMessageVisibility",
+}
 
 # Session-wide, for the summary table: function -> {"action on resource"}; the functions whose own
 # workload ran (a function only called by another's workload is not summarised from that alone).
@@ -114,11 +122,6 @@ class ArnBook:
         arn = self.arn(name)
         return f"{arn}/index/{index}" if index else arn
 
-    def bus(self, name: str | None) -> str:
-        if not name or name == "default":
-            return f"arn:aws:events:{self.stack.region}:{self.stack.account}:event-bus/default"
-        return self.arn(name)
-
     def label(self, resource: str) -> str:
         """``TokensTable``, ``AppTable/index/ActiveInstallations``, ``*``: the template's names."""
         for arn, logical in sorted(self._logical.items(), key=lambda kv: -len(kv[0])):
@@ -140,10 +143,8 @@ def required_permissions(prefix: str, operation: str, params: dict[str, Any], bo
     if prefix == "dynamodb" and "TableName" in params:
         return [Permission(f"dynamodb:{operation}", book.table(params["TableName"], params.get("IndexName")))]
     if prefix == "sqs" and "QueueUrl" in params:
-        return [Permission(f"sqs:{operation}", book.arn(params["QueueUrl"]))]
-    if prefix == "events" and operation == "PutEvents":
-        buses = {entry.get("EventBusName") for entry in params.get("Entries", [])}
-        return [Permission("events:PutEvents", book.bus(b)) for b in sorted(buses, key=str)]
+        action = f"sqs:{operation}"
+        return [Permission(_BATCH_OPERATIONS.get(action, action), book.arn(params["QueueUrl"]))]
     return [Permission(f"{prefix}:{operation}", "*")]
 
 
@@ -174,9 +175,9 @@ class RoleEnforcer:
             GRANTS.setdefault(function, set()).update(
                 f"{a} on {self.book.label(r)}" for g in grants for a in g.actions for r in g.resources
             )
-            actions = sorted(
-                {a for g in grants for a in g.actions} | set(managed_actions(role)) | set(_PER_ITEM_OPERATIONS)
-            )
+            granted = {a for g in grants for a in g.actions} | set(managed_actions(role))
+            batches = {batch for batch, single in _BATCH_OPERATIONS.items() if single in granted}
+            actions = sorted(granted | batches | set(_PER_ITEM_OPERATIONS))
             widened = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
             arn = iam.create_role(RoleName=role.role, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
             iam.put_role_policy(RoleName=role.role, PolicyName="FromTemplate", PolicyDocument=json.dumps(widened))

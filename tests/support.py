@@ -1,7 +1,7 @@
 """What the suites share besides their fixtures (those are in the conftest files, built from this).
 
 - ``ROOT``, ``FUNCTIONS``: the repository, and the template's functions by logical id.
-- ``moto_stack``, ``load_function``: the template's tables, queues and bus in moto; a function's module
+- ``moto_stack``, ``load_function``: the template's tables and queues in moto; a function's module
   loaded as one Lambda container.
 - ``Gateway``, ``body_of``: the HTTP functions called the way API Gateway calls them.
 - ``token_items``, ``stored_item``, ``result_records``: what the functions left in the tables.
@@ -23,7 +23,7 @@ import boto3
 from moto import mock_aws
 
 from forge_remote import aws
-from forge_remote.jobs.contract import JobRequest
+from forge_remote.jobs.contract import JobRequest, send_job_requests
 from forge_remote.storage.table_keys import installation_pk, result_sk_prefix
 from local.apigw import http_api_event
 from local.confluence_emulator import ConfluenceEmulator
@@ -41,14 +41,14 @@ WORKER_TIMEOUT_S = 120  # the template's worker timeout
 # -- the stack and the functions ---------------------------------------------------------------------
 @contextmanager
 def moto_stack(forge: ForgeEmulator, **parameters: str) -> Iterator[LocalStack]:
-    """Tables, queues, bus and rule from template.yaml, in moto, for functions that trust ``forge``."""
+    """Tables and queues from template.yaml, in moto, for functions that trust ``forge``."""
     forge.jwks_available = True
     with mock_aws():
         aws.reset_clients()
         stack = LocalStack.from_template(
             parameters={"ForgeAppId": forge.app_ari, "ForgeJwksUrl": forge.jwks_url, **parameters}
         )
-        stack.create(dynamodb=boto3.client("dynamodb"), sqs=boto3.client("sqs"), events=boto3.client("events"))
+        stack.create(dynamodb=boto3.client("dynamodb"), sqs=boto3.client("sqs"))
         try:
             yield stack
         finally:
@@ -183,15 +183,14 @@ class LocalWorld:
 
     # -- the worker, as the SQS event source mapping drives it
     def enqueue(self, *requests: JobRequest | str) -> None:
-        """Job requests on the jobs queue as EventBridge puts them there (a str goes as it is)."""
+        """Job requests on the jobs queue as the functions send them (``send_job_requests``: the bare
+        request, in its installation's message group); a str goes as it is."""
         sqs = boto3.client("sqs")
         for request in requests:
-            body = (
-                request
-                if isinstance(request, str)
-                else json.dumps({"source": "forge-remote.jobs", "detail": request.to_detail()})
-            )
-            sqs.send_message(QueueUrl=self.stack.physical["JobsQueue"], MessageBody=body)
+            if isinstance(request, str):
+                sqs.send_message(QueueUrl=self.stack.physical["JobsQueue"], MessageBody=request)
+            else:
+                send_job_requests(sqs, self.stack.physical["JobsQueue"], [request])
 
     def receive(self) -> dict[str, Any]:
         """Receive what is visible and shape it as Lambda's SQS event source mapping does."""

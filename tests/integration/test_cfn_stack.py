@@ -1,10 +1,10 @@
 """The template, after the SAM transform, creates a stack in moto's CloudFormation: every resource of a type
-moto implements is created (tables, queues, bus, topic, roles, layer, functions with their packaged
+moto implements is created (tables, queues, topic, roles, layer, functions with their packaged
 code, event source mappings, permissions, log groups, the dashboard), and what moto cannot create is
 listed with the reason at the end of the run (``tests/integration/conftest.py`` prints it).
 
-moto is not AWS: it does not implement every type (the HTTP API, Scheduler schedules, alarms, queue
-policies, SNS subscriptions), ignores some properties (table TTL and encryption settings), and has
+moto is not AWS: it does not implement every type (the HTTP API, Scheduler schedules, alarms, SNS
+subscriptions), ignores some properties (table TTL and encryption settings), and has
 faults of its own (``KNOWN_MOTO_FAULTS``). A failure that is none of these fails the test.
 """
 
@@ -37,14 +37,10 @@ PARAMETERS = {
 }
 # Types moto implements but fails on with this (valid) template, and why.
 KNOWN_MOTO_FAULTS: dict[str, str] = {}
-# Two adaptations, each reported (``adapted for moto`` lines), so that what moto does implement is created:
-# - moto resolves ``!Ref`` of an ``AWS::Events::EventBus`` to its own object, not to the bus name
-#   CloudFormation returns, then fails the rule (put_rule) and every function whose environment names the
-#   bus: the template given to moto says what CloudFormation resolves that Ref to (the bus's Name);
-# - a ``${X.Arn}`` in a ``!Sub`` where moto does not implement X's type (the dashboard's alarm
-#   annotations) becomes a placeholder ARN, so the dashboard's body is still resolved and checked.
+# One adaptation, reported (``adapted for moto`` lines), so that what moto does implement is created: a
+# ``${X.Arn}`` in a ``!Sub`` where moto does not implement X's type (the dashboard's alarm annotations)
+# becomes a placeholder ARN, so the dashboard's body is still resolved and checked.
 ADAPTATIONS = {
-    "bus-ref": "Ref of an AWS::Events::EventBus replaced by the bus's Name (what CloudFormation resolves it to)",
     "sub-arn": "${X.Arn} of a type moto does not implement replaced by a placeholder ARN in a Sub",
 }
 
@@ -52,7 +48,6 @@ ADAPTATIONS = {
 def adapted_for_moto(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """``template`` with the adaptations above; per adaptation, the resources it touched."""
     resources: dict[str, Any] = template["Resources"]
-    names = {lid: r["Properties"]["Name"] for lid, r in resources.items() if r["Type"] == "AWS::Events::EventBus"}
     supported = set(cfn_parsing.get_model_map())
     unsupported = {lid for lid, r in resources.items() if r["Type"] not in supported}
     touched: dict[str, list[str]] = {key: [] for key in ADAPTATIONS}
@@ -64,9 +59,6 @@ def adapted_for_moto(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str
         return match.group(0)
 
     def replace(value: Any, owner: str) -> Any:
-        if isinstance(value, dict) and set(value) == {"Ref"} and value["Ref"] in names:
-            touched["bus-ref"].append(owner)
-            return names[value["Ref"]]
         if isinstance(value, dict) and set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
             return {"Fn::Sub": re.sub(r"\$\{(\w+)\.Arn\}", lambda m: placeholder(m, owner), value["Fn::Sub"])}
         if isinstance(value, dict):

@@ -20,7 +20,7 @@ from tests.support import Gateway, body_of, stored_item, token_items
 def queued_job_requests(stack: LocalStack) -> list[dict[str, Any]]:
     sqs = boto3.client("sqs")
     messages = sqs.receive_message(QueueUrl=stack.physical["JobsQueue"], MaxNumberOfMessages=10).get("Messages", [])
-    return [json.loads(m["Body"])["detail"] for m in messages]
+    return [json.loads(m["Body"]) for m in messages]  # bare requests, as send_job_requests sends them
 
 
 def installation_item(stack: LocalStack, installation_id: str) -> dict[str, Any] | None:
@@ -157,6 +157,7 @@ def test_page_event_becomes_one_job_request_even_when_retried(
     assert requests[0]["job"] == "page-snapshot"
     assert requests[0]["installationId"] == site.installation_id
     assert requests[0]["args"] == {"pageId": "12345", "spaceKey": "ENG", "version": 3}
+    assert "priority" not in requests[0]  # bulk: nobody is waiting for an event's job
 
 
 def test_a_new_version_of_the_page_is_a_new_job(

@@ -13,7 +13,7 @@ than failing: a grant can serve a path these workloads do not reach (a race, a f
 is for a reviewer to read; what fails is a call the role does not allow.
 
 The resources are checked twice: per call here (moto's own IAM matches actions only), and on the
-template, where no statement may use ``*`` for a table, index, queue or bus it could name.
+template, where no statement may use ``*`` for a table, index or queue it could name.
 """
 
 from __future__ import annotations
@@ -244,10 +244,11 @@ def drive_worker(w: EnforcedWorld) -> None:
     world.worker.lambda_handler(sample, LocalLambdaContext("worker", timeout_s=120))  # unknown installation
 
 
-def schedule_inputs(function: str) -> dict[str, Any]:
-    """Every Scheduler schedule of the transformed template that targets ``function``: name -> its input."""
+def schedule_inputs(function: str, stack: LocalStack) -> dict[str, Any]:
+    """Every Scheduler schedule of the transformed template that targets ``function``: name -> its input
+    (an ``!Sub`` naming a parameter resolved with the stack's parameters)."""
     return {
-        lid: json.loads(r["Properties"]["Target"].get("Input", "{}"))
+        lid: json.loads(stack.resolve(r["Properties"]["Target"].get("Input", "{}")))
         for lid, r in TRANSFORMED["Resources"].items()
         if r["Type"] == "AWS::Scheduler::Schedule"
         and r["Properties"]["Target"]["Arn"] == {"Fn::GetAtt": [function, "Arn"]}
@@ -265,7 +266,7 @@ def drive_scheduler(w: EnforcedWorld) -> None:
     w.world.install(another_site(w))  # an active one, for the digest and the token census
     scheduler = w.world.load("JobSchedulerFunction")
     context = LocalLambdaContext("scheduler", timeout_s=300)
-    fired = schedule_inputs("JobSchedulerFunction")
+    fired = schedule_inputs("JobSchedulerFunction", w.world.stack)
     assert len(fired) >= 1
     answers = {name: scheduler.lambda_handler(schedule, context) for name, schedule in fired.items()}
     assert all(answers.values()), answers  # every schedule, with the input the template gives it
@@ -359,14 +360,17 @@ def test_each_function_needs_nothing_its_role_does_not_grant(function: str, enfo
 # -- the same enforcement, shown to bite ------------------------------------------------------------------
 def test_a_call_outside_the_role_is_refused_and_recorded(enforced: EnforcedWorld) -> None:
     enforcer = enforced.enforcer
-    with enforcer.acting_as("ForgeCallsFunction"):  # it may read and write items, and put events on the jobs bus
+    stack = enforced.world.stack
+    with enforcer.acting_as("ForgeCallsFunction"):  # it may read and write items, and send to the jobs queue
         with pytest.raises(Exception, match="AccessDenied"):
-            boto3.client("dynamodb").scan(TableName=enforced.world.stack.physical["TokensTable"])
-        with pytest.raises(Exception, match="AccessDenied"):  # the right action, on another bus
-            boto3.client("events").put_events(Entries=[{"Source": "s", "DetailType": "d", "Detail": "{}"}])
+            boto3.client("dynamodb").scan(TableName=stack.physical["TokensTable"])
+        with pytest.raises(Exception, match="AccessDenied"):  # the right action, on another queue
+            boto3.client("sqs").send_message_batch(
+                QueueUrl=stack.physical["JobsDeadLetterQueue"], Entries=[{"Id": "0", "MessageBody": "{}"}]
+            )
     assert enforcer.denials == [
         "ForgeCallsFunction: dynamodb:Scan on TokensTable (not in its role)",
-        "ForgeCallsFunction: events:PutEvents on arn:aws:events:us-east-1:123456789012:event-bus/default (not in its role)",
+        "ForgeCallsFunction: sqs:SendMessage on JobsDeadLetterQueue (not in its role)",
     ]
 
 
@@ -379,7 +383,9 @@ def test_moto_iam_refuses_what_the_widened_role_lacks(enforced: EnforcedWorld) -
         with enable_iam_authentication(), pytest.raises(Exception, match="AccessDenied"):
             sqs.list_queues()
         with enable_iam_authentication():  # and what the role holds passes (the credentials are real)
-            boto3.client("events").put_events(Entries=[{"Source": "s", "DetailType": "d", "Detail": "{}"}])
+            sqs.send_message_batch(
+                QueueUrl=enforced.world.stack.physical["JobsQueue"], Entries=[{"Id": "0", "MessageBody": "{}"}]
+            )
 
 
 # -- resource scoping, on the template ---------------------------------------------------------------

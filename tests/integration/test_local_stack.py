@@ -20,14 +20,14 @@ import requests
 
 from forge_remote import clock
 from forge_remote.config import PRODUCTION_JWKS_URL
-from forge_remote.jobs.contract import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
+from forge_remote.jobs.contract import JobRequest
 from local.cfn_yaml import http_routes, load_template
 from local.forge_emulator import Site
 from local.gateway import MAX_PAYLOAD_BYTES, LocalGateway, Route, match_route, to_response
 from local.moto_server import MotoServer
 from local.poller import failed_message_ids, schedules, sqs_event_sources
 from local.runtime import LocalRuntime
-from local.stack import TEMPLATE
+from local.stack import TEMPLATE, LocalStack
 from tests.support import ROOT
 
 TEMPLATE_ROUTES = [Route(m, p, f) for m, p, f in http_routes(load_template(TEMPLATE))]
@@ -156,12 +156,16 @@ def test_event_source_and_schedule_come_from_the_template() -> None:
     assert source.report_batch_item_failures is True
     found = {s.name: (s.function, s.input) for s in schedules(template)}
     expected = {
-        "DailyDigest": ("JobSchedulerFunction", {"job": "space-digest"}),
+        "DailyDigest": ("JobSchedulerFunction", {"job": "space-digest", "spreadMinutes": 60}),  # the default
         "PersonalDataReport": ("JobSchedulerFunction", {"job": "personal-data-report"}),
         "CleanupSweep": ("JobSchedulerFunction", {"task": "cleanup-sweep"}),
         "TokenCensus": ("JobSchedulerFunction", {"task": "token-census"}),
     }
     assert found == expected
+    # An Input's !Sub is resolved with the stack's own parameters when given them.
+    spread = LocalStack(template=template, parameters={"DigestSpreadMinutes": "15"})
+    digest = {s.name: s.input for s in schedules(template, spread.resolve)}["DailyDigest"]
+    assert digest == {"job": "space-digest", "spreadMinutes": 15}
 
 
 @pytest.mark.parametrize(
@@ -246,7 +250,7 @@ def enqueue(rt: LocalRuntime, *bodies: str) -> None:
 
 def snapshot_job(site: Site, page_id: str) -> str:
     request = JobRequest(job="page-snapshot", installation_id=site.installation_id, args={"pageId": page_id})
-    return json.dumps({"source": JOB_SOURCE, "detail-type": JOB_DETAIL_TYPE, "detail": request.to_detail()})
+    return json.dumps(request.to_detail(), separators=(",", ":"))  # the body send_job_requests sends
 
 
 def test_the_expired_token_story_end_to_end(rt: LocalRuntime) -> None:
@@ -256,7 +260,7 @@ def test_the_expired_token_story_end_to_end(rt: LocalRuntime) -> None:
     assert item["token"]["S"] == first
     assert float(item["expiresAt"]["N"]) == pytest.approx(clock.now() + 3 * 3600, abs=5)
 
-    # Page created: event -> job request on the bus -> queue -> worker -> snapshot stored.
+    # Page created: event -> job request on the jobs queue -> worker -> snapshot stored.
     rt.confluence.add_space("ENG", "Engineering")
     page_id = str(rt.confluence.add_page("ENG", "Release notes")["id"])
     response = forge_call(rt, site, "/forge/events", rt.forge.page_event(page_id, "ENG"), first)
@@ -362,8 +366,9 @@ def test_the_schedule_fires_one_job_per_active_installation(rt: LocalRuntime) ->
     rt.confluence.add_page("ENG", "Changed today")
     sites = [install(rt)[0] for _ in range(3)]
     assert forge_call(rt, sites[0], "/forge/uninstall").status_code == 200
-    report = rt.fire_scheduler(name="DailyDigest")  # the template's Input: {"job": "space-digest"}
-    assert (report["installations"], report["requested"]) == (2, 2)
+    # The template's Input, with the local stack's DigestSpreadMinutes (0: SQS would delay the jobs for real).
+    report = rt.fire_scheduler(name="DailyDigest")
+    assert (report["installations"], report["requested"], report["spreadSeconds"]) == (2, 2, 0)
     assert rt.queue_depths()["queue"] == (2, 0)
     assert rt.poller.drain().succeeded == 2
     for site in sites[1:]:

@@ -456,7 +456,8 @@ def test_jobs_after_install_are_done_and_print_what_they_stored(
     out = capsys.readouterr().out
     request_id = re.search(r"\(request ([0-9a-f]+)\)", out)
     assert request_id is not None, out
-    assert f'done: {{"pageId": {shared.page_id}, "found": true, "version": 1}}' in out
+    # One search returning one page: 2 points of Atlassian's quota.
+    assert f'done: {{"pageId": {shared.page_id}, "found": true, "version": 1, "points": 2}}' in out
     assert "stored result (SNAPSHOT, 1 record):" in out
     assert f'"requestId": "{request_id.group(1)}"' in out
     assert '"title": "Release notes"' in out
@@ -518,14 +519,18 @@ def test_a_stack_that_is_gone_is_named_not_a_traceback(tmp_path: Path, capsys: p
         "aws": {
             "endpointUrl": f"http://127.0.0.1:{free_port()}",
             "region": "us-east-1",
-            "jobsBus": "b",
+            "jobsQueueUrl": "http://127.0.0.1:1/123456789012/q",
             "appTable": "t",
         },
         "jobOutcomes": str(tmp_path / "jobs.jsonl"),
     }
     (tmp_path / "state.json").write_text(json.dumps(state))
     assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "state.json")]) == 1
-    assert "could not put the job request on the local bus" in capsys.readouterr().err
+    assert "could not send the job request to the local jobs queue" in capsys.readouterr().err
+    del state["aws"]["jobsQueueUrl"]  # a state file from before job requests went straight to the queue
+    (tmp_path / "state.json").write_text(json.dumps(state))
+    assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "state.json")]) == 1
+    assert "names no jobs queue: restart `make local`" in capsys.readouterr().err
     assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "missing.json")]) == 1
     assert "start the stack first with `make local`" in capsys.readouterr().err
 

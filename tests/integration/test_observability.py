@@ -36,9 +36,11 @@ def datapoints(text: str, name: str) -> list[dict[str, Any]]:
 
 
 def dashboard_body() -> dict[str, Any]:
-    """The dashboard's body with every ``${...}`` of its ``!Sub`` replaced by a placeholder."""
+    """The dashboard's body with every ``${...}`` of its ``!Sub`` replaced by a placeholder (a number
+    where it stands for one: an annotation's ``"value": ${RateLimitQuota}``)."""
     body = RESOURCES["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
-    parsed: dict[str, Any] = json.loads(re.sub(r"\$\{[^}]+\}", "placeholder", body))
+    numbers = re.sub(r'("value":\s*)\$\{[^}]+\}', r"\g<1>0", body)
+    parsed: dict[str, Any] = json.loads(re.sub(r"\$\{[^}]+\}", "placeholder", numbers))
     return parsed
 
 

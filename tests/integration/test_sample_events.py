@@ -66,8 +66,14 @@ def test_worker_sample_batch_holds_valid_job_requests() -> None:
 
 
 def test_scheduler_sample_is_what_the_template_schedules() -> None:
-    from local.cfn_yaml import load_template
+    from local.stack import LocalStack
 
-    template = load_template(EVENTS.parent / "template.yaml")
-    schedule = template["Resources"]["JobSchedulerFunction"]["Properties"]["Events"]["DailyDigest"]["Properties"]
-    assert json.loads(schedule["Input"])["job"] == load(EVENTS / "job_scheduler" / "daily_digest.json")["job"]
+    stack = LocalStack.from_template(EVENTS.parent / "template.yaml")  # parameters at their defaults
+    schedule = stack.resources["JobSchedulerFunction"]["Properties"]["Events"]["DailyDigest"]["Properties"]
+    scheduled = json.loads(stack.resolve(schedule["Input"]))  # an !Sub naming DigestSpreadMinutes
+    sample = load(EVENTS / "job_scheduler" / "daily_digest.json")
+    assert (
+        (scheduled["job"], scheduled["spreadMinutes"])
+        == (sample["job"], sample["spreadMinutes"])
+        == ("space-digest", 60)
+    )

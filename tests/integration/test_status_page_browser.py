@@ -32,7 +32,7 @@ import requests
 from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
 
 from forge_remote import clock
-from forge_remote.jobs.contract import JOB_DETAIL_TYPE, JOB_SOURCE, JobRequest
+from forge_remote.jobs.contract import JobRequest, send_job_requests
 from local import serve
 from local.forge_emulator import Site
 from local.runtime import LocalRuntime
@@ -250,8 +250,7 @@ def page_event(rt: LocalRuntime, site: Site, title: str, *, token: str | None) -
 
 def enqueue(rt: LocalRuntime, site: Site, job: str, args: dict[str, Any]) -> None:
     request = JobRequest(job=job, installation_id=site.installation_id, args=args)
-    body = {"source": JOB_SOURCE, "detail-type": JOB_DETAIL_TYPE, "detail": request.to_detail()}
-    boto3.client("sqs").send_message(QueueUrl=rt.poller.queue_url, MessageBody=json.dumps(body))
+    send_job_requests(boto3.client("sqs"), rt.poller.queue_url, [request])  # as the functions send it
 
 
 # -- the build

@@ -91,9 +91,12 @@ def bearers(confluence: ConfluenceEmulator) -> list[str | None]:
 
 
 def queued(stack: LocalStack) -> list[dict[str, Any]]:
+    """The job requests on the jobs queue, each with the message group it was sent in (``"group"``)."""
     sqs = boto3.client("sqs")
-    messages = sqs.receive_message(QueueUrl=stack.physical["JobsQueue"], MaxNumberOfMessages=10).get("Messages", [])
-    return [json.loads(m["Body"])["detail"] for m in messages]
+    messages = sqs.receive_message(
+        QueueUrl=stack.physical["JobsQueue"], MaxNumberOfMessages=10, AttributeNames=["MessageGroupId"]
+    ).get("Messages", [])
+    return [{**json.loads(m["Body"]), "group": m.get("Attributes", {}).get("MessageGroupId")} for m in messages]
 
 
 def days_ago(days: float) -> datetime:
@@ -186,6 +189,9 @@ def test_a_site_administrator_requests_a_job_and_is_recorded(ui: UiWorld) -> Non
     assert request["installationId"] == ui.site.installation_id  # from the FIT, never the body
     assert request["requestedBy"] == ADMIN
     assert request["requestId"] == body["requestId"]
+    assert request["priority"] == "interactive"  # an administrator is waiting for it
+    assert request["group"] == ui.site.installation_id  # the fair queue's tenant: this installation
+    assert "notBefore" not in request  # now, not at a slot
     assert bearers(ui.confluence) == [user_token]  # Confluence was asked, as this user
 
 

@@ -1,6 +1,6 @@
 """Driving the real handlers with API Gateway v2 events, and looking at what they left behind.
 
-- ``World``: one moto stack (tables, queues, bus, rule from template.yaml) and one container per HTTP
+- ``World``: one moto stack (tables and queues from template.yaml) and one container per HTTP
   function, shared by a whole module so that hundreds of cases stay fast. Cases compare ``state()``
   before and after instead of expecting empty tables.
 - ``invoke``: one event through one handler; the response (body and headers) goes to the ledger.

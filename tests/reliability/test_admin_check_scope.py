@@ -40,7 +40,7 @@ def admin_asks_for_a_job(world: LocalWorld, ledger: Ledger, user_token: str) -> 
 
 
 def queued_jobs(world: LocalWorld) -> list[dict[str, Any]]:
-    return [json.loads(m["body"])["detail"] for m in queue_messages(world.stack, "JobsQueue")]
+    return [json.loads(m["body"]) for m in queue_messages(world.stack, "JobsQueue")]
 
 
 def test_the_manifest_grants_the_admin_checks_scope() -> None:

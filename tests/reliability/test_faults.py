@@ -1,4 +1,4 @@
-"""Faults: the JWKS endpoint down, DynamoDB throttling and errors, EventBridge refusing job requests,
+"""Faults: the JWKS endpoint down, DynamoDB throttling and errors, the SQS jobs queue refusing job requests,
 and a worker that dies mid-batch. Nothing crashes (a failed dependency is a 503 with a JSON body),
 botocore's retries are bounded (counted per attempt), nothing is half-written, no job is lost and
 no job is done twice. (Confluence faults: ``test_confluence_faults.py``.)
@@ -217,7 +217,7 @@ def test_jwks_outage_on_a_warm_container_keeps_verifying_known_keys_and_fails_cl
         forge.keys = old_keys
 
 
-# -- DynamoDB and EventBridge faults on the HTTP routes --------------------------------------------------
+# -- DynamoDB and SQS faults on the HTTP routes ---------------------------------------------------------
 @dataclass(frozen=True)
 class StorageFault:
     name: str
@@ -232,6 +232,11 @@ class StorageFault:
 
 
 THROTTLED = "ThrottlingException"
+# A SendMessageBatch answer that takes the call but not its one entry.
+ENTRY_FAILED = {
+    "Successful": [],
+    "Failed": [{"Id": "0", "SenderFault": False, "Code": "InternalError", "Message": "try again"}],
+}
 STORAGE_FAULTS = [
     StorageFault(
         "keepalive, token write throttled", "POST", "/forge/keepalive", dynamodb_error("TransactWriteItems", THROTTLED)
@@ -272,21 +277,16 @@ STORAGE_FAULTS = [
         "uninstall, token delete throttled", "POST", "/forge/uninstall", dynamodb_error("BatchWriteItem", THROTTLED)
     ),
     StorageFault(
-        "events, job request refused by EventBridge",
+        "events, job request refused by the jobs queue",
         "POST",
         "/forge/events",
-        Fault("eventbridge", "PutEvents", 400, {"__type": THROTTLED, "message": "Rate exceeded"}),
+        Fault("sqs", "SendMessageBatch", 400, {"__type": THROTTLED, "message": "Rate exceeded"}),
     ),
     StorageFault(
-        "events, EventBridge accepts none of the entries",
+        "events, the jobs queue accepts none of the entries",
         "POST",
         "/forge/events",
-        Fault(
-            "eventbridge",
-            "PutEvents",
-            200,
-            {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure", "ErrorMessage": "try again"}]},
-        ),
+        Fault("sqs", "SendMessageBatch", 200, ENTRY_FAILED),
         attempts=4,  # forge_remote.jobs.contract retries failed entries itself
     ),
     StorageFault(
@@ -324,7 +324,7 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
         == 200
     )
     module = gateway.calls if case.ui else gateway.triggers
-    clients = [module.wiring.tokens._client, aws.dynamodb()] if case.fault.service == "dynamodb" else [aws.events()]
+    clients = [module.wiring.tokens._client, aws.dynamodb()] if case.fault.service == "dynamodb" else [aws.sqs()]
     headers = genuine(forge, site, ui=case.ui, lifetime_s=3.5 * 3600)
     body = route_body(forge, site, case.path)
     ledger.tried += 1
@@ -346,11 +346,11 @@ def test_storage_fault_is_retried_a_bounded_number_of_times_then_answered_503(
 @pytest.mark.parametrize(
     "fault",
     [
-        Fault("eventbridge", "PutEvents", 400, {"__type": THROTTLED, "message": "Rate exceeded"}),
-        Fault("eventbridge", "PutEvents", 200, {"FailedEntryCount": 1, "Entries": [{"ErrorCode": "InternalFailure"}]}),
+        Fault("sqs", "SendMessageBatch", 400, {"__type": THROTTLED, "message": "Rate exceeded"}),
+        Fault("sqs", "SendMessageBatch", 200, ENTRY_FAILED),
         dynamodb_error("PutItem", THROTTLED),
     ],
-    ids=["PutEvents throttled", "PutEvents entry failed", "idempotency store throttled"],
+    ids=["SendMessageBatch throttled", "SendMessageBatch entry failed", "idempotency store throttled"],
 )
 def test_product_event_whose_job_request_failed_is_queued_once_when_forge_retries(
     fault: Fault,
@@ -363,7 +363,7 @@ def test_product_event_whose_job_request_failed_is_queued_once_when_forge_retrie
 ) -> None:
     """Forge retries a failed event delivery (the body then carries retryContext): one job results."""
     triggers = handler("ForgeTriggersFunction")
-    clients = [triggers.wiring.tokens._client, aws.dynamodb()] if fault.service == "dynamodb" else [aws.events()]
+    clients = [triggers.wiring.tokens._client, aws.dynamodb()] if fault.service == "dynamodb" else [aws.sqs()]
     ledger.tried += 1
     with fault.active(*clients) as attempts:
         try:

@@ -244,7 +244,7 @@ def test_a_product_event_delivered_twice_at_once_queues_one_job_and_answers_both
     """Forge may deliver an event twice; here the duplicate arrives while the first is putting its job.
 
     The interleaving is made deterministic: the second delivery runs from inside the first one's
-    PutEvents call (another container, same moment as far as DynamoDB can tell).
+    SendMessageBatch call (another container, same moment as far as DynamoDB can tell).
     """
     first, second = container(stack, "ForgeTriggersFunction"), container(stack, "ForgeTriggersFunction")
     body = forge.page_event("8080", "ENG")
@@ -259,12 +259,12 @@ def test_a_product_event_delivered_twice_at_once_queues_one_job_and_answers_both
             ledger.seen(repr(exc), "exception")
             answers.append(exc)
 
-    client = aws.events()
-    client.meta.events.register("before-call.events.PutEvents", duplicate)
+    client = aws.sqs()
+    client.meta.events.register("before-call.sqs.SendMessageBatch", duplicate)
     try:
         response = invoke(first, event("POST", "/forge/events", ledger.headers(forge.headers(site)), body))
     finally:
-        client.meta.events.unregister("before-call.events.PutEvents", duplicate)
+        client.meta.events.unregister("before-call.sqs.SendMessageBatch", duplicate)
     ledger.tried += 2
     assert response["statusCode"] == 202
     assert len(queue_messages(stack, "JobsQueue")) == 1  # exactly once

@@ -3,7 +3,7 @@
 Any UI user could crash forge_calls: ``days=²`` (``str.isdigit`` is true, ``int`` refuses it), a
 5,000-digit ``limit`` (past ``int``'s 4,300-digit limit) and ``{"job": []}`` (a list tested for
 membership in a set). Others were quietly misread: a fullwidth seven read as 7, an unknown parameter
-or body field ignored, a duplicate JSON key resolved to the last, ``NaN`` passed on to the job bus,
+or body field ignored, a duplicate JSON key resolved to the last, ``NaN`` passed on to the jobs queue,
 a UTF-16 body guessed. Every UI route now validates its query and body against its ``@accepts``
 before it runs (a route that declares nothing takes nothing), with a 400 JSON answer that names the
 field and never echoes a token. Every case is a genuine UI call (a FIT Forge signed, the user's

@@ -23,7 +23,7 @@ def page_event(event_type: str = "avi:confluence:updated:page", **content: Any) 
 
 
 def intake(events: dict[str, Any]) -> EventIntake:
-    return EventIntake(app_table="app", jobs_bus="bus", events=events)
+    return EventIntake(app_table="app", jobs_queue_url="https://sqs.example/jobs", events=events)
 
 
 def test_trigger_modules_are_read_from_the_setting() -> None:

@@ -22,9 +22,9 @@ def fresh_clients(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_container_keeps_one_client_per_service() -> None:
     assert aws_clients.dynamodb() is aws_clients.dynamodb()
     assert aws_clients.sqs() is not aws_clients.dynamodb()
-    first = aws_clients.events()
+    first = aws_clients.sqs()
     aws_clients.reset_clients()
-    assert aws_clients.events() is not first
+    assert aws_clients.sqs() is not first
 
 
 def test_retries_and_timeouts_are_bounded() -> None:

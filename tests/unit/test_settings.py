@@ -24,8 +24,8 @@ def settings(**env: str) -> Settings:
 
 
 def test_blank_optional_variables_mean_their_defaults() -> None:
-    loaded = settings(JOBS_BUS="  ", TOKEN_MIN_VALIDITY_S="", OFFLINE_TOKEN_CONTEXT_ID=" ")
-    assert loaded.jobs_bus is None
+    loaded = settings(JOBS_QUEUE_URL="  ", TOKEN_MIN_VALIDITY_S="", OFFLINE_TOKEN_CONTEXT_ID=" ")
+    assert loaded.jobs_queue_url is None
     assert loaded.token_min_validity_s == 600
     assert loaded.offline_token_context_id == DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
     assert (loaded.job_max_receives, loaded.job_queue_max_receives) == (
@@ -59,8 +59,9 @@ def test_a_bad_value_names_its_variable(env: dict[str, str], variable: str) -> N
 def test_a_setting_only_some_functions_need_is_required_where_it_is_used() -> None:
     loaded = settings(JOBS_QUEUE_URL="https://sqs.example/q")
     assert loaded.required("jobs_queue_url") == "https://sqs.example/q"
-    with pytest.raises(ConfigurationError, match="JOBS_BUS is required"):
-        loaded.required("jobs_bus")
+    with pytest.raises(ConfigurationError, match="JOBS_DLQ_URL is required"):
+        loaded.required("jobs_dlq_url")
+    assert not hasattr(loaded, "jobs_bus")  # job requests go straight to the queue: there is no bus
 
 
 @pytest.mark.parametrize(

@@ -113,15 +113,24 @@ export function renderLastToken(container, status) {
 }
 
 export function renderWaiting(container, status) {
-  const waiting = (status.jobs || {}).waitingForToken || 0;
-  if (!waiting) {
-    container.replaceChildren('No job is waiting for a token.');
-    return;
-  }
+  const jobs = status.jobs || {};
+  const waiting = jobs.waitingForToken || 0;
   const verb = waiting === 1 ? 'is' : 'are';
-  container.replaceChildren(
-    `${jobCount(waiting)} ${verb} waiting for a token. They run within seconds of the next token Forge delivers, and are not lost if none comes soon.`,
-  );
+  const sentences = [
+    waiting
+      ? `${jobCount(waiting)} ${verb} waiting for a token. They run within seconds of the next token Forge delivers, and are not lost if none comes soon.`
+      : 'No job is waiting for a token.',
+  ];
+  const quota = jobs.waitingForQuota;
+  if (quota && quota.until) {
+    // Atlassian's points-based rate limit: jobs wait for the next hour's quota instead of failing.
+    sentences.push(
+      ` Background jobs are waiting for Atlassian's rate limit: ${quota.reason}. They resume from `,
+      ...when(quota.until, status.now),
+      ', and none is lost.',
+    );
+  }
+  container.replaceChildren(...sentences);
 }
 
 function table(labelId, headers, rows) {

@@ -24,6 +24,10 @@ MAX_SPACES_IN_SUMMARY = 20  # the summary is logged: a short list, the store's o
 # Bounds a digest's record; its size in bytes is bounded by the result store, as 500 titles of 255
 # characters can take 500 KB in UTF-8 (3 bytes a CJK character, 4 an emoji) with nothing else counted.
 MAX_PAGES_PER_RECORD = 500
+# Pages per search request: Confluence's default page size. Each request reserves 1 + limit points of
+# the fleet's hourly budget before it is sent (Atlassian charges 1 + pages returned), so asking for
+# what one page of answers holds keeps the reservation close to the cost.
+PAGE_SIZE = 25
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ def space_digest(ctx: JobContext, args: DigestArgs) -> JobResult:
     if args.space_keys:
         clauses.insert(0, cql.field_in("space", list(args.space_keys)))
     by_space: dict[str, list[dict[str, Any]]] = {key: [] for key in args.space_keys}
-    for page in ctx.confluence.search_content(cql.and_(*clauses), expand=["version", "space"]):
+    for page in ctx.confluence.search_content(cql.and_(*clauses), expand=["version", "space"], limit=PAGE_SIZE):
         space_key = page.get("space", {}).get("key") or "?"
         by_space.setdefault(space_key, []).append(
             {

@@ -23,6 +23,7 @@ from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN
 USER_DIGEST = "USER_DIGEST"
 MAX_DAYS = 31
 MAX_PAGES_PER_RECORD = 500  # the result store bounds the bytes too (``_truncated``)
+PAGE_SIZE = 25  # as space-digest's: a request reserves 1 + limit points, about what it costs
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ def user_digest(ctx: JobContext, args: UserDigestArgs) -> JobResult:
     query = cql.and_(cql.field_eq("type", "page"), cql.date_gte("lastmodified", since))
     pages: list[dict[str, Any]] = []
     count = 0
-    for page in confluence.search_content(query, expand=["version", "space"]):
+    for page in confluence.search_content(query, expand=["version", "space"], limit=PAGE_SIZE):
         count += 1
         if len(pages) < MAX_PAGES_PER_RECORD:
             pages.append(

@@ -1,9 +1,10 @@
 """``GET /api/status``: the calling installation's token health, in figures a page can put in words.
 
 Can background jobs run now, and until when; when the last token arrived and from what kind of
-call; how many jobs wait for a token; which jobs went to the dead-letter queue and why; the last run
-of each job kind. Everything is read by key or by one query of the installation's own partition
-(no scan), and nothing returned is a token.
+call; how many jobs wait for a token; whether jobs wait for Atlassian's rate limit, why and until
+when; which jobs went to the dead-letter queue and why; the last run of each job kind. Everything
+is read by key or by one query of the installation's own partition (no scan), and nothing returned
+is a token.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ def status() -> dict[str, Any]:
     usable_until = app_token.expires_at - min_validity if app_token else None
     installation = wiring.installations.get(installation_id)
     parking, activity = _job_stores(wiring.settings.app_table)
+    quota = wiring.budget.state(installation_id, now)
     return {
         "installationId": installation_id,
         "now": _iso(now),
@@ -64,6 +66,8 @@ def status() -> dict[str, Any]:
             "canRun": usable_until is not None and usable_until > now,
             "canRunUntil": _iso(usable_until) if usable_until and usable_until > now else None,
             "waitingForToken": parking.waiting(installation_id),
+            # Bulk jobs of this site would wait now for points: the share of the hour is spent, or paused.
+            "waitingForQuota": {"reason": quota.reason, "until": _iso(quota.until)} if quota else None,
             "deadLettered": [
                 {"job": d.job, "reason": d.reason, "at": _iso(d.at), "requestId": d.request_id}
                 for d in activity.dead_lettered(installation_id)

@@ -8,7 +8,8 @@ reachable but is the library's own business and may move::
     @job("label-audit", parse_args)
     def label_audit(ctx: JobContext, args: LabelArgs) -> JobResult: ...
 
-- Jobs: ``job`` (decorator), ``JobContext``, ``JobResult``, ``request_job``.
+- Jobs: ``job`` (decorator), ``JobContext``, ``JobResult``, ``request_job`` with its priorities
+  ``INTERACTIVE`` (a user is waiting) and ``BULK`` (the default).
 - Confluence: ``cql`` (the query builder; every value quoted).
 - Failures: ``PermanentFailure`` (never retried: the DLQ, or a 4xx) and ``RetryLater`` (deferred, or
   a 503); ``NotAllowed`` (403) and ``MalformedEvent`` (400) for UI routes.
@@ -32,6 +33,8 @@ _FACE = {
     "JobContext": "forge_remote.jobs.contract",
     "JobResult": "forge_remote.jobs.contract",
     "request_job": "forge_remote.jobs.contract",
+    "INTERACTIVE": "forge_remote.jobs.contract",
+    "BULK": "forge_remote.jobs.contract",
     "cql": "forge_remote.confluence",
     "clock": "forge_remote",
     "PermanentFailure": "forge_remote.errors",
@@ -52,6 +55,8 @@ _FACE = {
 }
 
 __all__ = [  # the same names as _FACE (a test checks)
+    "BULK",
+    "INTERACTIVE",
     "JobContext",
     "JobResult",
     "JsonObject",
@@ -84,7 +89,7 @@ if TYPE_CHECKING:
     from forge_remote.inbound.triggers import triggers_handler
     from forge_remote.inbound.ui import ui_handler
     from forge_remote.inbound.ui_calls import JsonObject, OneOf, WholeNumber, accepts, ui_call
-    from forge_remote.jobs.contract import JobContext, JobResult, job, request_job
+    from forge_remote.jobs.contract import BULK, INTERACTIVE, JobContext, JobResult, job, request_job
     from forge_remote.jobs.scheduler import scheduler_handler
     from forge_remote.jobs.wakeup import wakeup_handler
     from forge_remote.jobs.worker import worker_handler

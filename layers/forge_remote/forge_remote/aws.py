@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
-    from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_sqs import SQSClient
 
 
@@ -33,11 +32,6 @@ def _client(service: str) -> Any:
 
 def dynamodb() -> DynamoDBClient:
     client: DynamoDBClient = _client("dynamodb")
-    return client
-
-
-def events() -> EventBridgeClient:
-    client: EventBridgeClient = _client("events")
     return client
 
 

@@ -28,8 +28,9 @@ DEFAULT_JOB_QUEUE_MAX_RECEIVES = 30
 DEFAULT_FORGE_GRAPHQL_URL = "https://api.atlassian.com/graphql"
 DEFAULT_OFFLINE_TOKEN_CONTEXT_ID = "ari:cloud:confluence:{cloudId}:workspace/{cloudId}"  # noqa: S105 (an ARI)
 CLOUD_ID_PLACEHOLDER = "{cloudId}"
-# Settings some functions need and others do not (the template sets each where it is used).
-OPTIONAL_VARIABLES = {"jobs_bus": "JOBS_BUS", "jobs_queue_url": "JOBS_QUEUE_URL", "jobs_dlq_url": "JOBS_DLQ_URL"}
+# Settings some functions need and others do not (the template gives every function JOBS_QUEUE_URL and
+# the worker JOBS_DLQ_URL); each function requires the ones it uses at cold start.
+OPTIONAL_VARIABLES = {"jobs_queue_url": "JOBS_QUEUE_URL", "jobs_dlq_url": "JOBS_DLQ_URL"}
 
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 
@@ -98,7 +99,6 @@ class Settings:
     tokens_table: str
     app_table: str
     jwks_url: str = PRODUCTION_JWKS_URL
-    jobs_bus: str | None = None
     jobs_queue_url: str | None = None
     jobs_dlq_url: str | None = None
     allowed_api_hosts: tuple[str, ...] = field(default=DEFAULT_ALLOWED_API_HOSTS)
@@ -115,7 +115,7 @@ class Settings:
     forge_trigger_modules: str | None = None
 
     def required(self, name: str) -> str:
-        """A setting only some functions need (``jobs_bus``, ``jobs_queue_url``, ``jobs_dlq_url``).
+        """A setting only some functions need (``jobs_queue_url``, ``jobs_dlq_url``).
 
         Call it at cold start, where the function is wired: a missing variable then fails the first
         invocation loudly, naming the variable, instead of the first request that needs it.
@@ -148,7 +148,6 @@ class Settings:
             tokens_table=_required(env, "TOKENS_TABLE"),
             app_table=_required(env, "APP_TABLE"),
             jwks_url=jwks_url,
-            jobs_bus=env.get("JOBS_BUS", "").strip() or None,
             jobs_queue_url=env.get("JOBS_QUEUE_URL", "").strip() or None,
             jobs_dlq_url=env.get("JOBS_DLQ_URL", "").strip() or None,
             allowed_api_hosts=hosts or DEFAULT_ALLOWED_API_HOSTS,

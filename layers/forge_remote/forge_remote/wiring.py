@@ -14,6 +14,7 @@ from forge_remote import aws
 from forge_remote.config import Settings
 
 if TYPE_CHECKING:
+    from forge_remote.budget.meter import FleetBudget
     from forge_remote.jobs.activity import JobActivity
     from forge_remote.jobs.parking import ParkingLot
     from forge_remote.storage.installations import InstallationRegistry
@@ -53,6 +54,17 @@ class Wiring:
         from forge_remote.jobs.parking import ParkingLot
 
         return ParkingLot(self.dynamodb, self.settings.app_table)
+
+    @cached_property
+    def budget(self) -> FleetBudget:
+        """The fleet's points budget: the policy from the environment, the ledger in the app table."""
+        import os
+
+        from forge_remote.budget.ledger import DynamoLedger
+        from forge_remote.budget.meter import FleetBudget
+        from forge_remote.budget.policy import BudgetPolicy
+
+        return FleetBudget(BudgetPolicy.from_env(os.environ), DynamoLedger(self.dynamodb, self.settings.app_table))
 
     @cached_property
     def activity(self) -> JobActivity:

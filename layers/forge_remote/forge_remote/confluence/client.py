@@ -10,6 +10,11 @@ looping), and what each status means in the library's errors. Every request re-r
 retried: 429/503 honour ``Retry-After`` (clamped), else ``X-RateLimit-Reset``, else exponential backoff
 with full jitter; other 5xx and connection errors back off too. Attempts are bounded and no sleep runs
 past the Lambda's remaining time: the job is deferred (``RetryLater``) instead.
+
+Points: every answer's cost under Atlassian's points-based rate limits (``confluence/points.py``) is
+added to ``points_spent``, so a job's cost is a number. With a ``meter`` (``budget/meter.py``) each
+request first reserves its estimated points from the fleet's budget (raising ``BudgetWait`` when the
+share is spent) and the answer settles it; a quota 429 then pauses the pool it names for the fleet.
 """
 
 from __future__ import annotations
@@ -20,13 +25,16 @@ import re
 import string
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 import requests
 
+from forge_remote import clock
 from forge_remote.confluence.api_hosts import require_allowed_api_base
 from forge_remote.confluence.cql import Cql
+from forge_remote.confluence.points import request_estimate, response_points
+from forge_remote.confluence.rate_limits import RateLimitReport
 from forge_remote.errors import (
     ConfluenceError,
     ConfluenceUnavailable,
@@ -49,6 +57,9 @@ from forge_remote.outbound import (
 )
 from forge_remote.tokens.store import token_sha256
 
+if TYPE_CHECKING:
+    from forge_remote.budget.meter import PointsMeter
+
 logger = logging.getLogger(__name__)
 
 # Counted per response as ``ConfluenceRefusals`` by status: token refused, not allowed, rate limited.
@@ -60,6 +71,10 @@ LOGGED_HEADERS = (
     "X-RateLimit-Reset",
     "X-RateLimit-NearLimit",
     "RateLimit-Reason",
+    "RateLimit",
+    "RateLimit-Policy",
+    "Beta-RateLimit",
+    "Beta-RateLimit-Policy",
 )
 SAFETY_MARGIN_S = 3.0  # left for the caller to record the deferral after we give up
 INCONCLUSIVE_PROBE_DELAY_S = 60.0
@@ -179,6 +194,7 @@ class ConfluenceClient:
         sleep: Callable[[float], None] = time.sleep,
         rng: random.Random | None = None,
         max_pages_per_listing: int = MAX_PAGES_PER_LISTING,
+        meter: PointsMeter | None = None,
     ) -> None:
         # Token rule 8: checked before any token can be sent anywhere.
         self.base_url = require_allowed_api_base(api_base_url, allowed_hosts)
@@ -204,7 +220,9 @@ class ConfluenceClient:
             log=logger,
         )
         self._max_pages = max_pages_per_listing
+        self._meter = meter
         self.request_count = 0
+        self.points_spent = 0  # what Atlassian charges for every answer this client received
 
     # -- what the jobs call
     def search_content(self, cql: Cql, *, expand: Sequence[str] = (), limit: int = 50) -> Iterator[dict[str, Any]]:
@@ -278,17 +296,13 @@ class ConfluenceClient:
         return resolve_next_link(link, self.base_url)
 
     def _get(self, url: str, params: Mapping[str, str] | None) -> dict[str, Any]:
-        response = self._request("GET", url, params)
-        try:
-            document = response.json()
-        except ValueError:
-            document = None
+        response, document = self._request("GET", url, params)
         if not isinstance(document, dict):
             raise ConfluenceError(response.status_code, "response is not a JSON object", _trace_id(response))
         return document
 
-    def _request(self, method: str, url: str, params: Mapping[str, str] | None) -> requests.Response:
-        """Send with retries and return a 2xx response, or raise."""
+    def _request(self, method: str, url: str, params: Mapping[str, str] | None) -> tuple[requests.Response, Any]:
+        """Send with retries and return a 2xx response and its JSON document (None if not JSON), or raise."""
         if method not in IDEMPOTENT_METHODS:
             raise ValueError(f"{method} is not idempotent; this client only sends idempotent requests")
         retries = self._retries
@@ -296,7 +310,7 @@ class ConfluenceClient:
             token = self._token()  # re-checks expiry before every request (token rule 4)
             last = attempt == self._max_attempts
             try:
-                response = self._send(method, url, params, token)
+                response, document = self._send(method, url, params, token)
             except TRANSIENT_ERRORS as exc:
                 reason = f"Confluence unreachable ({type(exc).__name__})"
                 if last:
@@ -307,7 +321,7 @@ class ConfluenceClient:
                 raise ConfluenceError(0, f"request failed ({type(exc).__name__})") from None
             status = response.status_code
             if 200 <= status < 300:
-                return response
+                return response, document
             if status in RATE_LIMITED:
                 hint = rate_limit_hint_s(response.headers)
                 reason = f"Confluence HTTP {status}"
@@ -324,25 +338,47 @@ class ConfluenceClient:
                 raise self._error(response, token)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send(self, method: str, url: str, params: Mapping[str, str] | None, token: str) -> requests.Response:
+    def _send(
+        self, method: str, url: str, params: Mapping[str, str] | None, token: str
+    ) -> tuple[requests.Response, Any]:
+        """One exchange: reserve its points (with a meter), send, parse, settle. Returns the response and
+        its JSON document for a 2xx (None otherwise, or if not JSON)."""
         timeouts = (
             self._timeout_s
             if self._remaining_ms is None
             else bounded_timeouts(self._timeout_s, self._remaining_ms, self._safety_margin_s, "another request")
         )
+        parts = urlsplit(url)
+        path = parts.path
+        ticket = None
+        if self._meter is not None:  # may raise BudgetWait: nothing is sent
+            ticket = self._meter.before(
+                request_estimate(method, path, {**dict(parse_qsl(parts.query)), **(params or {})})
+            )
         self.request_count += 1
-        path = urlsplit(url).path
         try:
             response = send(method, url, token=token, timeout=timeouts, session=self._session, params=params)
         except requests.RequestException as exc:
+            # The reservation stands: Atlassian may have charged a request whose answer never came.
             logger.warning("Confluence %s %s failed: %s", method, path, type(exc).__name__)
             raise
-        _log_exchange(method, path, response)
+        document = None
+        if 200 <= response.status_code < 300:
+            try:
+                document = response.json()
+            except ValueError:
+                document = None
+        points = response_points(method, path, response.status_code, document)
+        self.points_spent += points
+        _log_exchange(method, path, response, points)
         if response.status_code in COUNTED_STATUSES:
             from forge_remote.telemetry import counts  # only refusals pay for it (cold start)
 
             counts.count("ConfluenceRefusals", "status", str(response.status_code))
-        return response
+        if self._meter is not None and ticket is not None:
+            report = RateLimitReport.from_headers(response.headers, clock.now())
+            self._meter.after(ticket, points, report, response.status_code)  # a quota 429: BudgetWait
+        return response, document
 
     def _error(self, response: requests.Response, token: str) -> Exception:
         status, trace = response.status_code, _trace_id(response)
@@ -374,7 +410,7 @@ class ConfluenceClient:
     def _token_accepted(self, token: str) -> bool | None:
         """Probe ``GET /api/v2/spaces?limit=1`` with the same token: None when it cannot tell."""
         try:
-            probe = self._send("GET", self.wiki_url + "/api/v2/spaces", {"limit": "1"}, token)
+            probe, _ = self._send("GET", self.wiki_url + "/api/v2/spaces", {"limit": "1"}, token)
         except requests.RequestException:
             return None
         if probe.status_code in (401, 403, 404):
@@ -386,10 +422,10 @@ def _trace_id(response: requests.Response) -> str | None:
     return response.headers.get("atl-traceid") or response.headers.get("atl-request-id")
 
 
-def _log_exchange(method: str, path: str, response: requests.Response) -> None:
-    """One line per exchange: method, path (no query), status, trace ids, rate-limit headers."""
+def _log_exchange(method: str, path: str, response: requests.Response, points: int) -> None:
+    """One line per exchange: method, path (no query), status, points, trace ids, rate-limit headers."""
     headers = response.headers
-    fields: dict[str, Any] = {"method": method, "path": path, "status": response.status_code}
+    fields: dict[str, Any] = {"method": method, "path": path, "status": response.status_code, "points": points}
     for name in ("atl-traceid", "atl-request-id"):
         if name in headers:
             fields[name] = headers[name]

@@ -152,7 +152,7 @@ def triggers_handler(*, events: Mapping[str, EventJob]) -> TriggersHandler:
     """
     wiring = HttpWiring.from_env()
     intake = EventIntake(
-        app_table=wiring.settings.app_table, jobs_bus=wiring.settings.required("jobs_bus"), events=events
+        app_table=wiring.settings.app_table, jobs_queue_url=wiring.settings.required("jobs_queue_url"), events=events
     )
     cleanup = InstallationCleanup(
         aws.dynamodb(),

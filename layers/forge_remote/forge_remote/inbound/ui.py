@@ -7,7 +7,8 @@ call 25 s and no retries, so routes answer in-request.
 ``requestable_jobs`` turns on ``POST /api/jobs``: a Confluence administrator of the site asks for a
 run of one of those jobs now (body ``{"job": <name>, "args": {...}}``). Who may is asked of
 Confluence, as the user (``administer`` on the ``application``), never taken from the front end; the
-request records the account that asked (``requestedBy``). The worker validates the arguments.
+request records the account that asked (``requestedBy``) and is ``interactive`` (someone is waiting for
+it). The worker validates the arguments.
 """
 
 from __future__ import annotations
@@ -61,7 +62,7 @@ def job_request_router(jobs: Collection[str]) -> Router:
     @router.post("/api/jobs")
     @accepts(body=(job_field, args_field), max_body_bytes=MAX_JOB_BODY_BYTES)  # validated before Confluence is asked
     def request_job_now() -> tuple[dict[str, Any], int]:
-        from forge_remote.jobs.contract import request_job  # off the cold start of the other routes
+        from forge_remote.jobs.contract import INTERACTIVE, request_job  # off the cold start of the other routes
 
         call = ui_call(router)
         job, args = call.inputs[job_field], call.inputs[args_field]
@@ -73,7 +74,8 @@ def job_request_router(jobs: Collection[str]) -> Router:
             invocation.installation_id,
             args,
             requested_by=invocation.principal,
-            bus=call.wiring.settings.required("jobs_bus"),
+            priority=INTERACTIVE,  # the administrator is waiting for it
+            queue_url=call.wiring.settings.required("jobs_queue_url"),
         )
         return {"job": job, "requestId": request_id, "requestedBy": invocation.principal}, 202
 
@@ -114,6 +116,6 @@ def ui_handler(*, routes: str, requestable_jobs: Collection[str] = ()) -> UiHand
     wiring = HttpWiring.from_env()
     routers = list(routers_of(routes))
     if requestable_jobs:
-        wiring.settings.required("jobs_bus")  # fail at cold start, not when an admin asks
+        wiring.settings.required("jobs_queue_url")  # fail at cold start, not when an admin asks
         routers.append(job_request_router(requestable_jobs))
     return UiHandler(wiring, routers)

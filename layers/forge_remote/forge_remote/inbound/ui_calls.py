@@ -302,6 +302,8 @@ class UiCall:
             remaining_ms=self.remaining_ms,
             max_attempts=2,  # a person is waiting: one retry at most
             safety_margin_s=0.0,  # remaining_ms already keeps ANSWER_MARGIN_S for the answer
+            # Counted in the fleet's hour, never refused by it: the quota's headroom is the UI's.
+            meter=self.wiring.budget.meter(self.invocation.installation_id, background=False),
         )
 
 

@@ -3,18 +3,30 @@
 A job is a function ``(ctx: JobContext, args: A) -> JobResult | None`` registered under a name
 with ``@job("name", parse_args)``, where ``parse_args`` turns the request's JSON ``args`` into ``A``
 (raising ``ValueError``, ``TypeError`` or ``KeyError`` for bad input). ``request_job`` is the one way
-to ask for a run: it puts a small JSON document on the jobs EventBridge bus::
+to ask for a run: it sends a small JSON document straight to the SQS jobs queue::
 
     {"job": "page-snapshot", "installationId": "ari:...", "args": {...}, "requestId": "...", "attempt": 0}
 
-The worker validates it on arrival: an unknown job or bad arguments raise ``BadJobRequest`` and the
-message goes to the DLQ at once (it could never succeed); everything else is retried or deferred.
+plus ``"notBefore"`` (epoch seconds: not run before then) and ``"priority": "interactive"`` (a user
+is waiting) when they are not the defaults. Each message carries ``MessageGroupId`` = its
+installation (``message_group``), which makes the standard jobs queue an SQS fair queue: an
+installation with a disproportionate share of the messages in flight is served after the quiet
+ones, so one busy site cannot starve the others. That is why requests do not travel through
+EventBridge: a rule's SQS target sets one static ``MessageGroupId`` for every event it delivers, not
+one per installation. A ``notBefore`` up to 15 minutes ahead is SQS's own ``DelaySeconds``; the
+worker keeps back what remains of a later one.
+
+The worker validates a request on arrival: an unknown job or bad arguments raise ``BadJobRequest`` and
+the message goes to the DLQ at once (it could never succeed); everything else is retried or deferred.
+It still accepts the EventBridge envelope (``detail``) that messages queued by earlier versions carry.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import math
 import re
 import time
 import uuid
@@ -22,12 +34,13 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from forge_remote import clock
 from forge_remote.errors import BadJobRequest, ConfigurationError, ServiceUnavailable
 from forge_remote.forge.payloads import MAX_JSON_DEPTH, json_depth
 from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN, INSTALLATION_ID_PATTERN
 
 if TYPE_CHECKING:
-    from mypy_boto3_events import EventBridgeClient
+    from mypy_boto3_sqs import SQSClient
 
     from forge_remote.confluence.client import ConfluenceClient
     from forge_remote.storage.interfaces import Results
@@ -35,10 +48,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# The EventBridge envelope earlier versions put on the queue: still read (``from_message_body``).
 JOB_SOURCE = "forge-remote.jobs"
 JOB_DETAIL_TYPE = "JobRequest"
 MAX_REQUEST_BYTES = 64 * 1024
-PUT_ATTEMPTS = 4  # PutEvents calls for one batch before ServiceUnavailable
+SEND_ATTEMPTS = 4  # SendMessageBatch calls for one batch's failed entries before ServiceUnavailable
+SEND_BATCH_ENTRIES = 10  # SendMessageBatch's limit
+SEND_BATCH_BYTES = 256 * 1024  # what one SendMessageBatch call's bodies may add up to
+MAX_DELAY_S = 900  # SQS's DelaySeconds limit for one message (15 minutes)
+MAX_GROUP_ID_CHARS = 128  # SQS's MessageGroupId limit
+# How urgent a request is. INTERACTIVE: a user is waiting for it (requested from the UI); BULK:
+# everything else (product events, schedules, a job requesting another).
+INTERACTIVE = "interactive"
+BULK = "bulk"
+PRIORITIES = (INTERACTIVE, BULK)
 _JOB_NAME = re.compile(r"^[a-z][a-z0-9-]{0,63}$")
 
 A = TypeVar("A")
@@ -52,6 +75,14 @@ class JobRequest:
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     attempt: int = 0
     requested_by: str | None = None  # the account that asked for it from the UI (personal data)
+    # Epoch seconds on the stack's clock (``forge_remote.clock``) before which the worker does not run
+    # it: a spread schedule's slot for this installation. None: as soon as it can.
+    not_before: float | None = None
+    priority: str = BULK  # INTERACTIVE when a user is waiting for it
+
+    def __post_init__(self) -> None:
+        _check_not_before(self.not_before)
+        _check_priority(self.priority)
 
     def to_detail(self) -> dict[str, Any]:
         detail: dict[str, Any] = {
@@ -63,6 +94,10 @@ class JobRequest:
         }
         if self.requested_by:
             detail["requestedBy"] = self.requested_by
+        if self.not_before is not None:
+            detail["notBefore"] = self.not_before
+        if self.priority != BULK:
+            detail["priority"] = self.priority
         return detail
 
     @classmethod
@@ -85,6 +120,10 @@ class JobRequest:
             isinstance(requested_by, str) and ACCOUNT_ID_PATTERN.fullmatch(requested_by)
         ):
             raise BadJobRequest("job request has an invalid requestedBy")
+        not_before = detail.get("notBefore")
+        _check_not_before(not_before)
+        priority = detail.get("priority", BULK)
+        _check_priority(priority)
         return cls(
             job=job,
             installation_id=installation_id,
@@ -92,11 +131,14 @@ class JobRequest:
             request_id=request_id if isinstance(request_id, str) and 0 < len(request_id) <= 128 else uuid.uuid4().hex,
             attempt=attempt,
             requested_by=requested_by,
+            not_before=None if not_before is None else float(not_before),
+            priority=priority,
         )
 
     @classmethod
     def from_message_body(cls, body: str) -> JobRequest:
-        """From an SQS body: the EventBridge envelope (``detail``) or a bare request."""
+        """From an SQS body: a bare request (what ``send_job_requests`` sends) or the EventBridge
+        envelope (``detail``) of a message an earlier version queued."""
         if len(body.encode()) > MAX_REQUEST_BYTES:
             raise BadJobRequest("job request too large")
         try:
@@ -109,6 +151,25 @@ class JobRequest:
         if isinstance(document, dict) and "detail" in document and document.get("source") == JOB_SOURCE:
             document = document["detail"]
         return cls.from_detail(document)
+
+
+def _check_not_before(value: object) -> None:
+    """None, or a finite number of seconds, 0 or more (not a bool; an integer too long for a float is no time)."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadJobRequest("job request has an invalid notBefore")
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite or value < 0:
+        raise BadJobRequest("job request has an invalid notBefore")
+
+
+def _check_priority(value: object) -> None:
+    if not isinstance(value, str) or value not in PRIORITIES:
+        raise BadJobRequest(f"job request has an invalid priority (one of: {', '.join(PRIORITIES)})")
 
 
 @dataclass(frozen=True)
@@ -245,59 +306,94 @@ def request_job(
     args: Mapping[str, Any] | None = None,
     *,
     requested_by: str | None = None,
-    bus: str | None = None,
+    priority: str = BULK,
+    not_before: float | None = None,
+    queue_url: str | None = None,
 ) -> str:
     """Ask for one run of ``job`` for ``installation_id``; returns the request id.
 
-    The request goes on the jobs bus (``JOBS_BUS``, or ``bus``) and reaches the worker through the
-    queue; the worker validates it on arrival (an unknown job or bad arguments go to the DLQ with the
-    reason). ``requested_by`` is the account that asked from the UI, kept as personal data. Raises
-    ``ServiceUnavailable`` if the bus did not take it, so the caller's own source retries.
+    The request is sent to the jobs queue (``JOBS_QUEUE_URL``, or ``queue_url``) with the
+    installation as its message group (module docstring); the worker validates it on arrival (an
+    unknown job or bad arguments go to the DLQ with the reason). ``requested_by`` is the account that
+    asked from the UI, kept as personal data; ``priority`` is ``INTERACTIVE`` when a user waits for
+    it; ``not_before`` (epoch seconds) holds it back until then. Raises ``ServiceUnavailable`` if the
+    queue did not take it, so the caller's own source retries.
     """
     from forge_remote import aws
     from forge_remote.config import Settings
 
-    request = JobRequest(job=job, installation_id=installation_id, args=dict(args or {}), requested_by=requested_by)
-    put_job_requests(aws.events(), bus or Settings.from_env().required("jobs_bus"), [request])
+    request = JobRequest(
+        job=job,
+        installation_id=installation_id,
+        args=dict(args or {}),
+        requested_by=requested_by,
+        not_before=not_before,
+        priority=priority,
+    )
+    send_job_requests(aws.sqs(), queue_url or Settings.from_env().required("jobs_queue_url"), [request])
     return request.request_id
 
 
-def put_job_requests(client: EventBridgeClient, bus: str, requests: Iterable[JobRequest]) -> int:
-    """Put requests on the bus in batches of 10 (PutEvents' limit), retrying failed entries.
+def message_group(installation_id: str) -> str:
+    """The ``MessageGroupId`` of an installation's job requests: the fair queue's tenant.
 
-    Returns how many were accepted; raises if some still fail after retries, so the caller's
-    event source (Forge, the scheduler) retries rather than losing work.
+    The installation id itself when SQS allows it (at most 128 characters), else a digest of it.
     """
-    batch: list[JobRequest] = []
-    sent = 0
+    if len(installation_id) <= MAX_GROUP_ID_CHARS:
+        return installation_id
+    return "sha256:" + hashlib.sha256(installation_id.encode()).hexdigest()
+
+
+def send_job_requests(sqs: SQSClient, queue_url: str, requests: Iterable[JobRequest]) -> int:
+    """Send requests to the jobs queue with ``SendMessageBatch``, 10 a call (its limit), retrying
+    the entries that failed.
+
+    Each message's group is its installation (``message_group``), and one whose ``not_before`` is
+    ahead is delayed by SQS up to 15 minutes (the worker holds back the rest). Returns how many were
+    sent; raises ``ServiceUnavailable`` if some still fail after ``SEND_ATTEMPTS`` calls, so the
+    caller's event source (Forge, the scheduler) retries rather than losing work.
+    """
+    batch: list[tuple[JobRequest, str]] = []
+    size = sent = 0
     for request in requests:
-        batch.append(request)
-        if len(batch) == 10:
-            sent += _put_batch(client, bus, batch)
-            batch = []
+        body = json.dumps(request.to_detail(), separators=(",", ":"))
+        if batch and (len(batch) == SEND_BATCH_ENTRIES or size + len(body.encode()) > SEND_BATCH_BYTES):
+            sent += _send_batch(sqs, queue_url, batch)
+            batch, size = [], 0
+        batch.append((request, body))
+        size += len(body.encode())
     if batch:
-        sent += _put_batch(client, bus, batch)
+        sent += _send_batch(sqs, queue_url, batch)
     return sent
 
 
-def _put_batch(client: EventBridgeClient, bus: str, batch: list[JobRequest]) -> int:
+def _entry(index: int, request: JobRequest, body: str) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "Id": str(index),
+        "MessageBody": body,
+        "MessageGroupId": message_group(request.installation_id),
+    }
+    if request.not_before is not None:
+        ahead = math.ceil(request.not_before - clock.now())
+        if ahead > 0:
+            entry["DelaySeconds"] = min(MAX_DELAY_S, ahead)
+    return entry
+
+
+def _send_batch(sqs: SQSClient, queue_url: str, batch: list[tuple[JobRequest, str]]) -> int:
     pending = batch
-    for attempt in range(PUT_ATTEMPTS):
-        entries = [
-            {
-                "EventBusName": bus,
-                "Source": JOB_SOURCE,
-                "DetailType": JOB_DETAIL_TYPE,
-                "Detail": json.dumps(r.to_detail(), separators=(",", ":")),
-            }
-            for r in pending
-        ]
-        response = client.put_events(Entries=entries)  # type: ignore[arg-type]
-        if not response.get("FailedEntryCount"):
+    for attempt in range(SEND_ATTEMPTS):
+        entries = [_entry(i, request, body) for i, (request, body) in enumerate(pending)]
+        response = sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)  # type: ignore[arg-type]
+        failed = response.get("Failed") or []
+        if not failed:
             return len(batch)
-        results = response.get("Entries", [])
-        pending = [r for r, res in zip(pending, results, strict=False) if res.get("ErrorCode")]
-        logger.warning("PutEvents failed for %d of %d job requests", len(pending), len(entries))
-        if attempt + 1 < PUT_ATTEMPTS:  # no wait after the last: the caller is told at once
+        failed_ids = {f.get("Id") for f in failed}
+        codes = sorted({str(f.get("Code")) for f in failed})
+        # A response naming none of the entries sent (never seen) sends them all again: the worker runs
+        # a request id once, so a duplicate costs nothing, where a lost request would.
+        pending = [item for i, item in enumerate(pending) if str(i) in failed_ids] or pending
+        logger.warning("SendMessageBatch failed for %d of %d job requests (%s)", len(pending), len(entries), codes)
+        if attempt + 1 < SEND_ATTEMPTS:  # no wait after the last: the caller is told at once
             time.sleep(0.05 * 2**attempt)  # brief backoff: the callers (Forge, the scheduler) retry for longer
-    raise ServiceUnavailable(f"{len(pending)} job requests could not be put on the bus")
+    raise ServiceUnavailable(f"{len(pending)} job requests could not be sent to the jobs queue")

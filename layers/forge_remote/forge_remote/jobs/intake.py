@@ -7,7 +7,7 @@ an event type maps to a job name, whose arguments are then the page the event is
 
 Forge retries an event up to 4 times (60 s apart) and may deliver duplicates; retries differ only
 in ``retryContext``. Powertools idempotency, keyed by the installation and the event without its
-``retryContext``, makes each delivery put its job requests on the bus once. It is imported on the
+``retryContext``, makes each delivery send its job request to the jobs queue once. It is imported on the
 first page event only, keeping it off the cold start of every other route.
 """
 
@@ -27,15 +27,15 @@ DEDUP_WINDOW_S = 3600  # Forge retries for ~4 minutes and events lag up to 3: an
 
 
 class EventIntake:
-    def __init__(self, *, app_table: str, jobs_bus: str, events: Mapping[str, EventJob]) -> None:
+    def __init__(self, *, app_table: str, jobs_queue_url: str, events: Mapping[str, EventJob]) -> None:
         self._app_table = app_table
-        self._jobs_bus = jobs_bus
+        self._jobs_queue_url = jobs_queue_url
         self._events = dict(events)
         self._enqueue: Callable[..., dict[str, Any]] | None = None
         self._config: Any = None
 
     def accept(self, invocation: Invocation, event: ForgeEvent, lambda_context: Any = None) -> dict[str, Any]:
-        """The job request this event maps to, put on the bus once per delivery; others are acknowledged."""
+        """The job request this event maps to, sent to the jobs queue once per delivery; others are acknowledged."""
         wanted = self.job_for(event)
         if wanted is None:
             return {"jobs": 0}
@@ -78,7 +78,7 @@ class EventIntake:
     def _enqueue_once(self) -> Callable[..., dict[str, Any]]:
         if self._enqueue is not None:
             return self._enqueue
-        bus = self._jobs_bus
+        queue_url = self._jobs_queue_url
         from aws_lambda_powertools.utilities.idempotency import (
             IdempotencyConfig,
             idempotent_function,
@@ -94,10 +94,10 @@ class EventIntake:
         @idempotent_function(data_keyword_argument="delivery", persistence_store=store, config=self._config)  # type: ignore[untyped-decorator]
         def enqueue(delivery: dict[str, Any]) -> dict[str, Any]:
             installation_id = delivery["installationId"]
-            from forge_remote.jobs.contract import JobRequest, put_job_requests  # off the cold start of other routes
+            from forge_remote.jobs.contract import JobRequest, send_job_requests  # off the cold start of other routes
 
             request = JobRequest(job=delivery["job"], installation_id=installation_id, args=delivery["args"])
-            put_job_requests(aws.events(), bus, [request])
+            send_job_requests(aws.sqs(), queue_url, [request])
             return {"jobs": 1, "requestId": request.request_id}
 
         self._enqueue = enqueue

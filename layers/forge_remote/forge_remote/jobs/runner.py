@@ -18,14 +18,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from forge_remote import clock
 from forge_remote.config import DEFAULT_FORGE_GRAPHQL_URL, DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
-from forge_remote.errors import BadJobRequest, PermanentFailure, RetryLater, TokenRejected, TokenUnavailable
-from forge_remote.jobs.contract import Job, JobContext, JobRegistry, JobRequest, JobResults
+from forge_remote.errors import (
+    BadJobRequest,
+    BudgetWait,
+    PermanentFailure,
+    RetryLater,
+    TokenRejected,
+    TokenUnavailable,
+)
+from forge_remote.jobs.contract import INTERACTIVE, Job, JobContext, JobRegistry, JobRequest, JobResults
 from forge_remote.storage.installations import Installation
 from forge_remote.storage.interfaces import Installations, Results, Tokens
 from forge_remote.tokens.lease import TokenLease
 
 if TYPE_CHECKING:
+    from forge_remote.budget.meter import FleetBudget, PointsMeter
     from forge_remote.confluence.client import ConfluenceClient
     from forge_remote.storage.installations import InstallationRegistry
     from forge_remote.tokens.offline import OfflineTokens
@@ -35,6 +44,7 @@ logger = logging.getLogger(__name__)
 
 BASE_DEFER_S = 60
 MAX_DEFER_S = 1800
+MAX_VISIBILITY_S = 43200  # SQS caps a message's visibility timeout at 12 h
 
 
 JITTER = 0.1
@@ -49,7 +59,7 @@ def deferral_delay(receive_count: int, *, at_least: float = 0, rng: random.Rando
     """Seconds until the next attempt: doubling from a minute, capped at 30 minutes, jittered ±10%."""
     delay = max(_scheduled_delay(receive_count), min(at_least, MAX_DEFER_S))
     jitter = (rng or random).uniform(1 - JITTER, 1 + JITTER)
-    return int(min(delay * jitter, 43200))  # SQS caps visibility timeouts at 12 h
+    return int(min(delay * jitter, MAX_VISIBILITY_S))
 
 
 def deferral_schedule_s(max_attempts: int) -> float:
@@ -106,9 +116,17 @@ class Outcome:
     # Deferred because no usable app token is stored: the next token delivery can wake it (jobs/parking.py).
     waiting_for_token: bool = False
     repeated: bool = False  # done before: a repeated delivery, acknowledged without running (jobs/run_once.py)
-    # False: nothing was tried (too little invocation time, the request busy elsewhere): not an attempt
-    # that counts towards giving up.
+    # False: nothing was tried (too little invocation time, the request busy elsewhere, its slot not
+    # come yet, waiting for points): not an attempt that counts towards giving up.
     attempted: bool = True
+    # Deferred because the points budget is spent or paused: back after the quota's reset (budget/).
+    waiting_for_budget: bool = False
+
+
+def _waiting(reason: str, delay_s: float, *, for_budget: bool = False) -> Outcome:
+    """Deferred without an attempt: the job's time has not come (its slot, or the quota's reset)."""
+    delay = int(min(max(1, -(-delay_s // 1)), MAX_VISIBILITY_S))
+    return Outcome(JobStatus.DEFERRED, reason, delay, attempted=False, waiting_for_budget=for_budget)
 
 
 @dataclass
@@ -127,12 +145,18 @@ class JobRunner:
     graphql_url: str = DEFAULT_FORGE_GRAPHQL_URL
     offline_token_context_id: str = DEFAULT_OFFLINE_TOKEN_CONTEXT_ID
     offline_tokens: OfflineTokens | None = None
+    # The fleet's points budget (budget/): None spends without accounting (tests, one-off tools).
+    budget: FleetBudget | None = None
 
     def run(self, request: JobRequest, *, receive_count: int, remaining_ms: Callable[[], int]) -> Outcome:
         try:
             job = self.registry.get(request.job)
         except BadJobRequest as exc:
             return Outcome(JobStatus.DEAD, exc.reason)
+        now = clock.now()
+        if request.not_before is not None and request.not_before > now + 1:
+            # A spread schedule's slot: SQS delays a message 15 minutes at most, the rest waits here.
+            return _waiting("waiting for its scheduled slot", request.not_before - now)
         installation = self.installations.get(request.installation_id)
         if installation is not None and not installation.active:
             return Outcome(JobStatus.DISCARDED, "installation is uninstalled")
@@ -177,13 +201,19 @@ class JobRunner:
             except TokenUnavailable as exc:
                 # Only the app token comes from Forge's deliveries; a user's offline token is minted.
                 return self._defer(receive_count, exc.reason, at_least=exc.delay_s, waiting_for_token=True)
-            except PermanentFailure as exc:
-                return Outcome(JobStatus.DEAD, exc.reason)
-            except RetryLater as exc:
-                return self._defer(receive_count, exc.reason, at_least=exc.delay_s)
-            except Exception as exc:  # every exception has an outcome: see unexpected_failure()
-                return self._defer(receive_count, unexpected_failure(job.name, exc))
+            except Exception as exc:  # every exception has an outcome
+                return self._failed(job, exc, receive_count)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed(self, job: Job[Any], exc: Exception, receive_count: int) -> Outcome:
+        """The outcome of a job that raised anything but a token refusal or want."""
+        if isinstance(exc, PermanentFailure):
+            return Outcome(JobStatus.DEAD, exc.reason)
+        if isinstance(exc, BudgetWait):
+            return _waiting(exc.reason, exc.delay_s, for_budget=True)
+        if isinstance(exc, RetryLater):
+            return self._defer(receive_count, exc.reason, at_least=exc.delay_s)
+        return self._defer(receive_count, unexpected_failure(job.name, exc))  # see unexpected_failure()
 
     def _invalidate_rejected(
         self, installation_id: str, exc: TokenRejected, leases: list[TokenLease]
@@ -200,12 +230,21 @@ class JobRunner:
             return leases[0]
         return None  # not a token this job holds: nothing is removed
 
-    def _client(self, api_base_url: str, token: Callable[[], str], remaining_ms: Callable[[], int]) -> ConfluenceClient:
+    def _client(
+        self,
+        api_base_url: str,
+        token: Callable[[], str],
+        remaining_ms: Callable[[], int],
+        meter: PointsMeter | None,
+    ) -> ConfluenceClient:
         if self.client_factory is None:
             from forge_remote.confluence.client import ConfluenceClient
 
             self.client_factory = ConfluenceClient
-        return self.client_factory(api_base_url, token, allowed_hosts=self.allowed_api_hosts, remaining_ms=remaining_ms)
+        options: dict[str, Any] = {"allowed_hosts": self.allowed_api_hosts, "remaining_ms": remaining_ms}
+        if meter is not None:  # a custom client_factory without budget support still works without one
+            options["meter"] = meter
+        return self.client_factory(api_base_url, token, **options)
 
     def _execute(
         self,
@@ -220,6 +259,12 @@ class JobRunner:
         lease.acquire()
         api_base_url = installation.api_base_url or ""
         user_clients: dict[str, ConfluenceClient] = {}
+        # One meter for every client of the job (as the app, as users): its cost is one number.
+        meter = (
+            None
+            if self.budget is None
+            else self.budget.meter(request.installation_id, interactive=request.priority == INTERACTIVE)
+        )
 
         def confluence_as(account_id: str) -> ConfluenceClient:
             """A client acting as ``account_id`` with its own offline token: never the app's."""
@@ -227,13 +272,13 @@ class JobRunner:
                 user_lease = self._offline_lease(installation, account_id, lease, remaining_ms)
                 leases.append(user_lease)  # before acquiring: a refusal of the mint's app token is matched too
                 user_lease.acquire()
-                user_clients[account_id] = self._client(api_base_url, user_lease.token, remaining_ms)
+                user_clients[account_id] = self._client(api_base_url, user_lease.token, remaining_ms, meter)
             return user_clients[account_id]
 
         context = JobContext(
             request=request,
             api_base_url=api_base_url,
-            confluence=self._client(api_base_url, lease.token, remaining_ms),
+            confluence=self._client(api_base_url, lease.token, remaining_ms, meter),
             # JobResults still names ResultStore; it calls only what the Results Protocol has.
             results=JobResults(self.results, request.installation_id),
             remaining_ms=remaining_ms,
@@ -241,7 +286,12 @@ class JobRunner:
             app_token=lease.token,
         )
         result = job(context)
-        return Outcome(JobStatus.DONE, summary=result.summary if result else {})
+        summary = dict(result.summary) if result else {}
+        # What the run cost under Atlassian's points-based rate limits, every client of the job together.
+        clients = [c for c in [context.confluence, *user_clients.values()] if getattr(c, "request_count", 0)]
+        if clients:  # the job called Confluence (a custom client_factory's client may not count)
+            summary.setdefault("points", sum(getattr(c, "points_spent", 0) for c in clients))
+        return Outcome(JobStatus.DONE, summary=summary)
 
     def _offline_lease(
         self, installation: Installation, account_id: str, app_lease: TokenLease, remaining_ms: Callable[[], int]

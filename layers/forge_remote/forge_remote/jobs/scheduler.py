@@ -1,7 +1,12 @@
 """The scheduler function: what each EventBridge Scheduler schedule's input asks for.
 
-- ``{"job": "space-digest", "args": {...}}``: one job request per active installation, paged through
-  the ``ActiveInstallations`` index (never a scan, never a token item), ten per PutEvents call.
+- ``{"job": "space-digest", "args": {...}, "spreadMinutes": 60}``: one job request per active
+  installation, paged through the ``ActiveInstallations`` index (never a scan, never a token item),
+  sent straight to the jobs queue ten per SendMessageBatch call (``jobs/contract.py``: each message's
+  group is its installation). ``args`` is optional (``{}``); so is ``spreadMinutes`` (0 to 720,
+  default 0): the requests are spread over that many minutes from now, each installation at a stable
+  slot of the window with a little jitter (``jobs/scheduling.py``), so that the fleet's work does not
+  all start at once against Atlassian's hourly quotas.
 - ``{"task": "cleanup-sweep"}``: finish the data cleanup of uninstalled installations that an
   uninstall call could not finish in its own time (``lifecycle/cleanup.py``), while time allows;
   what is left waits for the next sweep.
@@ -34,6 +39,17 @@ if TYPE_CHECKING:
 CLEANUP_SWEEP = "cleanup-sweep"
 TOKEN_CENSUS = "token-census"  # noqa: S105 (a task name)
 SWEEP_MARGIN_MS = 10_000  # left of the invocation when the sweep stops starting installations
+MAX_SPREAD_MINUTES = 720  # a schedule's requests are spread over at most 12 hours
+
+
+def spread_minutes(value: object) -> float:
+    """A schedule input's ``spreadMinutes``: absent is 0; else a number from 0 to 720 (``ValueError``)."""
+    if value is None:
+        return 0.0
+    # The range check also refuses NaN and infinities (and integers too long for a float).
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value <= MAX_SPREAD_MINUTES:
+        raise ValueError(f"schedule input's spreadMinutes must be a number of minutes from 0 to {MAX_SPREAD_MINUTES}")
+    return float(value)
 
 
 @dataclass
@@ -41,7 +57,7 @@ class ScheduledTasks:
     installations: InstallationRegistry
     tokens: TokenStore
     cleanup: InstallationCleanup
-    jobs_bus: str
+    jobs_queue_url: str
     token_min_validity_s: float
     logger: Logger
     metrics: Metrics
@@ -61,8 +77,14 @@ class ScheduledTasks:
             # A misconfigured schedule: fail loudly (Scheduler retries, then its DLQ/alarms) rather than no-op.
             self._gauge("ScheduleInputsRefused", 1)
             named = " | ".join(map(repr, tasks))
-            raise ValueError(f"schedule input must be {{'job': <name>, 'args': {{...}}}} or {{'task': {named}}}")
-        report = schedule_for_all(self.installations, aws.events(), self.jobs_bus, job, args)
+            wanted = "{'job': <name>, 'args': {...}, 'spreadMinutes': 0-720}"
+            raise ValueError(f"schedule input must be {wanted} or {{'task': {named}}}")
+        try:
+            spread_s = 60 * spread_minutes(event.get("spreadMinutes") if isinstance(event, dict) else None)
+        except ValueError:
+            self._gauge("ScheduleInputsRefused", 1)
+            raise
+        report = schedule_for_all(self.installations, aws.sqs(), self.jobs_queue_url, job, args, spread_s=spread_s)
         self._gauge("JobsScheduled", report.requested)
         self.logger.info("jobs scheduled", extra={"job": job, **report.as_dict()})
         return report.as_dict()
@@ -141,7 +163,7 @@ def scheduler_handler() -> SchedulerHandler:
             installations=installations,
             tokens=tokens,
             cleanup=cleanup,
-            jobs_bus=settings.required("jobs_bus"),
+            jobs_queue_url=settings.required("jobs_queue_url"),
             token_min_validity_s=settings.token_min_validity_s,
             logger=logger,
             metrics=Metrics(),

@@ -11,6 +11,7 @@ record of a Powertools ``BatchProcessor`` batch (partial batch failures):
 | deferred | kept: visible again after the growing delay, reported failed so SQS counts the receive |
 | deferred for want of an app token | as deferred, and parked: the next token delivery wakes it |
 | deferred, attempts used up | to the DLQ now, with the reason and "gave up after N attempts" |
+| waiting: its slot, or points (share spent, a quota 429) | kept, back at its slot or the reset; not an attempt |
 | dead (``PermanentFailure``, unknown job, bad arguments) | to the DLQ now, with the reason |
 | a body that is not a job request | to the DLQ now, with the reason |
 
@@ -108,6 +109,8 @@ class JobWorker:
                 # Said now, with the reason: the queue's redrive would move it without a word.
                 self._dead_letter(record, f"{outcome.reason} (gave up after {receive_count} attempts)", request)
             case JobStatus.DEFERRED:
+                if outcome.waiting_for_budget:
+                    self._count("JobsWaitingForBudget")
                 self._defer(record, request, outcome)
             case JobStatus.DEAD:
                 self._dead_letter(record, outcome.reason, request)
@@ -244,6 +247,7 @@ def worker_handler(jobs: str, *, registry: JobRegistry = JOBS) -> WorkerHandler:
         min_validity_s=settings.token_min_validity_s,
         graphql_url=settings.forge_graphql_url,
         offline_token_context_id=settings.offline_token_context_id,
+        budget=wiring.budget,  # read and checked now: a bad share fails the cold start
     )
     worker = JobWorker(
         runner=runner,
