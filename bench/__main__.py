@@ -3,7 +3,8 @@
 Parts: 1 cold (handler cold start), 2 fit (FIT verification), 3 warm (warm requests), 4 anchor (the
 naive pattern over a simulated day), 5 scale (scheduling 10,000 installations; worker throughput),
 6 offline (offline user token mints per 1,000 jobs, cached vs mint per job), 7 wakeup (fresh token to
-parked job done after a 3 h lull, with the wake-up and backoff only).
+parked job done after a 3 h lull, with the wake-up and backoff only), 8 quota (10,000 installations inside
+one points quota over a simulated day, and a noisy neighbour, against today's design).
 A part that fails is reported as failed (and not met); the others still run.
 """
 
@@ -31,6 +32,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "scale": ("5. Scale: scheduling and worker throughput", "bench.scale"),
     "offline": ("6. Offline user tokens: mints per 1,000 jobs, cached vs mint per job", "bench.offline_tokens"),
     "wakeup": ("7. Waking parked jobs: fresh token to job done after a 3 h lull", "bench.wakeup"),
+    "quota": ("8. The fleet inside one points quota: a simulated day and a noisy neighbour", "bench.fleet_quota"),
 }
 
 
