@@ -32,6 +32,9 @@ import requests
 from playwright.sync_api import BrowserContext, Page, Response, sync_playwright
 
 from forge_remote import clock
+from forge_remote.budget.ledger import DynamoLedger, Refusal
+from forge_remote.budget.meter import WAIT_REASONS
+from forge_remote.budget.policy import hour_of, reset_at
 from forge_remote.jobs.contract import JobRequest, send_job_requests
 from local import serve
 from local.forge_emulator import Site
@@ -383,6 +386,24 @@ def test_no_token_jobs_wait_and_dead_letters_show_their_reasons(
     assert shown.text("#last-token").endswith("less than a minute ago, with Forge's hourly keepalive.")
     assert shown.page.locator("#last-results tbody tr").count() == 1  # one job kind: both snapshots ran
     assert shown.page.locator("#dead-letters tbody tr").count() == 1
+
+
+def test_jobs_waiting_for_atlassians_rate_limit_say_why_and_until_when(
+    rt: LocalRuntime, open_page: Callable[..., Shown]
+) -> None:
+    site = install(rt)
+    now = clock.now()
+    # What a global-quota 429 leaves in the ledger: every installation's jobs wait for the reset.
+    ledger = DynamoLedger(boto3.client("dynamodb"), rt.stack.physical["AppTable"])
+    ledger.pause(hour_of(now), None, reset_at(now), Refusal.FLEET_PAUSED.value)
+
+    shown = open_page(site)
+    waiting = shown.status["jobs"]["waitingForQuota"]
+    assert waiting == {"reason": WAIT_REASONS[Refusal.FLEET_PAUSED], "until": clock.iso(reset_at(now))}
+    text = shown.text("#waiting")
+    assert text.startswith("No job is waiting for a token. Background jobs are waiting for Atlassian's rate limit: ")
+    assert f"{WAIT_REASONS[Refusal.FLEET_PAUSED]}. They resume from " in text
+    assert text.endswith(", and none is lost.")
 
 
 def test_uninstalled(rt: LocalRuntime, open_page: Callable[..., Shown]) -> None:

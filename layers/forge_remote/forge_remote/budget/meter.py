@@ -23,13 +23,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from forge_remote import clock
 from forge_remote.budget.ledger import Ceilings, Ledger, Refusal
 from forge_remote.budget.policy import BudgetPolicy, Pool, hour_of, reset_at, resume_at
 from forge_remote.confluence.points import DEFAULT_PAGE_SIZE
-from forge_remote.confluence.rate_limits import LimitKind, RateLimitReport
 from forge_remote.errors import BudgetWait
+
+if TYPE_CHECKING:  # the header reader imports requests' helpers: loaded by the first answer, not at cold start
+    from forge_remote.confluence.rate_limits import RateLimitReport
 
 ONE_PAGE_POINTS = 1 + DEFAULT_PAGE_SIZE  # a search request's reservation: the status page's "nearly spent"
 RAISE_STEP = 0.005  # of the quota: a reported total this much above the last one is written back
@@ -124,6 +127,8 @@ class FleetBudget:
 
     def learn(self, installation_id: str, report: RateLimitReport, hour: int) -> None:
         """What the answer's headers say of the pools: a site's quota, and totals above the ledger's."""
+        from forge_remote.confluence.rate_limits import LimitKind
+
         tenant = report.policy(LimitKind.TENANT)
         if tenant is not None and tenant.quota:
             self.tenant_quotas[installation_id] = tenant.quota
@@ -139,6 +144,8 @@ class FleetBudget:
     def refused(self, installation_id: str, report: RateLimitReport, now: float) -> BudgetWait | None:
         """A 429: pause the pool it names until its reset and return the wait; None for a burst (or a
         quota 429 that asks to come back at once)."""
+        from forge_remote.confluence.rate_limits import LimitKind
+
         kind = report.kind_refused()
         if kind is None or kind is LimitKind.BURST:
             # A burst says slow down; a 429 that names no pool is handled as any rate limit was before
