@@ -13,7 +13,7 @@ import pytest
 
 import forge_remote.jobs.runner as runner_module
 from forge_remote import clock
-from forge_remote.errors import PermanentFailure, RetryLater, TokenRejected
+from forge_remote.errors import BudgetWait, PermanentFailure, RetryLater, TokenRejected
 from forge_remote.jobs.contract import JobContext, JobRegistry, JobRequest, JobResult
 from forge_remote.jobs.runner import JITTER, JobRunner, JobStatus, Outcome
 from forge_remote.storage.installations import InstallationFacts
@@ -379,3 +379,36 @@ def test_the_app_token_a_job_gets_is_the_lease_s(world: World) -> None:
 
     assert world.run(world.job(other_api)).status is JobStatus.DONE
     assert seen == [token]
+
+
+# -- waiting: a spread schedule's slot, and the points budget -------------------------------------------
+def run_at(world: World, job: str, not_before: float) -> Outcome:
+    request = JobRequest(job=job, installation_id=INSTALLATION, not_before=not_before)
+    return world.runner.run(request, receive_count=1, remaining_ms=lambda: 60_000)
+
+
+def test_a_job_before_its_slot_waits_for_it_without_an_attempt(world: World, frozen_clock: float) -> None:
+    world.tokens.put_if_newer(INSTALLATION, app_token(3600))
+    job = world.job(one_request)
+    early = run_at(world, job, clock.now() + 1800)
+    assert (early.status, early.attempted, early.delay_s) == (JobStatus.DEFERRED, False, 1800)
+    assert world.runs == []  # nothing ran, nothing was sent
+    assert run_at(world, job, clock.now() - 5).status is JobStatus.DONE  # its slot has come
+
+
+def test_a_slot_beyond_what_sqs_can_hold_back_is_refused_not_kept_until_it_vanishes(world: World) -> None:
+    outcome = run_at(world, world.job(one_request), clock.now() + 13 * 3600)
+    assert outcome.status is JobStatus.DEAD
+    assert "12 h" in outcome.reason
+
+
+def test_a_job_that_finds_the_budget_spent_waits_without_an_attempt(world: World) -> None:
+    world.tokens.put_if_newer(INSTALLATION, app_token(3600))
+
+    def spent(ctx: JobContext) -> JobResult:
+        raise BudgetWait("background jobs spent this hour's share", resume_at=clock.now() + 1234.2, delay_s=1234.2)
+
+    outcome = world.run(world.job(spent))
+    assert (outcome.status, outcome.attempted, outcome.waiting_for_budget) == (JobStatus.DEFERRED, False, True)
+    assert outcome.delay_s == 1235  # rounded up: never back before the slot
+    assert not outcome.waiting_for_token

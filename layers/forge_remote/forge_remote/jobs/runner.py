@@ -154,6 +154,9 @@ class JobRunner:
         except BadJobRequest as exc:
             return Outcome(JobStatus.DEAD, exc.reason)
         now = clock.now()
+        if request.not_before is not None and request.not_before - now > MAX_VISIBILITY_S:
+            # Kept back 12 h at a time it would outlive the queue's retention and vanish: say so instead.
+            return Outcome(JobStatus.DEAD, "notBefore is more than 12 h ahead: no schedule spreads that far")
         if request.not_before is not None and request.not_before > now + 1:
             # A spread schedule's slot: SQS delays a message 15 minutes at most, the rest waits here.
             return _waiting("waiting for its scheduled slot", request.not_before - now)
