@@ -619,7 +619,9 @@ def test_log_records_carry_status_trace_and_rate_limit_headers_but_no_query(
     confluence: ConfluenceEmulator, token: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="forge_remote.confluence.client")
-    confluence.fail_next(1, 429, retry_after="1", ratelimit_reset="2026-03-01T12:00:00Z")
+    confluence.fail_next(
+        1, 429, retry_after="1", ratelimit_reset="2026-03-01T12:00:00Z", reason="confluence-burst-based"
+    )
     search_all(connect(confluence.api_base_url, token))
     exchanges = [r for r in caplog.records if r.name == "forge_remote.confluence.client" and hasattr(r, "confluence")]
     assert [r.confluence["status"] for r in exchanges] == [429, 200]
@@ -633,7 +635,7 @@ def test_log_records_carry_status_trace_and_rate_limit_headers_but_no_query(
         "X-RateLimit-Limit": "65000",
         "X-RateLimit-Remaining": "0",
         "X-RateLimit-Reset": "2026-03-01T12:00:00Z",
-        "RateLimit-Reason": "confluence-quota-global-based",
+        "RateLimit-Reason": "confluence-burst-based",
     }
     assert exchanges[0].levelno == logging.WARNING
     ours = [r.getMessage() for r in caplog.records if r.name == "forge_remote.confluence.client"]
