@@ -1,4 +1,6 @@
-"""FIT verification: every rejection reason, key rotation, JWKS outage (docs/token-rules.md, rules 1 and 8)."""
+"""FIT verification: every rejection reason, key rotation, JWKS outage (docs/token-rules.md, rules 1 and 8).
+A bad FIT raises ``InvalidInvocation`` (401); a FIT that cannot be checked for want of keys raises
+``SigningKeysUnavailable`` (503), whatever the token."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from forge_remote.config import app_ari
-from forge_remote.errors import InvalidInvocation
+from forge_remote.errors import InvalidInvocation, SigningKeysUnavailable
 from forge_remote.forge.invocations import FitVerifier
 from forge_remote.forge.signing_keys import JwksCache
 from local.forge_emulator import ForgeEmulator, SigningKey, Site, _rsa_key
@@ -249,7 +251,7 @@ def test_unknown_kids_cannot_hammer_the_jwks_endpoint(forge: ForgeEmulator, site
     assert cache.fetch_count == 2  # the first fetch, then one refetch for all unknown kids in the cooldown
 
 
-def test_jwks_outage_keeps_cached_keys_and_fails_closed_on_unknown_kid(forge: ForgeEmulator, site: Site) -> None:
+def test_jwks_outage_keeps_cached_keys_and_an_unknown_kid_is_an_outage(forge: ForgeEmulator, site: Site) -> None:
     now = [1000.0]
     cache = JwksCache(forge.jwks_url, max_age_s=60, cooldown_s=30, monotonic=lambda: now[0])
     verifier = FitVerifier(audience=forge.app_ari, jwks=cache, allowed_api_hosts=["api.atlassian.com"])
@@ -260,17 +262,52 @@ def test_jwks_outage_keeps_cached_keys_and_fails_closed_on_unknown_kid(forge: Fo
         assert verifier.verify(forge.headers(site)).installation_id == site.installation_id
         assert cache.fetch_count == 2
         stranger = SigningKey(kid="rotated-during-outage", private_key=_rsa_key())
-        with pytest.raises(InvalidInvocation, match="unknown signing key"):
+        # Fails closed (nothing verified), but as an outage: the kid may be a key Forge rotated to meanwhile.
+        with pytest.raises(SigningKeysUnavailable, match="unknown signing key and the JWKS could not be refetched"):
             verifier.verify(bearer(forge.sign(forge.fit_claims(site), key=stranger)))
+        assert cache.fetch_count == 3
     finally:
         forge.jwks_available = True
 
 
-def test_no_keys_at_all_fails_closed(site: Site, forge: ForgeEmulator) -> None:
-    cache = JwksCache("http://127.0.0.1:9/.well-known/jwks.json", timeout_s=0.5)
-    verifier = FitVerifier(audience=forge.app_ari, jwks=cache, allowed_api_hosts=["api.atlassian.com"])
-    with pytest.raises(InvalidInvocation, match="signing keys could not be fetched"):
-        verifier.verify(forge.headers(site))
+_STRANGER = SigningKey(kid="stranger", private_key=_rsa_key())
+
+
+def test_no_keys_at_all_fails_closed_as_an_outage(site: Site, forge: ForgeEmulator) -> None:
+    forge.jwks_available = False
+    try:
+        cache = JwksCache(forge.jwks_url, timeout_s=0.5)
+        verifier = FitVerifier(audience=forge.app_ari, jwks=cache, allowed_api_hosts=["api.atlassian.com"])
+        for headers in (forge.headers(site), bearer(forge.sign(forge.fit_claims(site), key=_STRANGER))):
+            with pytest.raises(SigningKeysUnavailable, match="signing keys could not be fetched"):
+                verifier.verify(headers)  # genuine or not, it cannot be told: neither is called a bad FIT
+    finally:
+        forge.jwks_available = True
+
+
+@pytest.mark.parametrize(
+    ("name", "mutate", "reason"),
+    [c for c in CLAIM_CASES if c[0] in ("wrong audience", "expired")],
+    ids=["wrong audience", "expired"],
+)
+def test_a_bad_fit_stays_a_rejection_while_keys_are_available(
+    forge: ForgeEmulator,
+    verifier: FitVerifier,
+    site: Site,
+    name: str,
+    mutate: Callable[[dict[str, Any]], None],
+    reason: str,
+) -> None:
+    verifier.verify(forge.headers(site))  # keys fetched
+    forge.jwks_available = False  # and the JWKS gone since: cached keys still decide
+    try:
+        with pytest.raises(InvalidInvocation, match=reason):
+            verifier.verify(bearer(_mutated(forge, site, mutate)))
+        impostor = SigningKey(kid=forge.keys[0].kid, private_key=_rsa_key())
+        with pytest.raises(InvalidInvocation, match="bad signature"):
+            verifier.verify(bearer(forge.sign(forge.fit_claims(site), key=impostor)))
+    finally:
+        forge.jwks_available = True
 
 
 def test_rejection_reasons_never_contain_the_token(forge: ForgeEmulator, verifier: FitVerifier, site: Site) -> None:
@@ -289,7 +326,7 @@ def test_a_container_that_started_during_an_outage_recovers_quickly(forge: Forge
     forge.jwks_available = False
     try:
         for _ in range(5):
-            with pytest.raises(InvalidInvocation, match="signing keys could not be fetched"):
+            with pytest.raises(SigningKeysUnavailable, match="signing keys could not be fetched"):
                 verifier.verify(forge.headers(site))
         assert cache.fetch_count == 2  # the first fetch and one unknown-kid refetch, not one per call
     finally:

@@ -54,6 +54,39 @@ def test_every_route_rejects_a_missing_or_bad_fit_with_401_json_and_writes_nothi
     assert installation_item(stack, site.installation_id) is None
 
 
+@pytest.mark.parametrize(("method", "path"), ROUTES)
+def test_every_route_answers_a_jwks_outage_with_503_json_and_writes_nothing(
+    gateway: Gateway,
+    forge: ForgeEmulator,
+    site: Site,
+    stack: LocalStack,
+    capsys: pytest.CaptureFixture[str],
+    method: str,
+    path: str,
+) -> None:
+    """A cold container that cannot fetch Forge's keys cannot tell a genuine FIT from a forged one: that is
+    our outage, answered as one (a 401 would tell Forge the token failed validation)."""
+    forge.jwks_available = False
+    capsys.readouterr()
+    try:
+        response = gateway(method, path, forge.headers(site, app_token=forge.app_token()), forge.installed_event(site))
+    finally:
+        forge.jwks_available = True
+    assert response["statusCode"] == 503
+    assert response["headers"]["Content-Type"] == "application/json"
+    assert response["headers"]["Retry-After"] == "60"  # Forge's own retry spacing for triggers
+    body = body_of(response)
+    assert body["error"] == "unavailable"
+    assert body["message"].startswith("service temporarily unavailable")
+    assert token_items(stack) == []
+    assert installation_item(stack, site.installation_id) is None
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"_aws"' in line]
+    assert [line["reason"] for line in lines if "SigningKeysUnavailable" in line] == [
+        "signing keys could not be fetched"
+    ]
+    assert [line for line in lines if "FitRejections" in line] == []  # not a forged call: FitRejectionAlarm stays quiet
+
+
 def test_keepalive_stores_the_token_and_answers_204(
     gateway: Gateway, forge: ForgeEmulator, site: Site, stack: LocalStack
 ) -> None:

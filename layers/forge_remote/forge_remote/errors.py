@@ -43,6 +43,14 @@ class InvalidInvocation(PermanentFailure):
         super().__init__(reason)
 
 
+class SigningKeysUnavailable(RetryLater):
+    """The FIT could not be checked because Forge's signing keys could not be fetched (HTTP 503).
+
+    Our outage, not a bad token: no key set at all, or an unknown ``kid`` whose refetch failed (it may be
+    a key Forge started using during the outage). A 401 would tell Forge the token failed validation.
+    """
+
+
 class WrongCallKind(PermanentFailure):
     """A verified FIT of a kind this route does not accept, e.g. a user's UI call on a trigger route (403)."""
 

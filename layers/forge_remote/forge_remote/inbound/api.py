@@ -3,11 +3,15 @@
 - ``require_fit(verifier)``: a global middleware (``app.use([require_fit(...)])``). The FIT is
   verified before any route runs, and the call must be the kind Forge makes to that route
   (``call_kinds``); a bad FIT is a 401, a call of the wrong kind a 403, both with a JSON body and
-  nothing stored. A route reads the verified call with ``invocation(app)``.
+  nothing stored. A FIT that cannot be checked because Forge's signing keys cannot be fetched is our
+  outage, not a bad token: 503 with ``Retry-After``, so Forge retries a trigger instead of reading it as
+  "the token failed validation"; nothing is stored either. A route reads the verified call with
+  ``invocation(app)``.
 - ``register_error_handlers(app)``: one JSON error shape (``{"error": code, "message": text}``) for
   400, 401, 403, 404, 409, 502 and 503, the same in every function.
 Responses and logs name the reason, never the token. Every refused FIT is counted as ``FitRejections``
-with its reason as a dimension (the reason's fixed part: no claim values, no token).
+with its reason as a dimension (the reason's fixed part: no claim values, no token); a signing key
+outage is counted apart, as ``SigningKeysUnavailable``, so it cannot pass for forged calls.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from forge_remote.errors import (
     NotAllowed,
     RetryLater,
     ServiceUnavailable,
+    SigningKeysUnavailable,
     UserTokenRequired,
     WrongCallKind,
 )
@@ -66,6 +71,16 @@ def count_rejection(reason: str) -> None:
     counts.count("FitRejections", "reason", reason.split(":", 1)[0])
 
 
+def keys_unavailable(exc: SigningKeysUnavailable, path: str | None = None) -> Response[Any]:
+    """503 for a FIT that could not be checked: retryable, and not a ``FitRejections`` datapoint."""
+    from forge_remote.telemetry import counts  # only an outage pays for it (cold start)
+
+    logger.warning("Forge invocation not verified: %s", exc.reason, extra={"reason": exc.reason, "path": path})
+    counts.count("SigningKeysUnavailable", "reason", exc.reason)
+    message = f"service temporarily unavailable ({exc.reason}); retry later"
+    return error_response(503, "unavailable", message, {"Retry-After": str(max(1, int(exc.delay_s)))})
+
+
 def require_fit(verifier: FitVerifier, modules: TriggerModules) -> Middleware:
     """Verify the FIT and the kind of call before the route runs; put the ``Invocation`` in ``app.context``."""
 
@@ -77,6 +92,8 @@ def require_fit(verifier: FitVerifier, modules: TriggerModules) -> Middleware:
             logger.warning("Forge invocation rejected: %s", exc.reason, extra={"reason": exc.reason, "path": path})
             count_rejection(exc.reason)
             return error_response(401, "unauthorized", f"Forge invocation token rejected: {exc.reason}")
+        except SigningKeysUnavailable as exc:
+            return keys_unavailable(exc, path)
         try:
             check_call_kind(path, found, modules)
         except WrongCallKind as exc:
@@ -106,6 +123,10 @@ def invocation(app: APIGatewayHttpResolver) -> Invocation:
 
 def register_error_handlers(app: APIGatewayHttpResolver, *, retry_after_s: int = STORAGE_RETRY_AFTER_S) -> None:
     """400, 401, 403, 404, 409, 502 and 503 as JSON, for every route of ``app``."""
+
+    @app.exception_handler(SigningKeysUnavailable)
+    def signing_keys_unavailable(exc: SigningKeysUnavailable) -> Response[Any]:
+        return keys_unavailable(exc)
 
     @app.exception_handler(MalformedEvent)
     def bad_request(exc: MalformedEvent) -> Response[Any]:

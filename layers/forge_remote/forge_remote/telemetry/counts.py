@@ -1,6 +1,6 @@
-"""Counts that carry a dimension of their own (FIT rejections by reason, Confluence refusals by status),
-published at once as one CloudWatch embedded-metric-format (EMF) line on stdout, where Lambda's log
-capture hands it to CloudWatch, as Powertools' metrics do.
+"""Counts that carry a dimension of their own (FIT rejections and signing key outages by reason, Confluence
+refusals by status), published at once as one CloudWatch embedded-metric-format (EMF) line on stdout, where
+Lambda's log capture hands it to CloudWatch, as Powertools' metrics do.
 
 Why not the function's Powertools ``Metrics``: every metric in its set shares the set's dimensions, so
 a ``reason`` there would split ``TokensStored`` and the rest by reason too. And why not Powertools'
