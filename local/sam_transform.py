@@ -130,3 +130,20 @@ def function_roles(transformed: dict[str, Any]) -> dict[str, FunctionRole]:
 def as_list(value: Any) -> list[Any]:
     """A policy field that may be one value or a list of them, as a list."""
     return value if isinstance(value, list) else [value]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m local.sam_transform OUT``: write the transformed template as JSON (``make checkov`` scans it)."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="python -m local.sam_transform", description=main.__doc__)
+    parser.add_argument("out", type=Path, help="where to write the transformed template (JSON)")
+    args = parser.parse_args(argv)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(transformed_template(), indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,7 +4,7 @@ code, event source mappings, permissions, log groups, the dashboard), and what m
 listed with the reason at the end of the run (``tests/integration/conftest.py`` prints it).
 
 moto is not AWS: it does not implement every type (the HTTP API, Scheduler schedules, alarms, SNS
-subscriptions), ignores some properties (table TTL and encryption settings), and has
+subscriptions and topic policies, a function's EventInvokeConfig), ignores some properties (table TTL and encryption settings), and has
 faults of its own (``KNOWN_MOTO_FAULTS``). A failure that is none of these fails the test.
 """
 
@@ -250,3 +250,135 @@ def test_every_queue_and_stream_event_has_its_mapping(attempt: StackAttempt) -> 
     mappings = lambda_.list_event_source_mappings()["EventSourceMappings"]
     wanted = [lid for lid, r in attempt.template["Resources"].items() if r["Type"] == "AWS::Lambda::EventSourceMapping"]
     assert len(mappings) == len(wanted) > 0
+
+
+def test_the_alarm_topic_is_encrypted_with_the_stacks_own_key(attempt: StackAttempt) -> None:
+    attributes = boto3.client("sns").get_topic_attributes(TopicArn=attempt.physical("DeadLetterAlarmTopic"))[
+        "Attributes"
+    ]
+    alias = attributes["KmsMasterKeyId"]
+    assert alias == attempt.physical("AlarmTopicKeyAlias") == f"alias/{STACK}/alarm-topic"
+    targets = {a["AliasName"]: a.get("TargetKeyId") for a in boto3.client("kms").list_aliases()["Aliases"]}
+    assert targets[alias] == attempt.physical("AlarmTopicKey")
+
+
+def test_failed_asynchronous_work_has_a_queue_of_its_own(attempt: StackAttempt) -> None:
+    sqs = boto3.client("sqs")
+    url = attempt.physical("FailedInvocationsQueue")
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["MessageRetentionPeriod"] == str(14 * 24 * 3600)
+    assert attributes["SqsManagedSseEnabled"] == "true"
+    stream_mappings = [
+        m
+        for m in boto3.client("lambda").list_event_source_mappings()["EventSourceMappings"]
+        if ":dynamodb:" in m["EventSourceArn"]
+    ]
+    assert stream_mappings
+    assert {m["DestinationConfig"]["OnFailure"]["Destination"] for m in stream_mappings} == {attributes["QueueArn"]}
+
+
+# -- the transformed template: what CloudFormation is asked to create ------------------------------------
+TRANSFORMED = transformed_template()
+SOURCE = load_template(TEMPLATE)
+
+
+def _of_type(kind: str) -> dict[str, dict[str, Any]]:
+    return {lid: r["Properties"] for lid, r in TRANSFORMED["Resources"].items() if r["Type"] == kind}
+
+
+def test_every_schedule_is_named_by_cloudformation() -> None:
+    """A fixed schedule name (SAM's default: <function id><event id>) exists once per account and region: a
+    second stack could not create it. With OmitName, CloudFormation generates a unique one."""
+    events = [
+        (f"{lid}.{name}", e)
+        for lid, r in SOURCE["Resources"].items()
+        if r["Type"] == "AWS::Serverless::Function"
+        for name, e in r["Properties"].get("Events", {}).items()
+    ]
+    schedules = [(name, e["Properties"]) for name, e in events if e["Type"] == "ScheduleV2"]
+    assert len(schedules) == 4
+    assert [name for name, props in schedules if props.get("OmitName") is not True or "Name" in props] == []
+    assert [lid for lid, props in _of_type("AWS::Scheduler::Schedule").items() if "Name" in props] == []
+
+
+# The property that sets each type's physical name (CloudFormation generates one when it is absent).
+PHYSICAL_NAMES = {
+    "AWS::ApiGatewayV2::Api": "Name",
+    "AWS::CloudWatch::Alarm": "AlarmName",
+    "AWS::CloudWatch::Dashboard": "DashboardName",
+    "AWS::DynamoDB::Table": "TableName",
+    "AWS::IAM::Role": "RoleName",
+    "AWS::KMS::Alias": "AliasName",
+    "AWS::Lambda::Function": "FunctionName",
+    "AWS::Lambda::LayerVersion": "LayerName",
+    "AWS::Logs::LogGroup": "LogGroupName",
+    "AWS::Scheduler::Schedule": "Name",
+    "AWS::SNS::Topic": "TopicName",
+    "AWS::SQS::Queue": "QueueName",
+}
+
+
+def test_no_resource_has_a_name_fixed_across_stacks() -> None:
+    """Every physical name the template sets depends on the stack: its name, or a name CloudFormation
+    generated for another resource (a log group named after its function)."""
+    fixed = []
+    for lid, resource in TRANSFORMED["Resources"].items():
+        key = PHYSICAL_NAMES.get(resource["Type"])
+        value = resource.get("Properties", {}).get(key) if key else None
+        if value is None:
+            continue
+        subbed = value.get("Fn::Sub", "") if isinstance(value, dict) else ""
+        names = re.findall(r"\$\{([\w:]+)[^}]*\}", subbed)
+        if not any(n == "AWS::StackName" or n in TRANSFORMED["Resources"] for n in names):
+            fixed.append(f"{lid}.{key}: {value}")
+    assert fixed == []
+
+
+def test_every_asynchronous_invocation_path_has_a_failure_destination() -> None:
+    """Scheduler -> Lambda is asynchronous: a delivery Scheduler cannot make goes to the schedule's DLQ, a
+    run that fails after Lambda's retries to the function's on-failure destination. A stream batch given
+    up on goes to its mapping's on-failure destination; a queue's messages to its redrive target."""
+    resources = TRANSFORMED["Resources"]
+    schedules = _of_type("AWS::Scheduler::Schedule")
+    assert schedules
+    failed_queue = {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}
+    assert {lid: s["Target"].get("DeadLetterConfig") for lid, s in schedules.items()} == {
+        lid: {"Arn": failed_queue} for lid in schedules
+    }
+    invoke_configs = {c["FunctionName"]["Ref"]: c for c in _of_type("AWS::Lambda::EventInvokeConfig").values()}
+    targets = {s["Target"]["Arn"]["Fn::GetAtt"][0] for s in schedules.values()}
+    for function in targets:
+        config = invoke_configs[function]
+        assert config["DestinationConfig"]["OnFailure"]["Destination"] == failed_queue
+        assert config["Qualifier"] == "$LATEST"
+        assert 0 <= config["MaximumRetryAttempts"] <= 2
+        assert 60 <= config["MaximumEventAgeInSeconds"] <= 21600
+    for lid, mapping in _of_type("AWS::Lambda::EventSourceMapping").items():
+        source = mapping["EventSourceArn"]["Fn::GetAtt"]
+        if source[1] == "StreamArn":
+            assert mapping["DestinationConfig"]["OnFailure"]["Destination"] == failed_queue, lid
+        else:  # an SQS queue: its redrive policy is its failure path
+            assert "RedrivePolicy" in resources[source[0]]["Properties"], lid
+    queue = resources["FailedInvocationsQueue"]["Properties"]
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    assert queue["SqsManagedSseEnabled"] is True
+
+
+def test_each_role_that_sends_failures_holds_exactly_send_message_on_the_queue() -> None:
+    """SAM adds the grant for each failure destination (the function's role for EventInvokeConfig and the
+    stream mapping, each schedule's own role for its DLQ): exactly sqs:SendMessage, on that queue only."""
+    failed_queue = {"Fn::GetAtt": ["FailedInvocationsQueue", "Arn"]}
+    senders: dict[str, list[Any]] = {}
+    for lid, role in _of_type("AWS::IAM::Role").items():
+        for policy in role.get("Policies", []):
+            statements = policy["PolicyDocument"]["Statement"]
+            for statement in statements if isinstance(statements, list) else [statements]:
+                resources = (
+                    statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
+                )
+                if failed_queue in resources:
+                    assert resources == [failed_queue], lid
+                    senders.setdefault(lid, []).append(statement["Action"])
+    schedule_roles = {s["Target"]["RoleArn"]["Fn::GetAtt"][0] for s in _of_type("AWS::Scheduler::Schedule").values()}
+    assert set(senders) == {"JobSchedulerFunctionRole", "TokenWakeupFunctionRole", *schedule_roles}
+    assert all(actions == ["sqs:SendMessage"] for actions in senders.values())

@@ -151,8 +151,128 @@ def test_the_readme_names_every_widget_and_alarm() -> None:
 
 def test_alarms_notify_the_alarm_topic() -> None:
     alarms = {lid: r["Properties"] for lid, r in RESOURCES.items() if r["Type"] == "AWS::CloudWatch::Alarm"}
-    assert {"DeadLetterAlarm", "TokenHealthAlarm", "FitRejectionAlarm"} <= set(alarms)
+    assert {
+        "DeadLetterAlarm",
+        "TokenHealthAlarm",
+        "FitRejectionAlarm",
+        "FailedInvocationsAlarm",
+        "FunctionThrottlesAlarm",
+        "JobsQueueAgeAlarm",
+    } <= set(alarms)
     assert all(props["AlarmActions"] == [{"Ref": "DeadLetterAlarmTopic"}] for props in alarms.values())
+
+
+def test_every_alarm_is_on_the_dashboard() -> None:
+    body = RESOURCES["Dashboard"]["Properties"]["DashboardBody"]["Fn::Sub"]
+    alarms = [lid for lid, r in RESOURCES.items() if r["Type"] == "AWS::CloudWatch::Alarm"]
+    assert [a for a in alarms if "${" + a + ".Arn}" not in body] == []
+    (status,) = [w for w in dashboard_body()["widgets"] if w["type"] == "alarm"]
+    assert len(status["properties"]["alarms"]) == len(alarms)  # the alarm list shows every one
+
+
+# -- alarm notifications can be delivered, and every failure path has an alarm -----------------------
+def test_the_alarm_topic_is_encrypted_with_a_key_cloudwatch_may_use() -> None:
+    """CloudWatch publishes alarm notifications as itself: the topic's key must grant it
+    kms:GenerateDataKey* and kms:Decrypt, which the AWS-managed alias/aws/sns key cannot."""
+    topic = RESOURCES["DeadLetterAlarmTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "AlarmTopicKeyAlias"}
+    alias = RESOURCES["AlarmTopicKeyAlias"]["Properties"]
+    assert alias["TargetKeyId"] == {"Ref": "AlarmTopicKey"}
+    assert not str(alias["AliasName"]).startswith("alias/aws/")
+    assert "${AWS::StackName}" in alias["AliasName"]["Fn::Sub"]  # unique per stack, as every name here
+    key = RESOURCES["AlarmTopicKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    statements = key["KeyPolicy"]["Statement"]
+    (cloudwatch,) = [s for s in statements if s["Principal"] == {"Service": "cloudwatch.amazonaws.com"}]
+    assert cloudwatch["Effect"] == "Allow"
+    assert set(cloudwatch["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    assert cloudwatch["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+    (admin,) = [s for s in statements if "AWS" in s["Principal"]]  # the account administers it, nobody else
+    assert admin["Principal"]["AWS"] == {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}
+    assert len(statements) == 2
+
+
+def test_only_this_accounts_cloudwatch_alarms_may_publish_to_the_topic() -> None:
+    policy = RESOURCES["DeadLetterAlarmTopicPolicy"]["Properties"]
+    assert policy["Topics"] == [{"Ref": "DeadLetterAlarmTopic"}]
+    (statement,) = policy["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Action"]) == ("Allow", "sns:Publish")
+    assert statement["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+    assert statement["Condition"]["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+    assert statement["Condition"]["ArnLike"]["aws:SourceArn"]["Fn::Sub"].endswith(":alarm:*")
+
+
+def _alarm_metrics(props: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every metric an alarm reads: its own, or each of its metric-math queries'."""
+    if "MetricName" in props:
+        return [{"Namespace": props["Namespace"], "MetricName": props["MetricName"], "Dimensions": props["Dimensions"]}]
+    return [q["MetricStat"]["Metric"] for q in props["Metrics"] if "MetricStat" in q]
+
+
+def _alarms_reading(namespace: str, metric: str) -> dict[str, list[dict[str, Any]]]:
+    """Alarm logical id -> the dimensions of every ``namespace``/``metric`` it reads."""
+    found: dict[str, list[dict[str, Any]]] = {}
+    for lid, resource in RESOURCES.items():
+        if resource["Type"] == "AWS::CloudWatch::Alarm":
+            for m in _alarm_metrics(resource["Properties"]):
+                if (m["Namespace"], m["MetricName"]) == (namespace, metric):
+                    found.setdefault(lid, []).extend(m["Dimensions"])
+    return found
+
+
+FUNCTIONS = sorted(lid for lid, r in RESOURCES.items() if r["Type"] == "AWS::Serverless::Function")
+
+
+def test_every_function_has_its_own_errors_alarm() -> None:
+    errors = _alarms_reading("AWS/Lambda", "Errors")
+    watched = {d["Value"]["Ref"] for dims in errors.values() for d in dims if d["Name"] == "FunctionName"}
+    assert watched == set(FUNCTIONS)
+    assert all(len(dims) == 1 for dims in errors.values())  # one function each: the alarm names it
+    for lid in errors:
+        props = RESOURCES[lid]["Properties"]
+        assert (props["Statistic"], props["Threshold"], props["ComparisonOperator"]) == (
+            "Sum",
+            0,
+            "GreaterThanThreshold",
+        )
+
+
+def test_throttles_of_every_function_are_watched() -> None:
+    throttles = _alarms_reading("AWS/Lambda", "Throttles")
+    assert list(throttles) == ["FunctionThrottlesAlarm"]
+    assert sorted(d["Value"]["Ref"] for d in throttles["FunctionThrottlesAlarm"]) == FUNCTIONS
+    (expression,) = [q for q in RESOURCES["FunctionThrottlesAlarm"]["Properties"]["Metrics"] if q.get("ReturnData")]
+    ids = [q["Id"] for q in RESOURCES["FunctionThrottlesAlarm"]["Properties"]["Metrics"] if "MetricStat" in q]
+    assert all(f"FILL({i}, 0)" in expression["Expression"] for i in ids)  # a function with no data is 0
+
+
+def test_the_failed_invocations_queue_alarms_on_its_first_message() -> None:
+    props = RESOURCES["FailedInvocationsAlarm"]["Properties"]
+    assert (props["Namespace"], props["MetricName"]) == ("AWS/SQS", "ApproximateNumberOfMessagesVisible")
+    assert props["Dimensions"] == [
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": ["FailedInvocationsQueue", "QueueName"]}}
+    ]
+    assert (props["Threshold"], props["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+
+
+def test_the_jobs_queue_age_alarm_stays_above_what_waits_legitimately() -> None:
+    """SQS leaves out of ApproximateAgeOfOldestMessage a message received three times; what stays counted
+    legitimately is a digest at its slot then waiting once for the budget, or a job waiting twice for it."""
+    props = RESOURCES["JobsQueueAgeAlarm"]["Properties"]
+    assert (props["Namespace"], props["MetricName"], props["Statistic"]) == (
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        "Maximum",
+    )
+    assert props["Dimensions"] == [{"Name": "QueueName", "Value": {"Fn::GetAtt": ["JobsQueue", "QueueName"]}}]
+    assert props["Threshold"] == {"Ref": "JobsQueueAgeAlarmSeconds"}
+    parameters = load_template(TEMPLATE)["Parameters"]
+    threshold = parameters["JobsQueueAgeAlarmSeconds"]["Default"]
+    budget_wait_s = 60 * 60 + 15 * 60 + 60  # to the top of the next hour, then a slot of the first 15 minutes
+    spread_s = 60 * parameters["DigestSpreadMinutes"]["Default"]
+    assert threshold > spread_s + budget_wait_s
+    assert threshold > 15 * 60 + 2 * budget_wait_s  # sent with the longest SQS delay, then two budget waits
+    assert threshold < RESOURCES["JobsQueue"]["Properties"]["MessageRetentionPeriod"]  # before messages expire
 
 
 def test_no_function_is_traced_without_a_tracer() -> None:
