@@ -10,7 +10,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger
 
-from forge_remote.telemetry.logs import LIBRARY_LOGGER, publishing_recorded_metrics, use_function_logger
+from forge_remote.telemetry.logs import LIBRARY_LOGGER, SDK_LOGGERS, publishing_recorded_metrics, use_function_logger
 
 
 def test_library_records_are_written_by_the_function_logger_once() -> None:
@@ -27,6 +27,33 @@ def test_library_records_are_written_by_the_function_logger_once() -> None:
         3,
     )
     assert logging.getLogger(LIBRARY_LOGGER).propagate is False  # not printed a second time by the root handler
+
+
+def test_sdk_records_are_json_warnings_only_and_never_reach_the_root_handler() -> None:
+    """Lambda's runtime prints every record that reaches the root logger as plain text, INFO included
+    (botocore's "Found credentials in environment variables." at each cold start)."""
+    stream, root_stream = io.StringIO(), io.StringIO()
+    root_handler = logging.StreamHandler(root_stream)
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(root_handler)
+    root.setLevel(logging.INFO)
+    try:
+        use_function_logger(Logger(service="unit-sdk-logs", logger_handler=logging.StreamHandler(stream)))
+        logging.getLogger("botocore.credentials").info("Found credentials in environment variables.")
+        logging.getLogger("urllib3.connectionpool").warning("Retrying after connection broken")
+    finally:
+        root.removeHandler(root_handler)
+        root.setLevel(old_level)
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert (record["level"], record["message"], record["service"]) == (
+        "WARNING",
+        "Retrying after connection broken",
+        "unit-sdk-logs",
+    )
+    assert root_stream.getvalue() == ""
+    assert {"botocore", "boto3", "urllib3"} <= SDK_LOGGERS
 
 
 class RecordedMetrics:

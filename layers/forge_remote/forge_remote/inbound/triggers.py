@@ -26,6 +26,7 @@ from forge_remote.lifecycle.cleanup import InstallationCleanup, retention_days_s
 from forge_remote.telemetry.logs import publishing_recorded_metrics, use_function_logger
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger
     from aws_lambda_powertools.event_handler import Response
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
@@ -38,12 +39,14 @@ _DELIVERED_BY = {"/forge/lifecycle": "lifecycle", "/forge/keepalive": "keepalive
 class TriggersHandler(LambdaHandler):
     """The trigger function's Lambda handler: ``lambda_handler = triggers_handler(events={...})``."""
 
-    def __init__(self, wiring: HttpWiring, intake: EventIntake, cleanup: InstallationCleanup) -> None:
+    def __init__(
+        self, wiring: HttpWiring, intake: EventIntake, cleanup: InstallationCleanup, logger: Logger | None = None
+    ) -> None:
         from aws_lambda_powertools import Logger, Metrics
         from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
         self.wiring, self.intake, self.cleanup = wiring, intake, cleanup
-        self.logger = Logger()
+        self.logger = logger or Logger()
         use_function_logger(self.logger)
         self.metrics = Metrics()
         self.app = APIGatewayHttpResolver()
@@ -150,6 +153,10 @@ def triggers_handler(*, events: Mapping[str, EventJob]) -> TriggersHandler:
     function ``(ForgeEvent) -> (job, args) | None`` (None: acknowledged, no job). Events not in the
     mapping are acknowledged and request nothing.
     """
+    from aws_lambda_powertools import Logger
+
+    logger = Logger()
+    use_function_logger(logger)  # before the first boto3 client: its log records go through it
     wiring = HttpWiring.from_env()
     intake = EventIntake(
         app_table=wiring.settings.app_table, jobs_queue_url=wiring.settings.required("jobs_queue_url"), events=events
@@ -160,4 +167,4 @@ def triggers_handler(*, events: Mapping[str, EventJob]) -> TriggersHandler:
         installations=wiring.installations,
         retention_days=retention_days_setting(),
     )
-    return TriggersHandler(wiring, intake, cleanup)
+    return TriggersHandler(wiring, intake, cleanup, logger)

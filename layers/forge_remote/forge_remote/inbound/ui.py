@@ -24,6 +24,7 @@ from forge_remote.inbound.wiring import HttpWiring
 from forge_remote.telemetry.logs import use_function_logger
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools import Logger
     from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
     from aws_lambda_powertools.event_handler.api_gateway import Router
     from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -85,12 +86,12 @@ def job_request_router(jobs: Collection[str]) -> Router:
 class UiHandler(LambdaHandler):
     """The UI function's Lambda handler: ``lambda_handler = ui_handler(routes="ui_routes")``."""
 
-    def __init__(self, wiring: HttpWiring, routers: Collection[Router]) -> None:
+    def __init__(self, wiring: HttpWiring, routers: Collection[Router], logger: Logger | None = None) -> None:
         from aws_lambda_powertools import Logger
         from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
         self.wiring = wiring
-        self.logger = Logger()
+        self.logger = logger or Logger()
         use_function_logger(self.logger)
         self.app: APIGatewayHttpResolver = APIGatewayHttpResolver()
         # provide_ui_call stores the delivered tokens and validates the route's inputs.
@@ -113,9 +114,13 @@ def ui_handler(*, routes: str, requestable_jobs: Collection[str] = ()) -> UiHand
     ``Router`` named ``router`` is served. ``requestable_jobs``: the jobs ``POST /api/jobs`` may
     request (none: the route is not served).
     """
+    from aws_lambda_powertools import Logger
+
+    logger = Logger()
+    use_function_logger(logger)  # before the first boto3 client: its log records go through it
     wiring = HttpWiring.from_env()
     routers = list(routers_of(routes))
     if requestable_jobs:
         wiring.settings.required("jobs_queue_url")  # fail at cold start, not when an admin asks
         routers.append(job_request_router(requestable_jobs))
-    return UiHandler(wiring, routers)
+    return UiHandler(wiring, routers, logger)
