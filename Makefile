@@ -15,18 +15,19 @@ export AWS_DEFAULT_REGION ?= us-east-1
 export PYTHONDONTWRITEBYTECODE := 1
 export SAM_CLI_TELEMETRY := 0
 
-.PHONY: help venv chromium demo local test lint format unit bench sam-validate build clean
+.PHONY: help venv chromium demo local test lint format unit lambda-runtime bench lock sam-validate checkov build clean
 
 # No prerequisites: listing the targets must work before anything is installed.
 help:  ## list these targets (what plain `make` does)
 	@echo "usage: make TARGET   (new here? make demo, then make test: both build .venv themselves)"
-	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-13s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
+	@awk 'BEGIN { FS = ":.*## " } /^[a-z][a-z-]*:.*## / { printf "  %-15s %s\n", $$1, $$2 }' $(MAKEFILE_LIST)
 
 # Dependencies from the pinned files, then the layer's package (forge_remote, from layers/forge_remote/),
 # editable and without dependencies: local/, bench/ and the tests import it with no path of their own.
 $(STAMP): requirements-dev.txt layers/forge_remote/requirements.txt
 	@echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	@rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
+	@$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r layers/forge_remote/requirements.txt
 	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
 	@touch $@
@@ -54,7 +55,12 @@ chromium:  ## Debian's Chromium for the browser tests, installed with apt-get (r
 unit: venv chromium  ## every test, no lint (PYTEST_ARGS="tests/unit" or "-k name" picks some)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test: lint unit  ## lint, type-check, template lint, and every test
+# Lambda's own runtime client (awslambdaric) running each function from the built artifacts, over a loopback
+# Runtime API: handler strings, imports and the layer's layout exactly as Lambda loads them (needs python3.12).
+lambda-runtime: venv  ## every function run by awslambdaric from its Lambda artifact, answering its sample events
+	$(BIN)/python .ci/lambda_runtime.py
+
+test: lint checkov unit lambda-runtime  ## lint, type-check, template lint, checkov, every test, the Lambda runtime run
 
 format: venv  ## ruff --fix and ruff format, in place
 	$(BIN)/ruff check --fix .
@@ -63,6 +69,15 @@ format: venv  ## ruff --fix and ruff format, in place
 bench: venv  ## figures and ratios, side by side in one run (ARGS=--quick: about 3 min)
 	$(BIN)/python -m bench $(ARGS)
 
+# The runtime lock: uv resolves requirements.in for Python 3.12 on every platform (Lambda's arm64, this
+# machine's x86_64, a Mac) with the hash of every file; nothing else here needs uv, so it has its own venv.
+.venv-lock/.installed:
+	$(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet uv==0.13.8 && touch $@
+
+lock: .venv-lock/.installed  ## re-resolve layers/forge_remote/requirements.txt (pins + hashes) from requirements.in
+	.venv-lock/bin/uv pip compile layers/forge_remote/requirements.in --universal --python-version 3.12 \
+	  --generate-hashes --custom-compile-command "make lock" --quiet -o layers/forge_remote/requirements.txt
+
 # SAM CLI pins its own boto3, so it lives in a venv of its own.
 .venv-sam/.installed:
 	$(PYTHON) -m venv .venv-sam && .venv-sam/bin/pip install --quiet aws-sam-cli==1.170.0 && touch $@
@@ -70,8 +85,21 @@ bench: venv  ## figures and ratios, side by side in one run (ARGS=--quick: about
 sam-validate: .venv-sam/.installed  ## sam validate --lint of template.yaml (SAM CLI in .venv-sam)
 	.venv-sam/bin/sam validate --lint --template template.yaml
 
+# checkov pins many packages of its own (boto3 among them), so it too has a venv of its own. Every finding
+# accepted is skipped on its resource in template.yaml with the reason (tests/integration/test_template_security.py).
+# --quiet lists only the failed checks, after the counts (passed, failed, skipped); any failed check fails.
+.venv-checkov/.installed:
+	$(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30 && touch $@
+
+# Twice: the template as written (its SAM resources) and as the SAM transform makes it (the roles, permissions,
+# schedules and event invoke configs CloudFormation is asked to create; Metadata, with the skips, passes through).
+checkov: venv .venv-checkov/.installed  ## checkov's CloudFormation checks of template.yaml and its SAM transform; fails on any failed check
+	.venv-checkov/bin/checkov -f template.yaml --framework cloudformation --skip-download --compact --quiet
+	$(BIN)/python -m local.sam_transform .cache/transformed-template.json
+	.venv-checkov/bin/checkov -f .cache/transformed-template.json --framework cloudformation --skip-download --compact --quiet
+
 build: .venv-sam/.installed  ## sam build (needs python3.12 on PATH; no Docker needed)
 	PATH="$(dir $(PYTHON)):$$PATH" .venv-sam/bin/sam build
 
-clean:  ## remove .venv, .venv-sam, .aws-sam and every cache
-	rm -rf $(VENV) .venv-sam .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis .cache layers/*.egg-info
+clean:  ## remove .venv, .venv-sam, .venv-checkov, .aws-sam and every cache
+	rm -rf $(VENV) .venv-sam .venv-checkov .venv-lock .aws-sam .pytest_cache .mypy_cache .ruff_cache .hypothesis .cache layers/*.egg-info

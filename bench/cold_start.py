@@ -1,20 +1,23 @@
 """Part 1, cold start: import-and-init of each function's handler module in a fresh interpreter.
 
-Each sample is a new ``python -I`` process that times, from inside, the import of ``app`` with the
-function's folder and the layer first on ``sys.path`` (as Lambda's runtime does) and the environment
-``template.yaml`` gives the function (resolved by ``local.stack.LocalStack``). AWS points at a dead
-endpoint (``127.0.0.1:9``) with fake credentials: module import creates boto3 clients but must not
-call them. The baseline is the bare minimum a handler needs: ``import boto3, jwt`` and one
-``boto3.client("dynamodb")``.
+Each sample is a new interpreter that times, from inside, the import of ``app`` with the function's folder
+and the layer first on ``sys.path`` (as Lambda's runtime does) and the environment ``template.yaml`` gives
+the function (resolved by ``local.stack.LocalStack``). AWS points at a dead endpoint (``127.0.0.1:9``) with
+fake credentials: module import creates boto3 clients but must not call them. The baseline is the bare
+minimum a handler needs: ``import boto3, jwt`` and one ``boto3.client("dynamodb")``.
 
-Side by side: every round runs the baseline twice and each handler once, in shuffled order. A
-shared machine's load drifts over seconds, so each handler's ratio is taken against the baseline of
-its own round, and the median of those paired ratios is reported (with plain medians in ms).
+Side by side: every round runs the baseline twice and each handler once, in shuffled order. A shared
+machine's load drifts over seconds, so each handler's ratio is taken against the baseline of its own round,
+and the median of those paired ratios is reported (with plain medians in ms).
 
-Bytecode: every module has its ``.pyc`` (kept in a private ``pycache_prefix``, nothing is written into
-the repository). On Lambda the project's own modules have none unless the package ships them (its
-file system is read-only, so nothing is cached between cold starts): the time to compile exactly the
-project modules a handler imports is measured in-process and reported as the Lambda figure.
+Three sets, each with its own baseline built the same way:
+- the dev venv: every module has its ``.pyc`` (in a private ``pycache_prefix``, nothing written into the
+  repository);
+- the Lambda artifact as ``sam build`` makes it (``packaging/Makefile``, through ``local.lambda_build``, for
+  x86_64 so it runs here): the layer's ``python/`` and the function's folder, read-only, no site-packages,
+  no bytecode written (``-S -B``), the layer and functions compiled at build time;
+- the same artifact without ``.pyc``, as SAM's own python3.12 builder ships it: every cold start compiles
+  whatever it imports. This is the figure the build step exists to remove.
 """
 
 from __future__ import annotations
@@ -40,15 +43,15 @@ DEAD_ENDPOINT = "http://127.0.0.1:9"
 CHILD = r"""
 import sys, time
 t0 = time.perf_counter()
+sys.path[:0] = sys.argv[2:]
 if sys.argv[1] == "baseline":
     import boto3, jwt
     boto3.client("dynamodb")
 else:
-    sys.path[:0] = [sys.argv[2], sys.argv[3]]
     __import__("app")  # what Lambda's importlib.import_module does, but visible to -X importtime
 t1 = time.perf_counter()
 import json
-roots = tuple(sys.argv[2:4])
+roots = tuple(sys.argv[2:])
 files = sorted(
     f for m in list(sys.modules.values())
     if isinstance(f := getattr(m, "__file__", None), str) and roots and f.startswith(roots)
@@ -60,8 +63,23 @@ sys.stdout.write("\nBENCH_FILES=%s\nBENCH_MS=%.3f\n" % (json.dumps(files), (t1 -
 @dataclass
 class Variant:
     name: str  # "baseline" or the function's logical id
-    folder: Path | None = None
+    paths: list[Path] = field(default_factory=list)  # put first on sys.path: the function's folder, the layer
     env: dict[str, str] = field(default_factory=dict)
+    python: str = sys.executable
+    flags: list[str] = field(default_factory=list)  # interpreter options beyond -I
+
+
+@dataclass
+class Layout:
+    """One way of laying the code out: dev venv, or a built artifact; how its interpreter is started."""
+
+    label: str
+    key: str  # row suffix and figures key
+    python: str
+    flags: list[str]
+    layer: Path
+    folders: dict[str, Path]  # logical id -> the function's folder
+    baseline_paths: list[Path]
 
 
 def short(logical_id: str) -> str:
@@ -93,29 +111,17 @@ class ChildRun:
 
 
 def run_child(variant: Variant, prefix: Path, *, importtime: bool = False) -> ChildRun:
-    argv = [sys.executable, "-I", "-X", f"pycache_prefix={prefix}"]
+    flags = [arg.replace("{prefix}", str(prefix)) for arg in variant.flags]
+    argv = [variant.python, "-I", *flags]
     if importtime:
         argv += ["-X", "importtime"]
-    argv += ["-c", CHILD, variant.name]
-    if variant.folder is not None:
-        argv += [str(variant.folder), str(LAYER)]
+    argv += ["-c", CHILD, variant.name, *map(str, variant.paths)]
     done = subprocess.run(argv, env=variant.env, capture_output=True, text=True, timeout=120, check=False)
     found = dict(line.split("=", 1) for line in done.stdout.splitlines() if line.startswith("BENCH_"))
     if done.returncode != 0 or "BENCH_MS" not in found:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"{variant.name}: import failed: {tail}")
     return ChildRun(float(found["BENCH_MS"]), json.loads(found.get("BENCH_FILES", "[]")), done.stderr)
-
-
-def compile_ms(files: list[str], reps: int) -> float:
-    """Reading and compiling these source files, as an import without .pyc does (median of ``reps``)."""
-    times = []
-    for _ in range(reps):
-        started = time.perf_counter()
-        for path in files:
-            compile(Path(path).read_bytes(), path, "exec", dont_inherit=True)
-        times.append((time.perf_counter() - started) * 1000)
-    return median(times)
 
 
 # -- -X importtime ------------------------------------------------------------------------------------
@@ -222,71 +228,127 @@ def sample(baseline: Variant, handlers: list[Variant], prefix: Path, rounds: int
     return samples
 
 
+@dataclass
+class LayoutRun:
+    layout: Layout
+    baseline: Variant
+    handlers: list[Variant]
+    failed: dict[str, str]
+    samples: Samples
+
+
+def variants(layout: Layout, environments: dict[str, dict[str, str]]) -> tuple[Variant, list[Variant]]:
+    """The baseline and one variant per function, started the layout's way."""
+    baseline = Variant("baseline", list(layout.baseline_paths), child_env({}), layout.python, layout.flags)
+    handlers = [
+        Variant(logical, [layout.folders[logical], layout.layer], child_env(env), layout.python, layout.flags)
+        for logical, env in environments.items()
+    ]
+    return baseline, handlers
+
+
+def dev_layout() -> Layout:
+    # Every .pyc written once by the warm-up into a private prefix, so the samples read bytecode.
+    folders = {logical: ROOT / folder for logical, folder in FUNCTIONS.items()}
+    return Layout("dev venv", "dev", sys.executable, ["-X", "pycache_prefix={prefix}"], LAYER, folders, [])
+
+
+def artifact_layout(built: Any, *, bytecode: bool) -> Layout:
+    # Lambda's layout: the layer's python/ is /opt/python, the function's folder /var/task; no site-packages
+    # (-S: nothing from the dev venv), no bytecode written (-B: the folders are read-only on Lambda).
+    layer = built.layer / "python"
+    label, key = ("Lambda artifact", "artifact") if bytecode else ("artifact without .pyc", "artifact_no_pyc")
+    return Layout(label, key, built.python, ["-S", "-B"], layer, dict(built.functions), [layer])
+
+
+def measure(layout: Layout, environments: dict[str, dict[str, str]], prefix: Path, rounds: int) -> LayoutRun:
+    baseline, handlers = variants(layout, environments)
+    failed: dict[str, str] = {}
+    for variant in [baseline, *handlers]:  # warm-up (not measured): the dev layout writes its .pyc here
+        try:
+            run_child(variant, prefix)
+        except RuntimeError as exc:
+            failed[variant.name] = str(exc)
+    if "baseline" in failed:
+        raise RuntimeError(f"{layout.label}: {failed['baseline']}")
+    live = [h for h in handlers if h.name not in failed]
+    return LayoutRun(layout, baseline, handlers, failed, sample(baseline, live, prefix, rounds))
+
+
+def rounds_of(layout: Layout, rounds: int) -> int:
+    """The artifact without .pyc compiles on every sample: fewer rounds tell the same story."""
+    return max(4, rounds // 2) if layout.key == "artifact_no_pyc" else rounds
+
+
 def run(quick: bool = False, rounds: int | None = None) -> Section:
+    from local import lambda_build
+
     rounds = rounds or (6 if quick else 20)
     section = Section("cold start")
-    baseline = Variant("baseline", env=child_env({}))
-    handlers = [
-        Variant(logical, ROOT / FUNCTIONS[logical], child_env(env)) for logical, env in function_environments().items()
-    ]
-    with tempfile.TemporaryDirectory(prefix="bench-pycache-") as tmp:
-        prefix = Path(tmp)
-        failed: dict[str, str] = {}
-        project_files: dict[str, list[str]] = {}
-        for variant in [baseline, *handlers]:  # warm-up: writes every .pyc into the prefix (not measured)
-            try:
-                project_files[variant.name] = run_child(variant, prefix).project_files
-            except RuntimeError as exc:
-                failed[variant.name] = str(exc)
-        if "baseline" in failed:
-            raise RuntimeError(failed["baseline"])
-        live = [h for h in handlers if h.name not in failed]
-        samples = sample(baseline, live, prefix, rounds)
-        compile_times = {h.name: compile_ms(project_files[h.name], 5 if quick else 9) for h in live}
-        over_target = report(section, samples, handlers, failed, compile_times)
-        if over_target:
-            runs = 3 if quick else 5
-            base_runs = [run_child(baseline, prefix, importtime=True).stderr for _ in range(runs)]
-            section.figures["importtime"] = {}
-            for variant in [h for h in handlers if h.name in over_target]:
-                handler_runs = [run_child(variant, prefix, importtime=True).stderr for _ in range(runs)]
-                detail = breakdown(handler_runs, base_runs)
-                section.figures["importtime"][variant.name] = detail
-                print_breakdown(short(variant.name), detail, runs)
+    environments = function_environments()
+    with tempfile.TemporaryDirectory(prefix="bench-cold-") as tmp:
+        prefix = Path(tmp) / "pycache"
+        started = time.perf_counter()
+        with_pyc = lambda_build.build(Path(tmp) / "artifact", bytecode=True)
+        without_pyc = lambda_build.build(Path(tmp) / "artifact-no-pyc", bytecode=False, python=with_pyc.python)
+        print(f"  built the Lambda artifacts (packaging/Makefile, x86_64) in {time.perf_counter() - started:.0f} s")
+        layouts = [dev_layout(), artifact_layout(with_pyc, bytecode=True), artifact_layout(without_pyc, bytecode=False)]
+        for layout in layouts[1:]:
+            lambda_build.read_only(layout.layer.parent)
+            for folder in layout.folders.values():
+                lambda_build.read_only(folder)
+        try:
+            # The artifact without .pyc compiles on every sample: fewer rounds give the same story.
+            done = [measure(layout, environments, prefix, rounds_of(layout, rounds)) for layout in layouts]
+        finally:
+            for layout in layouts[1:]:
+                lambda_build.writable(layout.layer.parent)
+                for folder in layout.folders.values():
+                    lambda_build.writable(folder)
+        print(
+            f"  {rounds} rounds a set ({rounds_of(layouts[2], rounds)} without .pyc), a fresh interpreter per sample."
+        )
+        print("  Median ms (interquartile range); ratio: median over rounds of handler / the same round's baseline")
+        print("  (the table's figure); fastest/fastest is a cross-check less sensitive to a noisy machine.")
+        if rounds < 20:
+            print("  (few rounds: on a shared machine these ratios move by +-0.1 from run to run)")
+        over_target: list[LayoutRun] = []
+        for layout_run in done:
+            if report(section, layout_run, done[1] if layout_run.layout.key == "artifact_no_pyc" else None):
+                over_target.append(layout_run)
+        for layout_run in over_target:
+            explain(section, layout_run, prefix, 3 if quick else 5)
     section.figures["rounds"] = rounds
     return section
 
 
-def report(
-    section: Section,
-    samples: Samples,
-    handlers: list[Variant],
-    failed: dict[str, str],
-    compile_times: dict[str, float],
-) -> list[str]:
-    """Print medians and ratios, add the rows; returns the functions over target (either figure)."""
+def report(section: Section, layout_run: LayoutRun, compiled: LayoutRun | None) -> list[str]:
+    """Print one set's medians and ratios, add its rows; returns the functions over target.
+
+    ``compiled``: for the set without .pyc, the artifact set with them, to print what the build step saves.
+    """
+    layout, samples, failed = layout_run.layout, layout_run.samples, layout_run.failed
+    suffix = "" if layout.key == "dev" else f", {layout.label}"
+    has_target = layout.key != "artifact_no_pyc"  # the "before" figure: what SAM's own builder would ship
     base = samples.ms["baseline"]
     base_ms = median(base)
-    section.figures["baseline_ms"] = {"median": base_ms, "iqr": spread(base), "samples": base}
-    section.figures["handlers"] = {}
-    print(f"  {len(base) // 2} rounds, a fresh interpreter per sample. Median ms (interquartile range);")
-    print("  ratio: median over rounds of handler / the same round's baseline (the table's figure); the")
-    print("  fastest-vs-fastest ratio is a cross-check that is less sensitive to a noisy machine.")
-    if len(base) < 20:
-        print("  (few rounds: on a shared machine these ratios move by +-0.1 from run to run)")
+    figures: dict[str, Any] = {"baseline_ms": {"median": base_ms, "iqr": spread(base), "samples": base}, "handlers": {}}
+    section.figures[layout.key] = figures
+    print(f"\n  {layout.label}:")
     print(f"  {'baseline: import boto3, jwt + boto3.client(dynamodb)':<54} {base_ms:7.1f}  ({spread(base)})")
     over_target: list[str] = []
-    for variant in handlers:
+    for variant in layout_run.handlers:
         name = short(variant.name)
         if variant.name in failed:
             print(f"  {name:<54} FAILED: {failed[variant.name]}")
-            section.figures["handlers"][variant.name] = {"error": failed[variant.name]}
-            section.rows.append(Row(f"cold start {name}", "import failed", f"{base_ms:.0f} ms", None, TARGET, False))
+            figures["handlers"][variant.name] = {"error": failed[variant.name]}
+            section.rows.append(
+                Row(f"cold start {name}{suffix}", "import failed", f"{base_ms:.0f} ms", None, TARGET, False)
+            )
             continue
         values, paired = samples.ms[variant.name], samples.paired[variant.name]
-        ms, r, compile_cost = median(values), median(paired), compile_times[variant.name]
-        lambda_ms, lambda_r = ms + compile_cost, median([p + compile_cost / base_ms for p in paired])
-        section.figures["handlers"][variant.name] = {
+        ms, r = median(values), median(paired)
+        figures["handlers"][variant.name] = {
             "median_ms": ms,
             "iqr": spread(values),
             "paired_ratio": r,
@@ -294,32 +356,34 @@ def report(
             "min_over_min_ratio": min(values) / min(base),
             "paired_ratios": paired,
             "samples": values,
-            "compile_project_modules_ms": compile_cost,
-            "lambda_estimate_ms": lambda_ms,
-            "lambda_estimate_ratio": lambda_r,
         }
-        print(
-            f"  {name:<54} {ms:7.1f}  ({spread(values)})  {r:.2f}x  (paired IQR {spread(paired, 2)}, "
-            f"fastest/fastest {min(values) / min(base):.2f}x)"
-        )
-        label = "  + compiling its project modules (no .pyc, as on Lambda)"
-        print(f"  {label:<54} {compile_cost:7.1f}  ->  {lambda_r:.2f}x")
-        section.rows.append(
-            Row(f"cold start {name}", f"{ms:.0f} ms", f"{base_ms:.0f} ms", r, TARGET, r <= TARGET_RATIO)
-        )
-        section.rows.append(
-            Row(
-                f"cold start {name}, no project .pyc",
-                f"{lambda_ms:.0f} ms",
-                f"{base_ms:.0f} ms",
-                lambda_r,
-                TARGET,
-                lambda_r <= TARGET_RATIO,
+        line = f"  {name:<54} {ms:7.1f}  ({spread(values)})  {r:.2f}x  (fastest/fastest {min(values) / min(base):.2f}x)"
+        if compiled is not None and variant.name in compiled.samples.ms:
+            with_pyc = median(compiled.samples.ms[variant.name])
+            figures["handlers"][variant.name]["over_artifact_with_pyc"] = ms / with_pyc
+            line += f"  {ms / with_pyc:.1f}x the artifact with .pyc"
+        print(line)
+        if has_target:
+            section.rows.append(
+                Row(f"cold start {name}{suffix}", f"{ms:.0f} ms", f"{base_ms:.0f} ms", r, TARGET, r <= TARGET_RATIO)
             )
-        )
-        if max(r, lambda_r) > TARGET_RATIO:
-            over_target.append(variant.name)
+            if r > TARGET_RATIO:
+                over_target.append(variant.name)
+        else:
+            section.rows.append(Row(f"cold start {name}{suffix}", f"{ms:.0f} ms", f"{base_ms:.0f} ms", r))
     return over_target
+
+
+def explain(section: Section, layout_run: LayoutRun, prefix: Path, runs: int) -> None:
+    """-X importtime for the functions of a set that are over target."""
+    over = [h for h in layout_run.handlers if h.name not in layout_run.failed]
+    over = [h for h in over if median(layout_run.samples.paired[h.name]) > TARGET_RATIO]
+    base_runs = [run_child(layout_run.baseline, prefix, importtime=True).stderr for _ in range(runs)]
+    details = section.figures.setdefault("importtime", {}).setdefault(layout_run.layout.key, {})
+    for variant in over:
+        handler_runs = [run_child(variant, prefix, importtime=True).stderr for _ in range(runs)]
+        details[variant.name] = breakdown(handler_runs, base_runs)
+        print_breakdown(f"{short(variant.name)} ({layout_run.layout.label})", details[variant.name], runs)
 
 
 def print_breakdown(name: str, detail: dict[str, Any], runs: int) -> None:
