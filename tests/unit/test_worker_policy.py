@@ -193,6 +193,18 @@ def test_a_job_without_a_token_is_deferred_and_parked_for_the_next_delivery(part
     assert len(parts["queue"].visibility) == 1  # its delay; nothing stored to wake it at once
 
 
+def test_a_record_without_its_first_receive_time_is_still_deferred_and_parked(parts: dict[str, Any]) -> None:
+    # SQS always sends it to Lambda; a record without it (a replayed or hand-made event) must not make
+    # the deferral itself raise, which would leave the job unparked and back only after its visibility.
+    register(parts, lambda ctx: None)
+    bare = record(request_body())
+    del bare["attributes"]["ApproximateFirstReceiveTimestamp"]
+    with pytest.raises(JobDeferred):
+        parts["worker"].handle(bare, Context())
+    assert parts["parking"].waiting(INSTALLATION) == 1
+    assert len(parts["queue"].visibility) == 1
+
+
 def test_an_unknown_exception_is_deferred_with_its_type_then_dead_after_the_schedule(parts: dict[str, Any]) -> None:
     parts["tokens"].put_if_newer(INSTALLATION, app_token(3600))
 

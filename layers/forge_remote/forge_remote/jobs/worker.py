@@ -196,7 +196,8 @@ class JobWorker:
 
 def _waited_s(record: SQSRecord) -> float | None:
     """Seconds since the message's first receive, on the stack's clock (None if SQS did not say)."""
-    first_ms = record.attributes.approximate_first_receive_timestamp
+    # Read with .get: Powertools' property raises KeyError when the attribute is absent.
+    first_ms = record.attributes.get("ApproximateFirstReceiveTimestamp")
     try:
         return clock.now() - int(first_ms) / 1000
     except (TypeError, ValueError):
