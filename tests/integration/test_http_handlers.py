@@ -230,9 +230,13 @@ def test_status_reports_expiry_never_the_token(gateway: Gateway, forge: ForgeEmu
     assert "usableByJobs" not in by_subject["user"]  # jobs act as the app, never with a user's token
     assert system not in response["body"]
     assert user not in response["body"]
+    stops = body["lastToken"]["usableByJobsUntil"]  # the app token's expiry, less the minimum a job needs
+    assert stops == body["jobs"]["canRunUntil"]
     clock.advance(6800)
     later = body_of(gateway("GET", "/api/status", forge.headers(site)))
     assert {t["subject"]: t["usableByJobs"] for t in later["tokens"]} == {"system": False}
+    assert later["jobs"]["canRunUntil"] is None
+    assert later["lastToken"]["usableByJobsUntil"] == stops  # still said once past: "jobs stopped at ..."
 
 
 def test_unknown_api_route_is_404_json(gateway: Gateway, forge: ForgeEmulator, site: Site) -> None:

@@ -18,8 +18,11 @@ export function requestJob(job, args = {}) {
   return invokeRemote({ path: '/api/jobs', method: 'POST', body: { job, args } });
 }
 
-/** The message of a non-2xx answer, in the backend's words when it gave some. */
+/** The message of a non-2xx answer, in the backend's words when it gave some, as a sentence. */
 export function problemOf(response) {
   const body = (response && response.body) || {};
-  return body.message || `The backend answered HTTP ${response ? response.status : '(nothing)'}.`;
+  const message = typeof body.message === 'string' ? body.message.trim() : '';
+  if (!message) return `The backend answered HTTP ${response ? response.status : '(nothing)'}.`;
+  const sentence = message.charAt(0).toUpperCase() + message.slice(1);
+  return /[.!?]$/.test(sentence) ? sentence : `${sentence}.`;
 }

@@ -2,12 +2,14 @@
 // innerHTML): job reasons and summaries may quote user content such as page titles.
 import {
   duration,
-  fieldName,
+  failureWords,
   fullLocalTime,
   jobCount,
   jobName,
+  jobPurpose,
   localTime,
   relative,
+  resultWords,
   secondsBetween,
   tokenSource,
 } from './words.js';
@@ -26,12 +28,12 @@ export function el(tag, attributes = {}, ...children) {
   return node;
 }
 
-/** A <time> showing the local time of `iso`, its full date in the tooltip. */
-function timeOf(iso, now) {
+/** A <time> showing the local time of `iso` with its zone, its full date in the tooltip. */
+export function timeOf(iso, now) {
   return el('time', { datetime: iso, title: fullLocalTime(iso) }, localTime(iso, now));
 }
 
-/** "14:32, 2 h 10 min from now" as nodes. */
+/** "14:32 (UTC+05:30), 2 h 10 min from now" as nodes. */
 function when(iso, now) {
   return [timeOf(iso, now), `, ${relative(iso, now)}`];
 }
@@ -52,7 +54,7 @@ const HEADLINES = {
 };
 
 const NEXT_TOKEN =
-  "Forge delivers a fresh token with its next call to the app: the hourly keepalive, a page event, or someone opening this page.";
+  "Forge hands the app a fresh token with each of its calls: the hourly keepalive, a page being created or changed, or someone opening this page.";
 
 function verdictLines(state, status) {
   const { now } = status;
@@ -62,23 +64,31 @@ function verdictLines(state, status) {
   switch (state) {
     case 'uninstalled':
       return [
-        ["Its tokens were deleted when it was uninstalled, so no background job runs for this site. Installing the app again starts afresh."],
+        ['Its tokens were deleted when it was uninstalled, so no background job runs for this site and none can be requested. Installing the app again starts afresh.'],
       ];
     case 'healthy':
-      return [['Jobs can run until ', ...when(until, now), '.']];
+      return [
+        ['Jobs can run until ', ...when(until, now), '.'],
+        ["Forge's hourly keepalive normally brings a fresh token before then: nothing needs doing."],
+      ];
     case 'expiring':
       return [
         ['Jobs can run until ', ...when(until, now), '.'],
-        [`If no fresh token arrives before then, jobs wait for the next one. ${NEXT_TOKEN}`],
+        [`${NEXT_TOKEN} If none comes before then, jobs wait for the next token and run when it arrives: none is lost.`],
       ];
     default: {
       const lines = [];
-      if (until && secondsBetween(now, until) <= 0) {
-        lines.push(['The last token stopped being usable by jobs at ', ...when(until, now), '.']);
+      const stopped = (status.lastToken || {}).usableByJobsUntil;
+      if (stopped && secondsBetween(now, stopped) <= 0) {
+        lines.push([
+          'Jobs stopped being able to run at ',
+          ...when(stopped, now),
+          `: the last token from Forge no longer lasts the ${minimum} a job needs.`,
+        ]);
       } else {
-        lines.push([`No stored app token is valid for the ${minimum} a job needs.`]);
+        lines.push([`The app has no token from Forge that lasts the ${minimum} a job needs.`]);
       }
-      lines.push([`Jobs wait for a token and run as soon as one arrives. ${NEXT_TOKEN}`]);
+      lines.push([`Jobs wait, and run as soon as a token arrives: none is lost. ${NEXT_TOKEN}`]);
       return lines;
     }
   }
@@ -142,46 +152,43 @@ function table(labelId, headers, rows) {
   );
 }
 
+/** Lines as block elements of one table cell. */
+const lines = (...texts) => texts.filter(Boolean).map((text) => el('div', {}, ...[text].flat()));
+
 export function renderDeadLetters(container, status) {
   const dead = (status.jobs || {}).deadLettered || [];
   if (!dead.length) {
-    container.replaceChildren(el('p', {}, 'No job of this site is in the dead-letter queue.'));
+    container.replaceChildren(el('p', {}, 'No job of this site has failed for good.'));
     return;
   }
+  const verb = dead.length === 1 ? 'has' : 'have';
+  const order = dead.length > 1 ? '; newest first' : '';
   const intro = el(
     'p',
     {},
-    `${jobCount(dead.length)} went to the dead-letter queue and will not run again unless redriven from it. The reason says why; newest first.`,
+    `${jobCount(dead.length)} ${verb} failed and will not be tried again${order}. Other jobs are not affected.`,
   );
-  const rows = dead.map((job) => [
-    jobName(job.job),
-    job.reason || 'no reason recorded',
-    job.at ? when(job.at, status.now) : 'unknown time',
-    el('code', {}, job.requestId || ''),
-  ]);
-  container.replaceChildren(intro, table('dead-letters-heading', ['Job', 'Reason', 'When', 'Request id'], rows));
+  const rows = dead.map((job) => {
+    const words = failureWords(job.reason, job.requestId);
+    const detail = words.detail
+      ? el('details', {}, el('summary', {}, 'Details for the vendor'), el('p', {}, words.detail))
+      : null;
+    const failed = job.at ? ['Failed at ', ...when(job.at, status.now), '.'] : 'When it failed is not recorded.';
+    return [lines(jobName(job.job), failed), lines(words.why, detail), lines(words.whatToDo)];
+  });
+  container.replaceChildren(intro, table('dead-letters-heading', ['What failed', 'Why', 'What you can do'], rows));
 }
 
-function summaryValue(value) {
-  if (Array.isArray(value)) {
-    const shown = value.slice(0, 5).map((item) => (typeof item === 'object' ? JSON.stringify(item) : String(item)));
-    return value.length > 5 ? `${shown.join(', ')} and ${value.length - 5} more` : shown.join(', ') || 'none';
+/** A finished job's result in sentences, then its other counts labelled in words. */
+export function resultOf(job, summary) {
+  const words = resultWords(job, summary);
+  const parts = [el('div', {}, ['Done.', ...words.sentences].join(' '))];
+  if (words.details.length) {
+    const pairs = words.details.flatMap(([label, value]) => [el('dt', {}, label), el('dd', {}, value)]);
+    parts.push(el('dl', { class: 'summary' }, ...pairs));
   }
-  if (value && typeof value === 'object') return JSON.stringify(value);
-  if (typeof value === 'boolean') return value ? 'yes' : 'no';
-  return String(value);
-}
-
-/** A result summary as "field: value" lines. */
-export function summaryList(summary) {
-  const entries = Object.entries(summary || {}).filter(([key, value]) => value !== null && key !== '_truncated');
-  if (summary && summary._truncated) return el('p', {}, 'The summary was too long to keep.');
-  if (!entries.length) return el('p', {}, 'No details.');
-  return el(
-    'dl',
-    { class: 'summary' },
-    ...entries.flatMap(([key, value]) => [el('dt', {}, fieldName(key)), el('dd', {}, summaryValue(value))]),
-  );
+  if (words.shortened) parts.push(el('div', {}, '(Result shortened: its details were too long to keep.)'));
+  return parts;
 }
 
 export function renderLastResults(container, status) {
@@ -191,11 +198,11 @@ export function renderLastResults(container, status) {
     return;
   }
   const rows = results.map((result) => [
-    jobName(result.job),
-    result.finishedAt ? when(result.finishedAt, status.now) : 'unknown time',
-    summaryList(result.summary),
+    lines(jobName(result.job), jobPurpose(result.job)),
+    result.finishedAt ? when(result.finishedAt, status.now) : 'not recorded',
+    resultOf(result.job, result.summary),
   ]);
-  container.replaceChildren(table('last-results-heading', ['Job', 'Finished', 'What it did'], rows));
+  container.replaceChildren(table('last-results-heading', ['What ran', 'Finished', 'Outcome'], rows));
 }
 
 export function renderInstallation(container, status) {
@@ -218,6 +225,6 @@ export function renderStatus(page, status) {
   renderDeadLetters(page.deadLetters, status);
   renderLastResults(page.lastResults, status);
   renderInstallation(page.installation, status);
-  page.checkedAt.replaceChildren('Checked at ', timeOf(status.now, status.now), " (by the backend's clock).");
+  page.checkedAt.replaceChildren('Checked at ', timeOf(status.now, status.now), ", by the backend's clock.");
   return state;
 }

@@ -1,10 +1,10 @@
 """``GET /api/status``: the calling installation's token health, in figures a page can put in words.
 
-Can background jobs run now, and until when; when the last token arrived and from what kind of
-call; how many jobs wait for a token; whether jobs wait for Atlassian's rate limit, why and until
-when; which jobs went to the dead-letter queue and why; the last run of each job kind. Everything
-is read by key or by one query of the installation's own partition (no scan), and nothing returned
-is a token.
+Can background jobs run now, and until when; when the last token arrived, from what kind of call,
+and until when jobs could use it; how many jobs wait for a token; whether jobs wait for Atlassian's
+rate limit, why and until when; which jobs went to the dead-letter queue and why; the last run of
+each job kind. Everything is read by key or by one query of the installation's own partition (no
+scan), and nothing returned is a token.
 """
 
 from __future__ import annotations
@@ -80,6 +80,8 @@ def status() -> dict[str, Any]:
         "lastToken": {
             "at": _iso(app_token.received_at) if app_token else None,
             "from": app_token.delivered_by if app_token else None,
+            # Until when jobs could take it, past or future: "jobs stopped at ..." when it no longer serves.
+            "usableByJobsUntil": _iso(usable_until) if usable_until else None,
         },
         "tokens": tokens,
         "captured": call.captured,
