@@ -16,16 +16,24 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_handler(logical_id: str, code_uri: str, environment: Mapping[str, str]) -> Any:
-    """Import ``<code_uri>/app.py`` fresh under ``handler_<logical_id>`` with ``environment`` set, and
+def handler_module_name(logical_id: str) -> str:
+    """The name ``load_handler`` gives a function's ``app.py`` in ``sys.modules``."""
+    return f"handler_{logical_id}"
+
+
+def load_handler(logical_id: str, code_uri: str, environment: Mapping[str, str], *, root: Path = ROOT) -> Any:
+    """Import ``<root>/<code_uri>/app.py`` fresh under ``handler_<logical_id>`` with ``environment`` set, and
     return its ``lambda_handler``: the library's handler object (``forge_remote.handler``), which is
-    what Lambda calls and holds the function's parts (``.runner``, ``.app``, ``.wiring``)."""
+    what Lambda calls and holds the function's parts (``.runner``, ``.app``, ``.wiring``).
+
+    ``root``: where the template's ``CodeUri`` folders are (the repository, or a copy of its functions).
+    """
     os.environ.update(environment)
     from forge_remote import aws
 
     aws.reset_clients()  # a new endpoint or moto mock may be in force
-    name = f"handler_{logical_id}"
-    path = ROOT / code_uri / "app.py"
+    name = handler_module_name(logical_id)
+    path = root / code_uri / "app.py"
     if str(path.parent) not in sys.path:
         sys.path.insert(0, str(path.parent))  # Lambda puts the function's folder on the path
     spec = importlib.util.spec_from_file_location(name, path)

@@ -3,19 +3,27 @@ all run, so the three cannot drift apart.
 
 ``LocalRuntime().start()`` brings up, on 127.0.0.1 only: moto in server mode (DynamoDB, SQS) with
 the template's tables and queues; the Forge emulator (FIT signing key
-and JWKS); the Confluence emulator; the four real handler modules with the environment the template
+and JWKS); the Confluence emulator; the five real handler modules with the environment the template
 gives each; the HTTP gateway in front of the HTTP functions; the SQS poller in front of the worker;
 and the scheduler timer. ``stop()`` undoes all of it, environment and clock included.
+
+A running stack picks up edits as a deploy would: ``reload_changed()`` (every second in the background
+after ``start_watching()``) imports afresh the functions whose files changed under their ``CodeUri``
+folder, or all of them when the library did (``local/reload.py`` says what is purged and kept).
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import os
 import sys
 import threading
-from contextlib import redirect_stdout
+from collections.abc import Callable, Collection
+from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
@@ -29,7 +37,7 @@ from local.cfn_yaml import http_routes
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import DEFAULT_APP_ID, ForgeEmulator, Site, new_installation_id
 from local.gateway import LocalGateway
-from local.handlers import load_handler
+from local.handlers import ROOT, handler_module_name, load_handler
 from local.lambda_context import LocalLambdaContext
 from local.moto_server import MotoServer
 from local.poller import (
@@ -42,10 +50,38 @@ from local.poller import (
     sqs_event_sources,
     stream_pollers,
 )
+from local.reload import (
+    LIBRARY_DIR,
+    ImportState,
+    Owns,
+    RegistryState,
+    SourceWatcher,
+    any_of,
+    describe_failure,
+    drop_jobs,
+    files_text,
+    forget_bytecode,
+    function_modules,
+    kept_library_files,
+    library_modules,
+    purge_modules,
+    restore_modules,
+)
 from local.stack import TEMPLATE, LocalStack
 
 # Local-only settings on top of the template's: no X-Ray daemon and no CloudWatch to publish to.
 LOCAL_FUNCTION_ENV = {"POWERTOOLS_TRACE_DISABLED": "true", "POWERTOOLS_METRICS_DISABLED": "true"}
+WATCHER_STOP_TIMEOUT_S = 30  # a reload stuck in an import must not keep stop() waiting forever
+
+LoadHook = Callable[[Any], None]
+
+
+class ReloadFailed(Exception):
+    """A fresh import that did not happen; ``line`` is the report (the function keeps its previous code)."""
+
+    def __init__(self, line: str) -> None:
+        super().__init__(line)
+        self.line = line
 
 
 @dataclass
@@ -57,7 +93,9 @@ class LocalFunction:
     timeout_s: float
     memory_mb: int
     # Lambda runs one event at a time per container; the modules keep per-event state in globals.
+    # A reload swaps ``module`` under it too: an event in flight ends on the old code, the next gets the new.
     lock: threading.Lock
+    code_uri: str = ""  # the template's CodeUri, without the trailing slash
 
 
 class LocalRuntime:
@@ -74,12 +112,17 @@ class LocalRuntime:
         log_level: str = "WARNING",
         function_logs: IO[str] | None = None,
         digest_spread_minutes: int = 0,
+        functions_root: Path | None = None,
+        watch_library: bool = True,
     ) -> None:
         """``production_jwks``: verify FITs with Atlassian's production keys (a real Forge app through a
         tunnel) instead of the emulator's. ``allowed_api_hosts`` defaults to the Confluence emulator.
         ``function_logs``: where the handlers' Powertools logs go (default stderr, apart from narration).
         ``digest_spread_minutes``: the template's ``DigestSpreadMinutes``; 0 here (not the template's 60)
         so that a fired digest's jobs are on the queue at once: SQS would delay them for real minutes.
+        ``functions_root``: where the template's ``CodeUri`` folders are (default: this repository; a test
+        points it at a copy of ``functions/`` it may edit). ``watch_library``: ``reload_changed`` also
+        watches ``forge_remote`` (a change there reloads every function).
         """
         self._gateway_port = gateway_port
         self._production_jwks = production_jwks
@@ -100,10 +143,23 @@ class LocalRuntime:
         self._poller: SqsPoller | None = None
         self._stream_pollers: list[StreamPoller] = []
         self._timer: ScheduleTimer | None = None
+        self._functions_root = (functions_root or ROOT).resolve()
+        self._watch_library = watch_library
+        self._load_hooks: dict[str, list[LoadHook]] = {}
+        self._watcher: SourceWatcher | None = None
+        self._reload_lock = threading.Lock()  # one reload at a time: the watcher thread's, or a caller's
+        self._pending: dict[str, set[Path]] = {}  # changed files of a function whose reload failed
+        self._pending_library: set[Path] = set()  # the same for the library: every function retries
+        self._watch_thread: threading.Thread | None = None
+        self._watch_stop = threading.Event()  # set by stop(): a reload still waiting for a function gives up
+        self._import_state: ImportState | None = None
+        self._imported_afresh = False  # then stop() puts sys.modules, sys.path and the job registry back
+        self._library_imported_afresh = False
 
     # -- lifecycle
     def start(self) -> Self:
         self._saved_env = dict(os.environ)
+        self._import_state = ImportState.capture()
         try:
             self._start()
         except BaseException:
@@ -135,6 +191,8 @@ class LocalRuntime:
         self._stack = LocalStack.from_template(TEMPLATE, parameters=parameters, region=self.moto.region).create(
             dynamodb=session.client("dynamodb"), sqs=session.client("sqs")
         )
+        # Before the imports: a file saved while they run is then seen as changed, not missed.
+        self._watcher = SourceWatcher(self._watched_folders(self._stack))
         self._load_functions(self._stack)
         self._gateway = LocalGateway.from_template_routes(
             http_routes(self._stack.template), self.invoke, port=self._gateway_port
@@ -152,30 +210,50 @@ class LocalRuntime:
         self._timer = ScheduleTimer(schedules(self._stack.template, self._stack.resolve), self.invoke)
         self._stream_pollers = stream_pollers(self._stack, self.invoke, session=session)
 
+    def _watched_folders(self, stack: LocalStack) -> tuple[Path, ...]:
+        folders = [self._functions_root / code_uri for code_uri in sorted(set(stack.functions().values()))]
+        return (*folders, *([LIBRARY_DIR] if self._watch_library else []))
+
     def _load_functions(self, stack: LocalStack) -> None:
         template_globals = stack.template.get("Globals", {}).get("Function", {})
+        # Another copy of the functions: this process may already hold the repository's own modules of the
+        # same names (confluence_jobs), which must not stand in for the copy's.
+        afresh = self._functions_root != ROOT
+        self._imported_afresh = afresh
         # Powertools binds its log stream when a module creates its Logger: point it away from stdout.
         with redirect_stdout(self._function_logs or sys.stderr):
             for logical_id, code_uri in stack.functions().items():
                 props = stack.resources[logical_id].get("Properties", {})
-                env = {**stack.environment(logical_id), **LOCAL_FUNCTION_ENV}
-                # One after another: each module reads its environment at import, as on Lambda.
-                self.functions[logical_id] = LocalFunction(
+                function = LocalFunction(
                     logical_id=logical_id,
-                    module=load_handler(logical_id, code_uri, env),
+                    module=None,
                     timeout_s=float(props.get("Timeout", template_globals.get("Timeout", 3))),
                     memory_mb=int(props.get("MemorySize", template_globals.get("MemorySize", 128))),
                     lock=threading.Lock(),
+                    code_uri=code_uri,
                 )
+                self.functions[logical_id] = function
+                if afresh:
+                    drop_jobs(purge_modules(self._owns(logical_id)))
+                # One after another: each module reads its environment at import, as on Lambda.
+                function.module = self._import_handler(logical_id)
+                for hook in self._load_hooks.get(logical_id, []):
+                    hook(function.module)
+
+    def _import_handler(self, logical_id: str) -> Any:
+        env = {**self.stack.environment(logical_id), **LOCAL_FUNCTION_ENV}
+        return load_handler(logical_id, self.functions[logical_id].code_uri, env, root=self._functions_root)
 
     def stop(self) -> None:
-        """Stop every server and put the process back as it was (environment, clock, boto3 clients)."""
+        """Stop every server and put the process back as it was (environment, clock, boto3 clients, and the
+        modules, import path and job registry a reload or another ``functions_root`` changed)."""
+        self._stop_watching()
+        self._watcher = None
         if self._poller is not None:
             self._poller.stop()
         for stream_poller in self._stream_pollers:
             stream_poller.stop()
         self._stream_pollers = []
-        self.functions.clear()
         for server in (self._gateway, self.confluence, self.forge):
             if server is not None:
                 server.stop()
@@ -187,6 +265,12 @@ class LocalRuntime:
             os.environ.clear()
             os.environ.update(self._saved_env)
             self._saved_env = None
+        if self._import_state is not None and self._imported_afresh:
+            # Later loads in this process (tests) must find the modules and jobs they would have found.
+            owners = [self._owns(logical_id) for logical_id in self.functions]
+            self._import_state.restore(any_of([*owners, *([library_modules] if self._library_imported_afresh else [])]))
+        self._import_state = None
+        self.functions.clear()
         from forge_remote import aws
 
         aws.reset_clients()  # they point at the server that just stopped
@@ -278,6 +362,191 @@ class LocalRuntime:
         visible again (they were hidden for real seconds). Returns how many jobs were released."""
         clock.advance(seconds)
         return self.poller.release_deferred()
+
+    # -- picking up edits
+    def on_load(self, logical_id: str, hook: LoadHook) -> None:
+        """Call ``hook(handler)`` with the function's handler now (if loaded), and with every handler a reload
+        brings, before that one serves an event: how local wiring (the job outcomes journal's observer)
+        outlives a reload. A hook that raises on a new handler fails that reload."""
+        if self._stack is not None and logical_id not in self.functions:
+            raise KeyError(f"no function {logical_id!r} in the template")
+        with self._reload_lock:  # not between a reload's hooks and its swap
+            self._load_hooks.setdefault(logical_id, []).append(hook)
+            function = self.functions.get(logical_id)
+            if function is not None and function.module is not None:
+                with function.lock:
+                    hook(function.module)
+
+    def start_watching(self, interval_s: float = 1.0, notify: Callable[[str], None] = print) -> None:
+        """Reload edited functions in the background (``make local``): ``reload_changed()`` every ``interval_s``
+        seconds, each line it returns given to ``notify``. ``stop()`` ends it."""
+        if self._watcher is None:
+            raise RuntimeError("local runtime not started")
+        if self._watch_thread is not None:
+            raise RuntimeError("already watching")
+        self._watch_stop.clear()
+
+        def watch() -> None:
+            while not self._watch_stop.wait(interval_s):
+                try:
+                    lines = self.reload_changed()
+                except Exception as exc:  # a bug here must stop neither the watching nor the stack
+                    lines = [f"looking for changed sources failed: {type(exc).__name__}: {exc}"]
+                for line in lines:
+                    with contextlib.suppress(Exception):  # whatever notify does, the next change is still seen
+                        notify(line)
+
+        self._watch_thread = threading.Thread(target=watch, name="local-reload", daemon=True)
+        self._watch_thread.start()
+
+    def _stop_watching(self) -> None:
+        self._watch_stop.set()
+        thread, self._watch_thread = self._watch_thread, None
+        if thread is not None:
+            thread.join(timeout=WATCHER_STOP_TIMEOUT_S)
+
+    def reload_changed(self) -> list[str]:
+        """Import afresh every function whose sources changed since the last look (a library change: all of
+        them), as Lambda runs a function after a deploy; one line per function says what happened.
+
+        ``reloaded <function> (<files> changed)``; or ``<function> not reloaded ...: file:line: Type: message``,
+        and the function keeps running its previous code until one of its files changes again (then the
+        files of the failed reload are retried with it). Synchronous: the watcher thread calls it, tests too.
+        """
+        with self._reload_lock:
+            if self._watcher is None:
+                raise RuntimeError("local runtime not started")
+            changed = self._watcher.changes()
+            if not changed:
+                return []
+            forget_bytecode(changed)
+            library = {path for path in changed if self._watch_library and path.is_relative_to(LIBRARY_DIR)}
+            by_function: dict[str, set[Path]] = {}
+            for logical_id, function in self.functions.items():
+                folder = self._functions_root / function.code_uri
+                mine = {path for path in changed if path.is_relative_to(folder)}
+                if mine:
+                    by_function[logical_id] = mine
+            # A library change not applied yet is retried at any change: a function's fix may be what it needs.
+            if library or self._pending_library:
+                return self._reload_library(library | self._pending_library, by_function)
+            lines: list[str] = []
+            for logical_id in sorted(by_function):
+                lines.append(
+                    self._reload_function(logical_id, by_function[logical_id] | self._pending.pop(logical_id, set()))
+                )
+            return lines
+
+    def _reload_function(self, logical_id: str, changed: set[Path]) -> str:
+        function = self.functions[logical_id]
+        with function.lock:
+            if self._watch_stop.is_set():
+                return f"{logical_id} not reloaded: the stack is stopping"
+            try:
+                (module,) = self._import_afresh([logical_id], changed, library=False).values()
+            except ReloadFailed as failure:
+                self._pending[logical_id] = changed
+                return failure.line
+            function.module = module
+        return f"reloaded {logical_id} ({files_text(changed, self._shown)} changed)"
+
+    def _reload_library(self, library: set[Path], by_function: dict[str, set[Path]]) -> list[str]:
+        logical_ids = sorted(self.functions)
+        changed = {
+            logical_id: library | by_function.get(logical_id, set()) | self._pending.get(logical_id, set())
+            for logical_id in logical_ids
+        }
+        with ExitStack() as held:
+            # Every function at once (in one order: nothing else takes two): none runs while the library is
+            # swapped, so none mixes old modules with new ones, nor catches an exception class of the other.
+            for logical_id in logical_ids:
+                held.enter_context(self.functions[logical_id].lock)
+            if self._watch_stop.is_set():
+                return ["the library's change not applied: the stack is stopping"]
+            try:
+                loaded = self._import_afresh(logical_ids, set[Path]().union(*changed.values()), library=True)
+            except ReloadFailed as failure:
+                self._pending_library = library
+                self._pending = {
+                    logical_id: paths - library for logical_id, paths in changed.items() if paths - library
+                }
+                return [failure.line]
+            for logical_id, module in loaded.items():
+                self.functions[logical_id].module = module
+        self._pending_library, self._pending = set(), {}
+        kept = kept_library_files()
+        return [
+            *(
+                f"reloaded {logical_id} ({files_text(changed[logical_id], self._shown)} changed)"
+                for logical_id in logical_ids
+            ),
+            *(
+                f"{self._shown(path)} is not reloaded (its state is the whole stack's): restart the stack to use it"
+                for path in sorted(library)
+                if path.resolve() in kept
+            ),
+        ]
+
+    def _import_afresh(self, logical_ids: list[str], changed: Collection[Path], *, library: bool) -> dict[str, Any]:
+        """The functions' handlers imported afresh, hooks applied (the caller holds their locks): each one's
+        own modules purged first, and with ``library`` every ``forge_remote`` module but the kept ones.
+
+        All or none: if one fails, ``sys.modules``, the job registry and the environment are as they were,
+        and ``ReloadFailed`` names the function, the file and the error.
+        """
+        saved_modules = dict(sys.modules)
+        saved_jobs = RegistryState.capture()
+        saved_env = dict(os.environ)
+        owners: list[Owns] = [self._owns(logical_id) for logical_id in logical_ids]
+        self._imported_afresh = True
+        self._library_imported_afresh |= library
+        loaded: dict[str, Any] = {}
+        current = logical_ids[0]
+        try:
+            importlib.invalidate_caches()  # a folder's listing is cached: a new module would not be found
+            if library:
+                purge_modules(library_modules)
+            with redirect_stdout(self._function_logs or sys.stderr):
+                for current, owns in zip(logical_ids, owners, strict=True):
+                    drop_jobs(purge_modules(owns))
+                    module = self._import_handler(current)
+                    for hook in self._load_hooks.get(current, []):
+                        hook(module)
+                    loaded[current] = module
+        except BaseException as exc:
+            restore_modules(saved_modules, any_of([*owners, *([library_modules] if library else [])]))
+            saved_jobs.restore()
+            if not isinstance(exc, Exception | SystemExit):
+                raise
+            raise ReloadFailed(self._failure_line(current, exc, changed, library=library)) from exc
+        finally:
+            # The process's environment stays the one the start left. Only the keys a function sets are put
+            # back, never the whole: other threads read the environment meanwhile.
+            names = {name for logical_id in logical_ids for name in self.stack.environment(logical_id)}
+            for name in names | LOCAL_FUNCTION_ENV.keys():
+                if name in saved_env:
+                    os.environ[name] = saved_env[name]
+                else:
+                    os.environ.pop(name, None)
+        return loaded
+
+    def _failure_line(self, logical_id: str, error: BaseException, changed: Collection[Path], *, library: bool) -> str:
+        roots = [self._functions_root / function.code_uri for function in self.functions.values()] + [LIBRARY_DIR]
+        where = describe_failure(error, prefer=changed, roots=roots, shown=self._shown)
+        if library:
+            return f"{logical_id} not reloaded, nor any other function (the library changed; their previous code still runs): {where}"
+        return f"{logical_id} not reloaded (its previous code still runs): {where}"
+
+    def _owns(self, logical_id: str) -> Owns:
+        code_uri = self.functions[logical_id].code_uri
+        return function_modules(self._functions_root / code_uri, code_uri, handler_module_name(logical_id))
+
+    def _shown(self, path: Path) -> str:
+        """A path as the developer knows it: from the functions' root or the repository's."""
+        for root in (self._functions_root, ROOT):
+            with contextlib.suppress(ValueError):
+                return str(path.relative_to(root))
+        return str(path)
 
     # -- looking at it
     def site(self) -> Site:
