@@ -27,6 +27,7 @@ help:  ## list these targets (what plain `make` does)
 $(STAMP): requirements-dev.txt layers/forge_remote/requirements.txt
 	@echo "creating $(VENV) with $(PYTHON) ($$($(PYTHON) --version))"
 	@rm -rf $(VENV) && $(PYTHON) -m venv $(VENV)
+	@echo "installing the pinned dependencies into $(VENV) (about 1-2 min the first time, quiet until done)"
 	@$(BIN)/pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r layers/forge_remote/requirements.txt
 	@$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	@$(BIN)/pip install --quiet --disable-pip-version-check --no-deps -e .
@@ -72,6 +73,7 @@ bench: venv  ## figures and ratios, side by side in one run (ARGS=--quick: about
 # The runtime lock: uv resolves requirements.in for Python 3.12 on every platform (Lambda's arm64, this
 # machine's x86_64, a Mac) with the hash of every file; nothing else here needs uv, so it has its own venv.
 .venv-lock/.installed:
+	@echo "installing uv into .venv-lock (a few seconds, once)"
 	$(PYTHON) -m venv .venv-lock && .venv-lock/bin/pip install --quiet uv==0.13.8 && touch $@
 
 lock: .venv-lock/.installed  ## re-resolve layers/forge_remote/requirements.txt (pins + hashes) from requirements.in
@@ -80,6 +82,7 @@ lock: .venv-lock/.installed  ## re-resolve layers/forge_remote/requirements.txt 
 
 # SAM CLI pins its own boto3, so it lives in a venv of its own.
 .venv-sam/.installed:
+	@echo "installing SAM CLI into .venv-sam (about 1 min, once)"
 	$(PYTHON) -m venv .venv-sam && .venv-sam/bin/pip install --quiet aws-sam-cli==1.170.0 && touch $@
 
 sam-validate: .venv-sam/.installed  ## sam validate --lint of template.yaml (SAM CLI in .venv-sam)
@@ -89,6 +92,7 @@ sam-validate: .venv-sam/.installed  ## sam validate --lint of template.yaml (SAM
 # accepted is skipped on its resource in template.yaml with the reason (tests/integration/test_template_security.py).
 # --quiet lists only the failed checks, after the counts (passed, failed, skipped); any failed check fails.
 .venv-checkov/.installed:
+	@echo "installing checkov into .venv-checkov (about 1 min, once)"
 	$(PYTHON) -m venv .venv-checkov && .venv-checkov/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30 && touch $@
 
 # Twice: the template as written (its SAM resources) and as the SAM transform makes it (the roles, permissions,

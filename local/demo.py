@@ -3,17 +3,26 @@
 The motivating failure: a background job uses "the last token Forge sent", which expired while no
 Forge call came in, and Confluence answers 401. Here the same story runs through the real handlers
 (HTTP gateway, moto, SQS poller, Forge and Confluence emulators) and ends differently: the job
-waits for a valid token instead. Time is moved, never waited for (``LocalRuntime.advance``).
-Narration goes to stdout; the functions' own logs (WARNING and up) go to stderr.
+waits for a valid token instead. Time is moved, never waited for (``LocalRuntime.advance``), and the
+functions' log lines are stamped with the moved clock, as the stack's token expiries are.
+
+Narration goes to stdout, one line per step (``Story.steps``, counted from that list). The functions'
+own log lines (WARNING and up) are kept apart from it: the one the story expects, the worker's
+warning when it defers the job for want of a valid token (a real warning, which on AWS says jobs are
+waiting), is told in words at its step; any other is printed to stderr after the table, as the
+function wrote it.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import boto3
 import requests
@@ -38,16 +47,75 @@ def _when(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%H:%M UTC")
 
 
+def _n(count: int | None, thing: str) -> str:
+    """``1 token``, ``2 tokens``, ``0 tokens``: every count the story prints reads as English."""
+    return f"{count} {thing if count == 1 else thing + 's'}"
+
+
+def _versions(snapshots: list[int]) -> str:
+    return f"{'snapshot' if len(snapshots) == 1 else 'snapshots'} stored: {', '.join(f'v{v}' for v in snapshots) or 'none'}"
+
+
+@dataclass
+class FunctionLogs:
+    """The functions' log lines (JSON, one a line), kept apart from the narration: a step takes the
+    lines it tells in words (``take``); ``untold`` are the others, printed after the table."""
+
+    stream: io.StringIO = field(default_factory=io.StringIO)
+    _read: int = 0
+    _lines: list[str] = field(default_factory=list)
+
+    def _collect(self) -> None:
+        text = self.stream.getvalue()
+        self._lines.extend(line for line in text[self._read :].splitlines() if line.strip())
+        self._read = len(text)
+
+    def take(self, service: str, message: str) -> list[dict[str, Any]]:
+        """The lines ``service`` logged with ``message`` so far, removed from the untold ones."""
+        self._collect()
+        taken, kept = [], []
+        for line in self._lines:
+            record = _json_object(line)
+            if record is not None and (record.get("service"), record.get("message")) == (service, message):
+                taken.append(record)
+            else:
+                kept.append(line)
+        self._lines = kept
+        return taken
+
+    def untold(self) -> list[str]:
+        self._collect()
+        return list(self._lines)
+
+
+def _json_object(line: str) -> dict[str, Any] | None:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _logged_at(record: dict[str, Any]) -> float | None:
+    """When a Powertools line says it was written (its ``timestamp``, offset included)."""
+    try:
+        return datetime.strptime(str(record.get("timestamp")), "%Y-%m-%d %H:%M:%S,%f%z").timestamp()
+    except ValueError:
+        return None
+
+
 def _stored_expiry(rt: LocalRuntime, site: Site) -> float | None:
     items = rt.token_items(site.installation_id)
     return float(items[0]["expiresAt"]["N"]) if items else None
 
 
 class Story:
-    """The seven steps, each checking what it claims. State shared between steps lives here."""
+    """The story's steps (``self.steps``, in order), each checking what it claims. State shared between
+    steps lives here."""
 
-    def __init__(self, rt: LocalRuntime) -> None:
+    def __init__(self, rt: LocalRuntime, logs: FunctionLogs | None = None) -> None:
         self.rt = rt
+        self.logs = logs or FunctionLogs()
         self.site = rt.site()
         self.first_token = ""
         self.page_id = ""
@@ -93,7 +161,7 @@ class Story:
         ok = response.status_code == 202 and report.succeeded == 1 and versions == [1]
         return (
             ok,
-            f"event -> HTTP {response.status_code}; worker ran {report.succeeded} job; snapshots stored: v{versions}",
+            f"event -> HTTP {response.status_code}; worker ran {_n(report.succeeded, 'job')}; {_versions(versions)}",
         )
 
     def time_passes(self) -> tuple[bool, str]:
@@ -124,9 +192,20 @@ class Story:
             and len(parked) == 1
         )
         return ok, (
-            f"job deferred and parked ({len(parked)}); requests with the expired token: {expired_sent}; "
+            f"{_n(len(parked), 'job')} deferred and parked; requests sent with the expired token: {expired_sent}; "
             f"queue {in_queue}, DLQ {in_dlq}"
         )
+
+    def deferral_logged(self) -> str:
+        """The worker's WARNING for the deferral, told in words (its JSON line stays out of the story)."""
+        warnings = self.logs.take("confluence-worker", "job deferred")
+        if not warnings:
+            return "the worker logged no warning for it"
+        reason = str(warnings[-1].get("reason", "no reason given"))
+        reason = reason.replace(f" for installation {self.site.installation_id}", "")
+        logged_at = _logged_at(warnings[-1])
+        at = f" at {_when(logged_at)} on the stack's clock" if logged_at is not None else ""
+        return f"the worker logged it as a WARNING{at}: job deferred, {reason}"
 
     def naive_contrast(self) -> str:
         """What "the last token seen" would have done: send the expired token. Once, directly."""
@@ -165,9 +244,9 @@ class Story:
         )
         expires = _stored_expiry(self.rt, self.site) or 0
         return ok, (
-            f"keepalive -> HTTP {response.status_code}, token until {_when(expires)}; the parked job was woken "
-            f"and done ({report.succeeded}) {waited * 1000:.0f} ms later, its deferral delay still had "
-            f"{self.deferral_delay_s:.0f} s to run; snapshots v{versions}"
+            f"keepalive -> HTTP {response.status_code}, token until {_when(expires)}; "
+            f"{_n(report.succeeded, 'parked job')} woken and done {waited * 1000:.0f} ms later, with "
+            f"{self.deferral_delay_s:.0f} s of its deferral delay still to run; {_versions(versions)}"
         )
 
     def _parked_retry_at(self) -> list[float]:
@@ -219,8 +298,9 @@ class Story:
         minted = self.rt.forge.offline_mints[alice]
         ok = minted == 1 and len(sent) == 1 and not sent & app_tokens and spaces == ["ENG"]
         return ok, (
-            f"2 user-digest jobs as Alice: {minted} user token minted, {len(sent)} token sent to Confluence "
-            f"(the app's: {len(sent & app_tokens)}); her digest lists spaces {spaces} (SEC is Bob's)"
+            f"{_n(len(requests_), 'user-digest job')} as Alice: {_n(minted, 'user token')} minted, "
+            f"{_n(len(sent), 'token')} sent to Confluence (the app's: {len(sent & app_tokens)}); "
+            f"her digest lists {_n(len(spaces), 'space')}: {', '.join(spaces) or 'none'} (SEC is Bob's)"
         )
 
     def account_closed(self) -> tuple[bool, str]:
@@ -241,8 +321,8 @@ class Story:
         digests = self.rt.results(self.site.installation_id, "USER_DIGEST")
         ok = alice in reported and not tokens_left and not digests
         return ok, (
-            f"report of {len(reported)} account(s) -> Alice closed; her tokens left {len(tokens_left)}, "
-            f"her digests left {len(digests)}"
+            f"report of {_n(len(reported), 'account')} -> Alice closed; left of hers: "
+            f"{_n(len(tokens_left), 'token')}, {_n(len(digests), 'digest')}"
         )
 
     def uninstall(self) -> tuple[bool, str]:
@@ -250,7 +330,8 @@ class Story:
         left = self.rt.token_items(self.site.installation_id)
         deleted = response.json().get("tokensDeleted") if response.status_code == 200 else None
         return response.status_code == 200 and not left, (
-            f"preUninstall -> HTTP {response.status_code}; {deleted} tokens deleted (the app's; Alice's went with her account), {len(left)} left"
+            f"preUninstall -> HTTP {response.status_code}; {_n(deleted, 'token')} deleted (the app's; "
+            f"Alice's went with her account), {len(left)} left"
         )
 
     def play(self) -> list[Step]:
@@ -265,6 +346,7 @@ class Story:
             failed = not step.ok
             print(f"[{number}/{len(self.steps)}] {step.title:<13} {'ok ' if step.ok else 'BAD'}  {step.observed}")
             if step.title == "page updated" and step.ok:
+                print(f"      {'':<13}      {self.deferral_logged()}")
                 print(f"      {'':<13}      {self.naive_contrast()}")
         return [step for step, _ in self.steps]
 
@@ -282,13 +364,23 @@ def table(steps: list[Step]) -> str:
 def main() -> int:
     started = time.monotonic()
     print("Forge remote on AWS, on this machine: a background job, an expired token, and no 401.")
-    with LocalRuntime(log_level="WARNING") as rt:
+    logs = FunctionLogs()
+    with LocalRuntime(log_level="WARNING", function_logs=logs.stream) as rt:
         print(f"      stack: gateway {rt.gateway_url}, moto {rt.moto.url}, Confluence {rt.confluence.start()}")
-        steps = Story(rt).play()
+        story = Story(rt, logs)
+        print(f"      {_n(len(story.steps), 'step')}, each checked; the stack's clock is moved, never waited for:")
+        steps = story.play()
     print()
     print(table(steps))
     ok = all(s.ok for s in steps)
-    print(f"\n{'All steps behaved' if ok else 'Some steps did NOT behave'} ({time.monotonic() - started:.1f} s).")
+    behaved = sum(s.ok for s in steps)
+    verdict = "All steps behaved" if ok else f"{behaved} of {_n(len(steps), 'step')} behaved"
+    print(f"\n{verdict} ({time.monotonic() - started:.1f} s).")
+    untold = logs.untold()
+    if untold:  # not part of the story: shown as the functions wrote them, apart from it
+        print(f"\n{_n(len(untold), 'function log line')} the story did not expect:", file=sys.stderr)
+        for line in untold:
+            print(line, file=sys.stderr)
     return 0 if ok else 1
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from forge_remote import JobContext, JobResult, clock, cql, job
+from forge_remote.jobs.contract import required, shown
 
 SNAPSHOT = "SNAPSHOT"
 
@@ -23,15 +24,18 @@ class SnapshotArgs:
 
 
 def parse_args(args: Mapping[str, Any]) -> SnapshotArgs:
-    page_id = str(args["pageId"])
-    if not page_id.isdigit() or len(page_id) > 20:
-        raise ValueError("pageId must be a numeric id")
+    given = required(args, "pageId", "the id of the page to snapshot")
+    # Digits as a text or a whole number (Forge's events carry ids both ways); ASCII digits only: "²" is
+    # a digit to str.isdigit and no number to int.
+    page_id = str(given) if isinstance(given, int) and not isinstance(given, bool) else given
+    if not isinstance(page_id, str) or not (page_id.isascii() and page_id.isdigit()) or len(page_id) > 20:
+        raise ValueError(f"pageId must be a page id (digits, at most 20), not {shown(given)}")
     space_key = args.get("spaceKey")
     if space_key is not None and (not isinstance(space_key, str) or not 0 < len(space_key) <= 255):
-        raise ValueError("spaceKey must be a non-empty string")
+        raise ValueError(f"spaceKey must be a space key (a text of 1 to 255 characters), not {shown(space_key)}")
     version = args.get("version")
     if version is not None and (not isinstance(version, int) or isinstance(version, bool)):
-        raise ValueError("version must be an integer")
+        raise ValueError(f"version must be the page's version number (a whole number), not {shown(version)}")
     return SnapshotArgs(page_id=int(page_id), space_key=space_key, version=version)
 
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from forge_remote import JobContext, JobResult, aws, clock, job
 from forge_remote.config import Settings
 from forge_remote.errors import ConfigurationError, RetryLater
+from forge_remote.jobs.contract import argument_names
 from forge_remote.storage.table_keys import PRIVACY_REPORT_SK as PROGRESS_SK
 from forge_remote.storage.table_keys import installation_pk
 
@@ -44,7 +45,7 @@ CONTENDED_DELAY_S = 30.0  # another run holds the progress item, or an item kept
 
 def parse_args(args: Mapping[str, Any]) -> None:
     if args:
-        raise ValueError("personal-data-report takes no arguments")
+        raise ValueError(f"the job takes no arguments, and the request gave {len(args)} ({argument_names(args)})")
 
 
 def _settings() -> Settings:

@@ -17,9 +17,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from forge_remote import JobContext, JobResult, clock, cql, job
+from forge_remote.jobs.contract import shown
 
 DIGEST = "DIGEST"
 MAX_SPACES = 100
+MAX_HOURS = 24 * 31
 MAX_SPACES_IN_SUMMARY = 20  # the summary is logged: a short list, the store's own warnings name every cut
 # Bounds a digest's record; its size in bytes is bounded by the result store, as 500 titles of 255
 # characters can take 500 KB in UTF-8 (3 bytes a CJK character, 4 an emoji) with nothing else counted.
@@ -42,13 +44,20 @@ def _default_space_keys() -> list[str]:
 
 def parse_args(args: Mapping[str, Any]) -> DigestArgs:
     keys = args.get("spaceKeys", _default_space_keys())
-    if not isinstance(keys, list) or not all(isinstance(k, str) and 0 < len(k) <= 255 for k in keys):
-        raise ValueError("spaceKeys must be a list of space keys")
+    if not isinstance(keys, list):
+        raise ValueError(f"spaceKeys must be a list of space keys (the spaces to digest), not {shown(keys)}")
+    for number, key in enumerate(keys, 1):
+        if not isinstance(key, str) or not 0 < len(key) <= 255:
+            raise ValueError(
+                f"spaceKeys must list space keys (texts of 1 to 255 characters); its item {number} is {shown(key)}"
+            )
     if len(keys) > MAX_SPACES:
-        raise ValueError(f"at most {MAX_SPACES} spaces per digest")
+        raise ValueError(f"spaceKeys lists {len(keys)} spaces, and a digest takes at most {MAX_SPACES}")
     hours = args.get("hours", 24)
-    if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= 24 * 31:
-        raise ValueError("hours must be an integer between 1 and 744")
+    if not isinstance(hours, int) or isinstance(hours, bool) or not 1 <= hours <= MAX_HOURS:
+        raise ValueError(
+            f"hours must be a whole number from 1 to {MAX_HOURS} (how far back the digest looks), not {shown(hours)}"
+        )
     return DigestArgs(space_keys=tuple(keys), hours=hours)
 
 

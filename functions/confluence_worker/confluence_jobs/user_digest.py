@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from forge_remote import JobContext, JobResult, PermanentFailure, clock, cql, job
+from forge_remote.jobs.contract import kind_of, shown
 from forge_remote.storage.table_keys import ACCOUNT_ID_PATTERN
 
 USER_DIGEST = "USER_DIGEST"
@@ -35,10 +36,14 @@ class UserDigestArgs:
 def parse_args(args: Mapping[str, Any]) -> UserDigestArgs:
     account_id = args.get("accountId")
     if account_id is not None and not (isinstance(account_id, str) and ACCOUNT_ID_PATTERN.fullmatch(account_id)):
-        raise ValueError("accountId must be an Atlassian account id")
+        # Never quoted, not even in part: whatever it is, it may be somebody's account id.
+        given = "a text that is not one" if isinstance(account_id, str) else kind_of(account_id)
+        raise ValueError(f"accountId must be the Atlassian account id of the user the digest is for; it is {given}")
     days = args.get("days", 7)
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= MAX_DAYS:
-        raise ValueError(f"days must be an integer between 1 and {MAX_DAYS}")
+        raise ValueError(
+            f"days must be a whole number from 1 to {MAX_DAYS} (how far back the digest looks), not {shown(days)}"
+        )
     return UserDigestArgs(account_id=account_id, days=days)
 
 

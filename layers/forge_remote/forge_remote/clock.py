@@ -18,6 +18,11 @@ def now() -> float:
     return time.time() + _offset_s
 
 
+def offset_s() -> float:
+    """How far the clock is from wall time (0 in production): what log timestamps are moved by."""
+    return _offset_s
+
+
 def advance(seconds: float) -> None:
     """Move the clock forward (local stack and tests only)."""
     global _offset_s

@@ -35,9 +35,9 @@ def batch_handler(
     each record through ``record_handler``; metrics published only if some were recorded."""
     from aws_lambda_powertools.utilities.batch import process_partial_response
 
-    from forge_remote.telemetry.logs import publishing_recorded_metrics
+    from forge_remote.telemetry.logs import invocation_logging, publishing_recorded_metrics
 
-    @logger.inject_lambda_context
+    @invocation_logging(logger)
     def lambda_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         with publishing_recorded_metrics(metrics):
             response = process_partial_response(

@@ -23,7 +23,7 @@ from forge_remote.inbound.api import invocation, register_error_handlers, requir
 from forge_remote.inbound.wiring import HttpWiring
 from forge_remote.jobs.intake import EventIntake, EventJob
 from forge_remote.lifecycle.cleanup import InstallationCleanup, retention_days_setting
-from forge_remote.telemetry.logs import publishing_recorded_metrics, use_function_logger
+from forge_remote.telemetry.logs import invocation_logging, publishing_recorded_metrics, use_function_logger
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger
@@ -57,7 +57,7 @@ class TriggersHandler(LambdaHandler):
         self.app.post("/forge/keepalive")(self.keepalive)
         self.app.post("/forge/events")(self.product_event)
 
-        @self.logger.inject_lambda_context(correlation_id_path='headers."x-b3-traceid"')
+        @invocation_logging(self.logger, correlation_id_path='headers."x-b3-traceid"')
         def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             with publishing_recorded_metrics(self.metrics):  # a rejected call records nothing
                 return self.app.resolve(event, context)

@@ -19,6 +19,14 @@ worker keeps back what remains of a later one.
 The worker validates a request on arrival: an unknown job or bad arguments raise ``BadJobRequest`` and
 the message goes to the DLQ at once (it could never succeed); everything else is retried or deferred.
 It still accepts the EventBridge envelope (``detail``) that messages queued by earlier versions carry.
+
+A bad argument's reason is read by people: the DLQ's ``reason``, the worker's log, and the site's
+administrators on the status page (its dead-letter section). So it is a sentence that says what the
+job needed, never a bare ``KeyError`` text: ``bad arguments for job page-snapshot: the job needs the
+argument pageId (the id of the page to snapshot), which the request did not give``, or ``...: pageId
+must be a page id (digits, at most 20), not 'abc'``. ``required`` and ``shown`` help a ``parse_args``
+say so; whatever it raises, the reason is cut to ``MAX_ARGUMENT_REASON_CHARS`` and quotes no argument
+value that could be a secret or an account id (``argument_reason``).
 """
 
 from __future__ import annotations
@@ -245,11 +253,143 @@ class Job(Generic[A]):
     def __call__(self, ctx: JobContext) -> JobResult | None:
         try:
             args = self.parse_args(ctx.request.args)
-        except KeyError as exc:  # a bare KeyError says only the key: say what it means
-            raise BadJobRequest(f"bad arguments for job {self.name}: missing argument {exc}") from exc
-        except (ValueError, TypeError) as exc:
-            raise BadJobRequest(f"bad arguments for job {self.name}: {exc}") from exc
+        except (KeyError, ValueError, TypeError) as exc:
+            raise BadJobRequest(argument_reason(self.name, exc, ctx.request.args)) from exc
         return self.run(ctx, args)
+
+
+# -- argument errors, in words a site administrator reads (module docstring)
+MAX_ARGUMENT_REASON_CHARS = 300  # of what ``parse_args`` said; the DLQ reason itself is cut at 500
+MAX_SHOWN_CHARS = 16  # a value longer than this is described, never quoted: tokens and account ids are longer
+_ARGUMENT_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+# What may be quoted of a value: short, printable ASCII without quotes, backslashes, markup or ':'
+# (account ids and ARIs have one, "557058:..."); anything else is described ("a text of 40 characters").
+_SHOWABLE = re.compile(rf"^[A-Za-z0-9 _.,;!?#%()*+/=@^|~-]{{1,{MAX_SHOWN_CHARS}}}$")
+# A run of id or token characters, 16 or longer: with a digit in it, an account id, a token, an ARI.
+_ID_RUN = re.compile(rf"[A-Za-z0-9:_\-./+=]{{{MAX_SHOWN_CHARS},}}")
+_HIDDEN = "[hidden]"  # what stands where such a run, or a value of the arguments, was
+
+
+class MissingArgument(KeyError):
+    """``parse_args`` found no argument ``name``; ``meaning`` says what it is for ("the id of the page")."""
+
+    def __init__(self, name: str, meaning: str = "") -> None:
+        super().__init__(name)
+        self.name = name
+        self.meaning = meaning
+
+
+def required(args: Mapping[str, Any], name: str, meaning: str = "") -> Any:
+    """``args[name]``; if the request did not give it, a ``MissingArgument`` that says what it is for."""
+    try:
+        return args[name]
+    except KeyError:
+        raise MissingArgument(name, meaning) from None
+
+
+def kind_of(value: object) -> str:
+    """What a value is, in words, never what it holds: ``a text of 40 characters``, ``a list of 2 items``."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)  # null, true, false
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str | list | tuple):
+        kind, unit = ("text", "character") if isinstance(value, str) else ("list", "item")
+        return f"a {kind} of {len(value)} {unit}{'' if len(value) == 1 else 's'}" if value else f"an empty {kind}"
+    return "an object" if isinstance(value, dict) else f"a {type(value).__name__}"
+
+
+def _id_like(text: str) -> bool:
+    """Holds a run that could be an account id, a token or an ARI (``_ID_RUN`` with a digit in it)."""
+    return any(_has_digit(run.group()) for run in _ID_RUN.finditer(text))
+
+
+def _has_digit(text: str) -> bool:
+    return any(c.isdigit() for c in text)
+
+
+def shown(value: object) -> str:
+    """A bad argument's value as a reason may show it: quoted if it is a short plain text or number that
+    cannot be a secret or an account id (``'abc'``, ``12.5``, ``true``), else only what it is (``kind_of``)."""
+    if isinstance(value, str) and _SHOWABLE.fullmatch(value) and not _ID_RUN.search(value):
+        return f"'{value}'"
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        text = repr(value)
+        return text if len(text) <= MAX_SHOWN_CHARS else "a number"
+    return kind_of(value)
+
+
+def argument_names(names: Iterable[object], *, limit: int = 5) -> str:
+    """Argument names for a reason: those that read as names, at most ``limit``, the rest counted."""
+    names = list(names)
+    readable = sorted(n for n in names if isinstance(n, str) and _readable_name(n))[:limit]
+    rest = len(names) - len(readable)
+    return ", ".join([*readable, *([f"{rest} more" if readable else f"{rest} unnamed"] if rest else [])])
+
+
+def _readable_name(name: str) -> bool:
+    return bool(_ARGUMENT_NAME.fullmatch(name)) and not _id_like(name)
+
+
+def argument_reason(job: str, error: Exception, args: Mapping[str, Any]) -> str:
+    """The DLQ reason for ``parse_args`` raising ``error`` on ``args``: ``bad arguments for job <job>: ...``
+    with a sentence about what was wrong (a bare ``KeyError`` becomes "the job needs the argument ...").
+
+    Bounded (``MAX_ARGUMENT_REASON_CHARS``), and it quotes no value it cannot show (``shown``): the
+    arguments' own values are cut out of the message wherever it repeats them, and so is any run that
+    looks like an id or a token.
+    """
+    if isinstance(error, KeyError):
+        said = _missing(error, args)
+    else:
+        said = str(error).strip() or f"they are not what the job takes ({type(error).__name__})"
+    said = _without_secrets(said[: MAX_ARGUMENT_REASON_CHARS * 4], args)
+    if len(said) > MAX_ARGUMENT_REASON_CHARS:
+        cut = said[: MAX_ARGUMENT_REASON_CHARS - 3]
+        at_word = cut.rfind(" ")
+        said = (cut[:at_word] if at_word > MAX_ARGUMENT_REASON_CHARS // 2 else cut).rstrip() + "..."
+    return f"bad arguments for job {job}: {said}"
+
+
+def _missing(error: KeyError, args: Mapping[str, Any]) -> str:
+    name = error.args[0] if error.args else None
+    meaning = error.meaning if isinstance(error, MissingArgument) and error.meaning else ""
+    if isinstance(name, str) and (name in args or name in _texts_in(args)[1]):
+        # Not a missing argument: the job looked a value up in a table of its own, or a key inside one.
+        return "one of its arguments has a value the job does not know what to do with"
+    if not isinstance(name, str) or not _readable_name(name):
+        return "the job needs an argument that the request did not give"
+    what = f" ({meaning[:120]})" if meaning else ""
+    return f"the job needs the argument {name}{what}, which the request did not give"
+
+
+def _without_secrets(text: str, args: Mapping[str, Any]) -> str:
+    """``text`` with the texts of ``args`` it may not quote cut out (keys that do not read as names,
+    values ``shown`` would not quote), then any run that looks like an id or a token."""
+    keys, values = _texts_in(args)
+    secret = {k for k in keys if not _readable_name(k)} | {v for v in values if shown(v) != f"'{v}'"}
+    for value in sorted({v for v in secret if len(v) >= 4}, key=len, reverse=True):
+        text = text.replace(value, _HIDDEN)
+    return _ID_RUN.sub(lambda m: _HIDDEN if _has_digit(m.group()) else m.group(), text)
+
+
+def _texts_in(args: Mapping[str, Any], limit: int = 40_000) -> tuple[set[str], set[str]]:
+    """The keys and the text values in ``args``, at any depth (the first ``limit`` items looked at)."""
+    keys: set[str] = set()
+    values: set[str] = set()
+    stack: list[Any] = [args]
+    for _ in range(limit):
+        if not stack:
+            break
+        item = stack.pop()
+        if isinstance(item, str):
+            values.add(item)
+        elif isinstance(item, Mapping):
+            keys.update(k for k in item if isinstance(k, str))
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return keys, values
 
 
 class JobRegistry:

@@ -129,9 +129,11 @@ class SchedulerHandler(LambdaHandler):
     """The scheduler function's Lambda handler: ``lambda_handler = scheduler_handler()``."""
 
     def __init__(self, tasks: ScheduledTasks) -> None:
+        from forge_remote.telemetry.logs import invocation_logging
+
         self.tasks = tasks
 
-        @tasks.logger.inject_lambda_context
+        @invocation_logging(tasks.logger)
         @tasks.metrics.log_metrics
         def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             return tasks.run(event, context)

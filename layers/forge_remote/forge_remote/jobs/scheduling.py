@@ -3,6 +3,7 @@ each installation's request at its own stable slot of a window when the work is 
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -82,7 +83,13 @@ def schedule_for_all(
             pages += 1
             total += len(ids)
             batches = [ids[i : i + 10] for i in range(0, len(ids), 10)]
-            futures = [pool.submit(send_job_requests, sqs, queue_url, [request(i) for i in batch]) for batch in batches]
+            # Each in a copy of this context: the sender threads' log lines stay this invocation's.
+            futures = [
+                pool.submit(
+                    contextvars.copy_context().run, send_job_requests, sqs, queue_url, [request(i) for i in batch]
+                )
+                for batch in batches
+            ]
             requested += sum(f.result() for f in futures)
     return ScheduleReport(
         installations=total,

@@ -198,6 +198,8 @@ def _waited_s(record: SQSRecord) -> float | None:
     """Seconds since the message's first receive, on the stack's clock (None if SQS did not say)."""
     # Read with .get: Powertools' property raises KeyError when the attribute is absent.
     first_ms = record.attributes.get("ApproximateFirstReceiveTimestamp")
+    if first_ms is None:
+        return None
     try:
         return clock.now() - int(first_ms) / 1000
     except (TypeError, ValueError):
