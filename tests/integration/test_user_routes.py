@@ -209,6 +209,24 @@ def test_a_user_who_is_not_an_administrator_may_not_request_a_job(ui: UiWorld) -
     assert queued(ui.stack) == []
 
 
+def test_no_job_is_requested_for_an_uninstalled_site_even_by_an_administrator(ui: UiWorld) -> None:
+    from forge_remote.storage.installations import InstallationRegistry
+
+    ui.confluence.set_admins({ADMIN})
+    headers, _ = as_user(ui.forge, ui.site, ADMIN)
+    # The first call records the installation; then it is uninstalled (a page left open, a late call).
+    assert call(ui.calls, "GET", "/api/status", headers)[0] == 200
+    InstallationRegistry(boto3.client("dynamodb"), ui.stack.physical["AppTable"]).mark_uninstalled(
+        ui.site.installation_id
+    )
+    status, answer = call(ui.calls, "POST", "/api/jobs", as_user(ui.forge, ui.site, ADMIN)[0], {"job": "space-digest"})
+    assert status == 409, answer
+    assert answer["error"] == "uninstalled"
+    assert "uninstalled" in answer["message"]
+    assert queued(ui.stack) == []
+    assert bearers(ui.confluence) == []  # refused before Confluence is asked
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -16,6 +16,7 @@ reachable but is the library's own business and may move::
 - UI routes: ``Router``, ``ui_call``, ``accepts`` with ``WholeNumber``, ``OneOf``, ``JsonObject``.
 - Handlers, one per function: ``ui_handler``, ``triggers_handler``, ``worker_handler``,
   ``scheduler_handler``, ``wakeup_handler``.
+- Product events: ``ForgeEvent``, what a mapping function in ``triggers_handler(events=...)`` receives.
 - ``clock``: the time jobs and routes read (the local stack moves it).
 
 Names are loaded on first use, so importing this package costs nothing at cold start.
@@ -41,6 +42,7 @@ _FACE = {
     "RetryLater": "forge_remote.errors",
     "NotAllowed": "forge_remote.errors",
     "MalformedEvent": "forge_remote.errors",
+    "ForgeEvent": "forge_remote.forge.payloads",
     "Router": "aws_lambda_powertools.event_handler.api_gateway",
     "ui_call": "forge_remote.inbound.ui_calls",
     "accepts": "forge_remote.inbound.ui_calls",
@@ -57,6 +59,7 @@ _FACE = {
 __all__ = [  # the same names as _FACE (a test checks)
     "BULK",
     "INTERACTIVE",
+    "ForgeEvent",
     "JobContext",
     "JobResult",
     "JsonObject",
@@ -86,6 +89,7 @@ if TYPE_CHECKING:
     from forge_remote import clock
     from forge_remote.confluence import cql
     from forge_remote.errors import MalformedEvent, NotAllowed, PermanentFailure, RetryLater
+    from forge_remote.forge.payloads import ForgeEvent
     from forge_remote.inbound.triggers import triggers_handler
     from forge_remote.inbound.ui import ui_handler
     from forge_remote.inbound.ui_calls import JsonObject, OneOf, WholeNumber, accepts, ui_call

@@ -62,6 +62,10 @@ class NotAllowed(PermanentFailure):
     """The signed-in user may not do this (HTTP 403); Confluence, asked as the user, said so."""
 
 
+class InstallationUninstalled(PermanentFailure):
+    """The call is for an installation that was uninstalled (HTTP 409): nothing can run for it."""
+
+
 class UserTokenRequired(PermanentFailure):
     """The route acts as the signed-in user, and the call carried no user token (HTTP 403)."""
 

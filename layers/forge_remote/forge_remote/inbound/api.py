@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from forge_remote.errors import (
     ConfluenceError,
     DeliveryInProgress,
+    InstallationUninstalled,
     InvalidInvocation,
     MalformedEvent,
     NotAllowed,
@@ -149,6 +150,11 @@ def register_error_handlers(app: APIGatewayHttpResolver, *, retry_after_s: int =
     def not_allowed(exc: NotAllowed) -> Response[Any]:
         logger.warning("request not allowed for this user", extra={"reason": exc.reason})
         return error_response(403, "forbidden", exc.reason)
+
+    @app.exception_handler(InstallationUninstalled)
+    def uninstalled(exc: InstallationUninstalled) -> Response[Any]:
+        logger.info("request for an uninstalled installation refused")
+        return error_response(409, "uninstalled", exc.reason)
 
     @app.exception_handler(UserTokenRequired)
     def user_token_required(exc: UserTokenRequired) -> Response[Any]:

@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import TYPE_CHECKING, Any
 
-from forge_remote.errors import NotAllowed
+from forge_remote.errors import InstallationUninstalled, NotAllowed
 from forge_remote.handler import LambdaHandler, import_modules
 from forge_remote.inbound.api import register_error_handlers, require_fit
 from forge_remote.inbound.ui_calls import JsonObject, OneOf, accepts, provide_ui_call, ui_call
 from forge_remote.inbound.wiring import HttpWiring
-from forge_remote.telemetry.logs import use_function_logger
+from forge_remote.telemetry.logs import invocation_logging, use_function_logger
 
 if TYPE_CHECKING:
     from aws_lambda_powertools import Logger
@@ -64,12 +64,17 @@ def job_request_router(jobs: Collection[str]) -> Router:
     @accepts(body=(job_field, args_field), max_body_bytes=MAX_JOB_BODY_BYTES)  # validated before Confluence is asked
     def request_job_now() -> tuple[dict[str, Any], int]:
         from forge_remote.jobs.contract import INTERACTIVE, request_job  # off the cold start of the other routes
+        from forge_remote.storage.installations import InstallationStatus
 
         call = ui_call(router)
         job, args = call.inputs[job_field], call.inputs[args_field]
+        invocation = call.invocation
+        # Checked before Confluence is asked: the worker would drop the request, and "requested" would be untrue.
+        installation = call.wiring.installations.get(invocation.installation_id)
+        if installation is not None and installation.status != InstallationStatus.ACTIVE:
+            raise InstallationUninstalled("the app is uninstalled from this site: no job can be requested for it")
         if not is_site_admin(call.confluence_as_user()):
             raise NotAllowed("only a Confluence administrator of this site may request jobs")
-        invocation = call.invocation
         request_id = request_job(
             job,
             invocation.installation_id,
@@ -100,7 +105,7 @@ class UiHandler(LambdaHandler):
         for router in routers:
             self.app.include_router(router)
 
-        @self.logger.inject_lambda_context(correlation_id_path='headers."x-b3-traceid"')
+        @invocation_logging(self.logger, correlation_id_path='headers."x-b3-traceid"')
         def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             return self.app.resolve(event, context)
 
