@@ -27,9 +27,11 @@ Who is calling is the token's ``sub`` claim, read without verifying the signatur
 validator decides whether the token is good; this only says whose it is): ``app`` (what
 ``ForgeEmulator.app_token()`` mints), or no readable ``sub`` at all, is the app; anything else is a
 user's accountId (``ForgeEmulator.app_token(subject=accountId)``). ``restrict_space`` makes a space's
-pages visible only to some users (and the app); searches, page reads and space listings answer as
-Confluence does for content the caller cannot view: left out, or a 404. ``set_admins`` names the
-Confluence administrators ``user/current?expand=operations`` reports.
+pages visible only to some users (and the app), ``restrict_page`` one page and the pages under it (a
+page view restriction, inherited by its descendants as in Confluence); searches, page reads and space
+listings answer as Confluence does for content the caller cannot view: left out, or a 404.
+``set_admins`` names the Confluence administrators ``user/current?expand=operations`` reports
+(``set_admin`` adds or removes one).
 
 The personal data reporting API is served on the same host, as on ``api.atlassian.com``:
 ``POST /app/report-accounts/`` with ``{"accounts": [{"accountId", "updatedAt"}]}`` (1 to 90, each
@@ -201,6 +203,7 @@ class ConfluenceEmulator:
         self.requests_seen: list[tuple[str, str, dict[str, str], str | None]] = []
         self._app_subjects = frozenset(app_subjects)
         self._space_viewers: dict[str, frozenset[str]] = {}  # restricted space key -> who may see it
+        self._page_viewers: dict[int, frozenset[str]] = {}  # restricted page id -> who may see it and its children
         self._admins: frozenset[str] = frozenset()
         self._documents: dict[int, tuple[int, Document]] = {}  # page id -> (version, Document)
         self._validate = token_validator or jwt_not_expired
@@ -395,12 +398,55 @@ class ConfluenceEmulator:
             else:
                 self._space_viewers[space_key] = frozenset(account_ids)
 
+    def restrict_page(self, page_id: int, account_ids: Iterable[str] | None) -> None:
+        """Only ``account_ids`` (and the app) may view the page ``page_id`` and every page under it from
+        now on (a view restriction, which Confluence applies to descendants too); ``None`` lifts it."""
+        with self._lock:
+            if int(page_id) not in self.pages:
+                raise KeyError(f"no page {page_id}")
+            if account_ids is None:
+                self._page_viewers.pop(int(page_id), None)
+            else:
+                self._page_viewers[int(page_id)] = frozenset(account_ids)
+
+    def page_viewers(self, page_id: int) -> frozenset[str] | None:
+        """Who the page's own view restriction lets see it (None: the page sets none)."""
+        with self._lock:
+            return self._page_viewers.get(int(page_id))
+
+    def space_viewers(self, space_key: str) -> frozenset[str] | None:
+        """Who may see a restricted space (None: the space is not restricted)."""
+        with self._lock:
+            return self._space_viewers.get(space_key)
+
+    def _page_visible(self, viewer: Viewer, page: dict[str, Any]) -> bool:
+        """No view restriction on the page or on a page above it keeps ``viewer`` out (the app is never kept out)."""
+        if viewer.is_app or not self._page_viewers:
+            return True
+        with self._lock:
+            for page_id in (int(page["id"]), *self._ancestors(page)):
+                allowed = self._page_viewers.get(page_id)
+                if allowed is not None and viewer.account_id not in allowed:
+                    return False
+        return True
+
     def set_admins(self, account_ids: Iterable[str]) -> None:
         """These users (and no others) are Confluence administrators. Administration is reported by
         ``user/current``; it does not open restricted spaces (Confluence Cloud administrators
         recover space permissions explicitly rather than seeing everything)."""
         with self._lock:
             self._admins = frozenset(account_ids)
+
+    def set_admin(self, account_id: str, admin: bool) -> None:
+        """Make one user a Confluence administrator (``admin``) or a plain user, leaving the others as they are."""
+        with self._lock:
+            self._admins = (self._admins | {account_id}) if admin else (self._admins - {account_id})
+
+    @property
+    def admins(self) -> frozenset[str]:
+        """The Confluence administrators of the site."""
+        with self._lock:
+            return self._admins
 
     def viewer(self, token: str) -> Viewer:
         """Who ``token`` acts as (see the module docstring)."""
@@ -613,7 +659,11 @@ class ConfluenceEmulator:
         limit = max(1, min(limit, self.page_size_cap))
         with self._lock:
             seen_spaces = {key for key in self.spaces if self.may_see(viewer, key)}
-            documents = (self._document(p) for p in self.pages.values() if p["spaceKey"] in seen_spaces)
+            documents = (
+                self._document(p)
+                for p in self.pages.values()
+                if p["spaceKey"] in seen_spaces and self._page_visible(viewer, p)
+            )
             found = query.sorted(d for d in documents if query.matches(d, viewer.account_id))
             window = [dict(self.pages[d.id]) for d in found[offset : offset + limit]]
             spaces = {key: dict(space) for key, space in self.spaces.items()}
@@ -651,7 +701,7 @@ class ConfluenceEmulator:
             page = dict(self.pages.get(int(raw_id)) or {})
             space = dict(self.spaces[page["spaceKey"]]) if page else {}
         # A page the caller may not view is a 404, the same answer as no page (v2 OpenAPI, 404).
-        if not page or not self.may_see(viewer, page["spaceKey"]):
+        if not page or not self.may_see(viewer, page["spaceKey"]) or not self._page_visible(viewer, page):
             return _v2_error(404, "NOT_FOUND", "Not Found")
         return _json(200, _page_v2(page, space, body_format, self._wiki_base(request)))
 

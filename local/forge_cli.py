@@ -1,11 +1,16 @@
 """Act as Forge against a running ``make local``: ``.venv/bin/python -m local.forge_cli COMMAND``.
 
-Commands send what Forge sends for the emulated site (``.cache/local-stack.json``, written by
-``local.serve``), with FITs signed by the serve process's dev key; they print the HTTP status and
-JSON body, never a token. ``job`` is what no Forge call does directly: it sends a job request for
-the site's installation to the stack's jobs queue, as the triggers and the scheduler do, and with
-``--wait`` prints the worker's outcome (from the journal ``local.job_outcomes`` keeps) and the
-result the job stored.
+Commands send what Forge sends for the emulated site (the state file ``local.serve`` writes:
+``.cache/local-stack.json``, or ``.cache/local-stack-<port>.json`` for a stack on another port), with
+FITs signed by the serve process's dev key; they print the HTTP status and JSON body, never a token.
+``job`` is what no Forge call does directly: it sends a job request for the site's installation to the
+stack's jobs queue, as the triggers and the scheduler do, and with ``--wait`` prints the worker's
+outcome (from the journal ``local.job_outcomes`` keeps) and the result the job stored.
+
+What only the serve process can do (its clock, a reinstall's new installation id, editing a page,
+who administers the site, the app token UI calls hand over) goes through its dev control endpoint
+(``local.dev_control``). Every Forge call first reads the stack's clock there, so the tokens minted
+here expire when the stack's own would.
 
 The help texts below are what ``--help`` shows: plain sentences, no markup.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -34,18 +40,24 @@ from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
+from forge_remote import clock  # noqa: E402
 from forge_remote.jobs.contract import JobRequest, send_job_requests  # noqa: E402
 from forge_remote.storage.results import ResultStore  # noqa: E402
-from local.forge_emulator import ForgeEmulator, SigningKey, Site  # noqa: E402
+from local.dev_control import ACCOUNT_ID, ControlClient, ControlRefused, ControlUnreachable  # noqa: E402
+from local.forge_emulator import DEFAULT_ACCOUNT_ID, Content, ForgeEmulator, SigningKey, Site  # noqa: E402
 from local.job_outcomes import JobOutcome, OutcomeJournal  # noqa: E402
+from local.seed import EXAMPLE_PAGE_ID  # noqa: E402
+from local.ui_dev import METHODS  # noqa: E402
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
     from mypy_boto3_sqs import SQSClient
 
-STATE_FILE = ROOT / ".cache" / "local-stack.json"
-USER_ACCOUNT_ID = "557058:0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+CACHE = ROOT / ".cache"
+STATE_FILE = CACHE / "local-stack.json"
+USER_ACCOUNT_ID = DEFAULT_ACCOUNT_ID  # the emulated site's own user, signed in to the app's UI
 DEFAULT_WAIT_S = 30.0
+EVENT_TYPE = re.compile(r"^avi:[a-z]+:[a-z_]+:[a-z_]+$")
 DESCRIPTION = (
     "Act as Forge against a running 'make local' stack. Each command sends what Forge would send for "
     "the stack's emulated Confluence site, signed with the stack's throwaway dev key, and prints the "
@@ -53,16 +65,19 @@ DESCRIPTION = (
 )
 EPILOG = (
     "Run from the repository root with the venv's python, for example: "
-    ".venv/bin/python -m local.forge_cli install. 'COMMAND --help' shows a command's options. "
-    "Exit status: 0 on success; 1 when the stack answers an error, cannot be reached, or a waited-for "
-    "job did not run; 2 for bad usage (nothing is sent)."
+    ".venv/bin/python -m local.forge_cli install. 'COMMAND --help' shows a command's options. A stack "
+    "started on another port than 8787 has its own state file, which its banner's commands name with "
+    "--state-file. Exit status: 0 on success; 1 when the stack answers an error, cannot be reached, or "
+    "a waited-for job did not run; 2 for bad usage (nothing is sent)."
 )
-# Forge calls: command -> (one line for the command list, its own --help). What each sends: request_for().
-FORGE_CALLS = {
+# command -> (its line in the command list, its own --help), in the order --help lists them.
+COMMAND_HELP = {
     "install": (
         "installed trigger: stores the installation and a token",
         "Send the lifecycle 'installed' event to POST /forge/lifecycle with a fresh app token, as Forge "
-        "does when the app is installed: the stack stores the installation and the token.",
+        "does when the app is installed: the stack stores the installation and the token. After an "
+        "uninstall this is a reinstall, and as Forge does it gives the site a new installation id, which "
+        "every command and the stack's status page use from then on.",
     ),
     "keepalive": (
         "the hourly scheduled trigger, with a fresh app token",
@@ -71,36 +86,128 @@ FORGE_CALLS = {
     ),
     "page-created": (
         "page created event: requests a page-snapshot job",
-        "Send a page created product event for the seeded page to POST /forge/events: the stack sends a "
-        "page-snapshot job request to its jobs queue.",
+        "Send a page created product event for a page of the emulated site (default: Release notes, the "
+        "page the banner names) to POST /forge/events: the stack sends a page-snapshot job request to "
+        "its jobs queue. With --wait, print what the worker did and the snapshot it stored.",
     ),
     "page-updated": (
-        "page updated event: requests a page-snapshot job",
-        "Send a page updated product event for the seeded page to POST /forge/events: the stack sends a "
-        "page-snapshot job request to its jobs queue.",
+        "edit a page (a new version), send its page updated event",
+        "Edit a page of the emulated site (default: Release notes), which makes a new version of it, and "
+        "send the page updated product event for that version to POST /forge/events: each run requests a "
+        "page-snapshot job that stores a new snapshot version. With --wait, print the job's outcome and "
+        "the snapshot it stored.",
+    ),
+    "event": (
+        "any product event type, e.g. avi:confluence:added:label",
+        "Send a product event of any type to POST /forge/events, in the shape Atlassian's events "
+        "reference gives its kind: page and blog post events carry the page, label events the label "
+        "(--label) and, when added or removed, the page; space events the page's space. Map the type to "
+        "a job in EVENTS of functions/forge_triggers/app.py to have it request one. It changes nothing on "
+        "the emulated site, and each run is a new delivery, not a retry of the last one.",
     ),
     "status": (
         "GET /api/status as a user in the app's UI",
-        "Call GET /api/status as the app's UI does (invokeRemote, with app and user tokens): it shows "
-        "until when jobs can use the stored token.",
+        "Call GET /api/status as the app's UI does (invokeRemote, with the app and user tokens), as the "
+        "CLI's default user: it shows until when jobs can use the stored token. The same as: call GET "
+        "/api/status.",
+    ),
+    "call": (
+        "call a UI route of yours as a signed-in user (invokeRemote)",
+        "Call a route of the remote as the app's Custom UI does with invokeRemote: a FIT for the UI "
+        "endpoint with the user as its principal, the app token (see ui-token) and the user's own token. "
+        "PATH may carry a query string. --admin makes the account a Confluence administrator of the "
+        "emulated site from then on (POST /api/jobs needs one) and --no-admin a plain user; with neither "
+        "the account stays as the site has it (the default user is a plain user; site lists who is not).",
+    ),
+    "job": (
+        "send a job request to the jobs queue (--wait: its outcome)",
+        "Send a job request for the emulated site's installation to the stack's jobs queue, as the triggers "
+        "and the scheduler do. With --wait, print what the worker did (done, deferred and why, "
+        "dead-lettered and why) and the result the job stored. Exit status 0 when the job was sent "
+        "(without --wait) or done; 1 when it was deferred, dead-lettered or discarded, or no outcome "
+        "came in time; 2 for bad JSON or an unknown job (nothing sent).",
+    ),
+    "clock": (
+        "the stack's clock; 'clock advance 90m' moves it forward",
+        "Print the stack's clock, which token expiry and the jobs' today are measured by. 'clock advance "
+        "DURATION' (for example 90m, 3h, 3600s, 1h30m or 2d) moves it forward: stored tokens come closer "
+        "to expiring, or expire, and every deferred job waiting out its delay runs again now. It never "
+        "goes back: a restarted stack is on this machine's time again.",
+    ),
+    "ui-token": (
+        "what app token UI calls hand over: a fresh one, or none",
+        "Show or set the app token the stack's Forge hands over with each UI call, the status page's and "
+        "call's alike: a fresh one valid for DURATION (3h when the stack starts), or none. With none, the "
+        "status page and status show what the rest of the stack left, so that clock advance can bring "
+        "them to expiring soon or to no token.",
+    ),
+    "site": (
+        "list the emulated site's spaces, pages and users",
+        "List what the emulated Confluence site holds: its installation, its spaces, its pages with their "
+        "ids, versions, labels and view restrictions, and its users, with who administers the site. The "
+        "page ids are what --page-id and job page-snapshot take.",
     ),
     "uninstall": (
         "preUninstall: deletes the installation's tokens",
         "Send preUninstall to POST /forge/uninstall (no token): the stack deletes the installation's "
-        "tokens and marks it uninstalled.",
+        "tokens and marks it uninstalled. Run install again to reinstall: the site then gets a new "
+        "installation id, as with Forge.",
     ),
 }
-COMMANDS = (*FORGE_CALLS, "job")
+COMMANDS = tuple(COMMAND_HELP)
+PAGE_EVENTS = {"page-created": "avi:confluence:created:page", "page-updated": "avi:confluence:updated:page"}
 
 
 class CliError(Exception):
     """A failure the user can act on: printed as one line, exit status 1, no traceback."""
 
 
+# -- durations (clock advance, ui-token)
+_DURATION = re.compile(r"(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?")
+
+
+def parse_duration(text: str) -> float:
+    """``90m``, ``3h``, ``3600s``, ``1h30m``, ``2d`` or plain seconds; ``ValueError`` with a message fit for the user."""
+    cleaned = text.strip().lower()
+    found = _DURATION.fullmatch(cleaned) if not cleaned.isdigit() else None
+    if cleaned.isdigit():
+        seconds = int(cleaned)
+    elif found is not None and any(found.groups()):
+        days, hours, minutes, secs = (int(part or 0) for part in found.groups())
+        seconds = days * 86400 + hours * 3600 + minutes * 60 + secs
+    else:
+        raise ValueError(f"not a duration: {text!r} (for example 90m, 3h, 3600s, 1h30m or 2d)")
+    if seconds <= 0:
+        raise ValueError(f"a duration must be more than 0 seconds, not {text!r}")
+    return float(seconds)
+
+
+def human(seconds: float) -> str:
+    """``5400`` -> ``1 h 30 min``."""
+    left, parts = round(abs(seconds)), list[str]()
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60), ("s", 1)):
+        if left >= size or (unit == "s" and not parts):
+            parts.append(f"{left // size} {unit}")
+            left %= size
+    return " ".join(parts[:2])
+
+
 # -- the running stack
+def _shown(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
 def load_state(path: Path) -> dict[str, Any]:
     if not path.exists():
-        raise CliError(f"{path} not found: start the stack first with `make local` (emulator JWKS mode)")
+        hint = ""
+        if path.resolve() == STATE_FILE.resolve():  # the default: a stack on another port has its own file
+            others = sorted(CACHE.glob("local-stack-*.json"))
+            if others:
+                hint = "; stacks on other ports: " + ", ".join(f"--state-file {_shown(p)}" for p in others)
+        raise CliError(f"{path} not found: start the stack first with `make local` (emulator JWKS mode){hint}")
     state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     return state
 
@@ -121,7 +228,10 @@ def emulator_from(state: dict[str, Any]) -> tuple[ForgeEmulator, Site]:
 
 
 def site_from(state: dict[str, Any]) -> Site:
-    site = state["site"]
+    return site_of(state["site"])
+
+
+def site_of(site: dict[str, Any]) -> Site:
     return Site(
         installation_id=site["installationId"],
         cloud_id=site["cloudId"],
@@ -130,13 +240,68 @@ def site_from(state: dict[str, Any]) -> Site:
     )
 
 
+def control_client(state: dict[str, Any]) -> ControlClient:
+    control = state.get("control")
+    if not isinstance(control, dict):
+        raise CliError("the state file predates the dev control endpoint: restart `make local`")
+    return ControlClient(control["url"], control["secret"])
+
+
+def ask(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
+    """One control endpoint request, its failures as one line for the user."""
+    try:
+        return call(*args)
+    except ControlUnreachable as exc:
+        raise CliError(f"cannot reach the local stack at {exc}: is `make local` still running?") from None
+    except ControlRefused as exc:
+        raise CliError(f"the local stack refused: {exc.message} (HTTP {exc.status})") from None
+
+
+@dataclass
+class Stack:
+    """The running stack as one command sees it: its state file, control endpoint, Forge and site."""
+
+    state: dict[str, Any]
+    control: ControlClient
+    forge: ForgeEmulator
+    site: Site
+    ui_app_token_lifetime_s: float | None
+    gateway_url: str
+    now: float
+
+
+def connect(args: argparse.Namespace) -> Stack:
+    """The stack of ``--state-file``, with this process's clock set to the stack's (``clock.set``): the
+    tokens minted here then expire when the stack's own would, however far its clock was moved."""
+    state = load_state(args.state_file)
+    control = control_client(state)
+    facts = ask(control.get, "/v1/stack")
+    now = float(facts["now"])
+    if abs(now - clock.now()) > 1:  # moved on (clock advance); within a second it is the same clock
+        clock.set(now)
+    forge, _ = emulator_from(state)
+    gateway = (getattr(args, "url", None) or state["gatewayUrl"]).rstrip("/")
+    return Stack(state, control, forge, site_of(facts["site"]), facts.get("uiAppTokenLifetimeSeconds"), gateway, now)
+
+
 # -- Forge calls
+def content_of(page: dict[str, Any]) -> Content:
+    """What a product event says of a page, from the control endpoint's page facts."""
+    return Content(
+        id=str(page["id"]),
+        title=str(page["title"]),
+        space_key=str(page["spaceKey"]),
+        space_name=str(page["spaceName"]),
+        version=int(page["version"]),
+        space_id=int(page["spaceId"]),
+    )
+
+
 def request_for(
-    command: str, forge: ForgeEmulator, site: Site, state: dict[str, Any]
+    command: str, forge: ForgeEmulator, site: Site, content: Content | None = None
 ) -> tuple[str, str, Any, dict[str, str]]:
-    """(method, path, body, headers) of the Forge call ``command`` stands for."""
+    """(method, path, body, headers) of the Forge call ``command`` stands for (``status``: ``ui_request``)."""
     token = forge.app_token()
-    page = state["page"]
     if command == "install":
         return (
             "POST",
@@ -146,48 +311,198 @@ def request_for(
         )
     if command == "keepalive":
         return "POST", "/forge/keepalive", {}, forge.headers(site, app_token=token, module_key="keepalive-endpoint")
-    if command in ("page-created", "page-updated"):
-        event = forge.page_event(page["id"], page["spaceKey"], created=command == "page-created", title=page["title"])
+    if command in PAGE_EVENTS:
+        if content is None:
+            raise ValueError(f"{command} needs the page")
+        event = forge.product_event(PAGE_EVENTS[command], content=content)
         return "POST", "/forge/events", event, forge.headers(site, app_token=token, module_key="events-endpoint")
     if command == "status":
-        headers = forge.headers(
-            site,
-            app_token=token,
-            user_token=forge.app_token(subject=USER_ACCOUNT_ID),
-            principal=USER_ACCOUNT_ID,
-            module_key="ui-endpoint",
-        )
-        return "GET", "/api/status", None, headers
+        return ui_request(forge, site, "GET", "/api/status")
     if command == "uninstall":
         return "POST", "/forge/uninstall", {}, forge.headers(site, module_key="uninstall-endpoint")
     raise ValueError(f"unknown command {command}")
 
 
-def forge_call(command: str, state: dict[str, Any], url: str | None) -> int:
-    forge, site = emulator_from(state)
-    method, path, body, headers = request_for(command, forge, site, state)
-    base = (url or state["gatewayUrl"]).rstrip("/")
+def ui_request(
+    forge: ForgeEmulator,
+    site: Site,
+    method: str,
+    path: str,
+    body: Any = None,
+    *,
+    account_id: str = USER_ACCOUNT_ID,
+    app_token_lifetime_s: float | None = 3 * 3600,
+) -> tuple[str, str, Any, dict[str, str]]:
+    """A UI call as Forge's invokeRemote makes it (``ForgeEmulator.ui_call_headers``, which the status
+    page's stand-in for ``@forge/bridge`` uses too)."""
+    return method, path, body, forge.ui_call_headers(site, account_id, app_token_lifetime_s=app_token_lifetime_s)
+
+
+def send(stack: Stack, method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, Any]:
+    """Send one call to the gateway; print its status and JSON body. Returns (status, parsed body)."""
     try:
-        response = requests.request(method, base + path, headers=headers, json=body, timeout=30)
+        response = requests.request(method, stack.gateway_url + path, headers=headers, json=body, timeout=30)
     except requests.ConnectionError as exc:
-        raise CliError(f"cannot reach the local gateway at {base}: is `make local` still running?") from exc
+        raise CliError(
+            f"cannot reach the local gateway at {stack.gateway_url}: is `make local` still running?"
+        ) from exc
     print(f"{method} {path} -> HTTP {response.status_code}")
+    document: Any = None
     if response.content:
         try:
-            print(json.dumps(response.json(), indent=2))
+            document = response.json()
+            print(json.dumps(document, indent=2))
         except ValueError:
             print(response.text)
-    return 0 if response.ok else 1
+    return response.status_code, document
+
+
+def finish(args: argparse.Namespace, stack: Stack, status: int, document: Any) -> int:
+    """The exit status of a call: 0 for a 2xx answer; with --wait, 0 only if the job it requested is done."""
+    if not 200 <= status < 300:
+        return 1
+    if not getattr(args, "wait", False):
+        return 0
+    request_id = document.get("requestId") if isinstance(document, dict) else None
+    if not isinstance(request_id, str):
+        print("no job was requested, so there is nothing to wait for")
+        return 1
+    return report_outcome(stack.state, request_id, args.timeout, args.result_kind)
+
+
+def run_install(args: argparse.Namespace) -> int:
+    stack = connect(args)
+    answer = ask(stack.control.post, "/v1/install", {})
+    site = site_of(answer["site"])
+    if answer.get("newInstallation"):
+        print(
+            f"reinstall: {answer['previousInstallationId']} was uninstalled, so as Forge does this install "
+            f"gets a new installation id: {site.installation_id}"
+        )
+    return finish(args, stack, *send(stack, *request_for("install", stack.forge, site)))
+
+
+def run_simple(args: argparse.Namespace) -> int:
+    """keepalive and uninstall: the call alone."""
+    stack = connect(args)
+    status, document = send(stack, *request_for(args.command, stack.forge, stack.site))
+    if args.command == "uninstall" and status == 200:
+        print("Run install to reinstall: as with Forge, the site then gets a new installation id.")
+    return finish(args, stack, status, document)
+
+
+def _page_id(args: argparse.Namespace, stack: Stack) -> str:
+    return str(args.page_id or stack.state["page"]["id"])
+
+
+def run_page_event(args: argparse.Namespace) -> int:
+    stack = connect(args)
+    page_id = _page_id(args, stack)
+    if args.command == "page-updated":  # the edit first: the event is about the version it made
+        page = ask(stack.control.post, f"/v1/pages/{page_id}/versions", {"by": USER_ACCOUNT_ID})
+        print(f"page {page_id} ({page['title']}) edited: now version {page['version']}")
+    else:
+        page = ask(stack.control.get, f"/v1/pages/{page_id}")
+    return finish(args, stack, *send(stack, *request_for(args.command, stack.forge, stack.site, content_of(page))))
+
+
+def run_event(args: argparse.Namespace) -> int:
+    stack = connect(args)
+    page = ask(stack.control.get, f"/v1/pages/{_page_id(args, stack)}")
+    event = stack.forge.product_event(args.event_type, content=content_of(page), label=args.label)
+    headers = stack.forge.headers(stack.site, app_token=stack.forge.app_token(), module_key="events-endpoint")
+    return finish(args, stack, *send(stack, "POST", "/forge/events", event, headers))
+
+
+def run_call(args: argparse.Namespace, body: Any) -> int:
+    stack = connect(args)
+    if args.admin is not None:
+        ask(stack.control.post, "/v1/admins", {"accountId": args.account, "admin": args.admin})
+        standing = "a Confluence administrator" if args.admin else "a plain user (no administrator)"
+        print(f"{args.account} is now {standing} of the emulated site")
+    method, path, _, headers = ui_request(
+        stack.forge,
+        stack.site,
+        args.method,
+        args.path,
+        account_id=args.account,
+        app_token_lifetime_s=stack.ui_app_token_lifetime_s,
+    )
+    return finish(args, stack, *send(stack, method, path, body, headers))
+
+
+def _versus_this_machine(now: float) -> str:
+    ahead = now - time.time()
+    if abs(ahead) < 1:
+        return "the same as this machine's clock"
+    return f"{human(ahead)} {'ahead of' if ahead > 0 else 'behind'} this machine's clock"
+
+
+def run_clock(args: argparse.Namespace, seconds: float | None) -> int:
+    stack = connect(args)
+    if seconds is None:
+        print(f"stack clock: {_iso(stack.now)} ({_versus_this_machine(stack.now)})")
+        return 0
+    answer = ask(stack.control.post, "/v1/clock/advance", {"seconds": seconds})
+    now, released = float(answer["now"]), int(answer["releasedJobs"])
+    print(f"stack clock moved {human(seconds)} forward: now {_iso(now)} ({_versus_this_machine(now)})")
+    jobs = "1 deferred job" if released == 1 else f"{released} deferred jobs"
+    print(f"{jobs} released: {'they run' if released != 1 else 'it runs'} again on the poller's next round")
+    return 0
+
+
+def run_ui_token(args: argparse.Namespace, setting: float | None, given: bool) -> int:
+    stack = connect(args)
+    lifetime = stack.ui_app_token_lifetime_s
+    if given:
+        lifetime = ask(stack.control.put, "/v1/ui-token", {"lifetimeSeconds": setting})["uiAppTokenLifetimeSeconds"]
+    if lifetime is None:
+        print("UI calls hand over no app token: the status page and status show the token the rest of the stack left")
+    else:
+        print(f"UI calls hand over a fresh app token valid for {human(float(lifetime))} on the stack's clock")
+    return 0
+
+
+def run_site(args: argparse.Namespace) -> int:
+    stack = connect(args)
+    listing = ask(stack.control.get, "/v1/site")
+    site, users = listing["site"], {u["accountId"]: u for u in listing["users"]}
+
+    def names(account_ids: list[str] | None) -> str:
+        return ", ".join(users.get(a, {}).get("displayName", a) for a in account_ids or [])
+
+    print(f"site {site['siteUrl']}, installation {site['installationId']}")
+    print("spaces:")
+    for space in listing["spaces"]:
+        restricted = f"  (only {names(space['restrictedTo'])} and the app)" if space["restrictedTo"] is not None else ""
+        print(f"  {space['key']:<6} {space['name']}{restricted}")
+    print("pages (id, space, version, title, labels):")
+    for page in listing["pages"]:
+        labels = ", ".join(page["labels"]) or "-"
+        restricted = f"  restricted: only {names(page['restrictedTo'])} and the app" if page["restrictedTo"] else ""
+        print(f"  {page['id']:<7} {page['spaceKey']:<6} v{page['version']:<3} {page['title']}  [{labels}]{restricted}")
+    print("users:")
+    for account_id, user in users.items():
+        notes = [note for flag, note in ((user["admin"], "site administrator"),) if flag]
+        if account_id == USER_ACCOUNT_ID:
+            notes.append("the CLI's default user, signed in to the app's UI")
+        extra = f"  ({'; '.join(notes)})" if notes else ""
+        print(f"  {account_id:<45} {user['displayName']}{extra}")
+    return 0
+
+
+def _iso(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 # -- jobs
-def known_jobs() -> list[str]:
-    """The jobs the worker registers: every module of its jobs package, imported as the worker does."""
-    from forge_remote.jobs.contract import JOBS
-    from forge_remote.jobs.worker import import_jobs
-
-    import_jobs("confluence_jobs")
-    return JOBS.names()
+def known_jobs(state_file: Path) -> list[str]:
+    """The jobs the running stack's worker has: what it loaded, reloads included (a module that does not
+    import is not among them, whatever is on disk)."""
+    jobs = ask(control_client(load_state(state_file)).get, "/v1/stack").get("jobs")
+    if not isinstance(jobs, list):
+        raise CliError("the stack does not say which jobs its worker has: restart `make local`")
+    return [str(name) for name in jobs]
 
 
 def parse_job_args(text: str) -> dict[str, Any]:
@@ -197,8 +512,16 @@ def parse_job_args(text: str) -> dict[str, Any]:
     except json.JSONDecodeError as exc:
         raise ValueError(f"--args is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
     if not isinstance(document, dict):
-        raise ValueError(f'--args must be a JSON object such as \'{{"pageId": "65537"}}\', not {text!r}')
+        raise ValueError(f'--args must be a JSON object such as \'{{"pageId": "{EXAMPLE_PAGE_ID}"}}\', not {text!r}')
     return document
+
+
+def parse_body(text: str) -> Any:
+    """``--body`` as JSON; ``ValueError`` with a message fit for the user otherwise."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--body is not valid JSON ({exc.msg} at character {exc.pos}): {text!r}") from None
 
 
 @dataclass(frozen=True)
@@ -291,7 +614,7 @@ def _hint(reason: str) -> str:
         return " Run install first."
     if "token" in reason:
         return " Run keepalive to deliver a fresh token."
-    return ""
+    return " Or let that time pass now: clock advance."
 
 
 def print_results(state: dict[str, Any], outcome: JobOutcome, lookup: ResultLookup | None) -> None:
@@ -305,6 +628,19 @@ def print_results(state: dict[str, Any], outcome: JobOutcome, lookup: ResultLook
         print(json.dumps(record, indent=2, ensure_ascii=False))
 
 
+def report_outcome(state: dict[str, Any], request_id: str, timeout_s: float, result_kind: str | None) -> int:
+    """Wait for the worker's outcome of a request; print it and what the job stored. 0 when done."""
+    outcome = wait_for_outcome(OutcomeJournal(Path(state["jobOutcomes"])), request_id, timeout_s)
+    if outcome is None:
+        print(f"no outcome within {timeout_s:g} s: the request is still queued (is the stack's poller running?)")
+        return 1
+    print(describe(outcome))
+    if outcome.status != "done":
+        return 1
+    print_results(state, outcome, result_lookup(outcome.job, result_kind))
+    return 0
+
+
 def run_job(args: argparse.Namespace, job_args: dict[str, Any]) -> int:
     state = load_state(args.state_file)
     site = site_from(state)
@@ -313,15 +649,7 @@ def run_job(args: argparse.Namespace, job_args: dict[str, Any]) -> int:
     print(f"job {request.job} requested for {site.installation_id} (request {request.request_id})")
     if not args.wait:
         return 0
-    outcome = wait_for_outcome(OutcomeJournal(Path(state["jobOutcomes"])), request.request_id, args.timeout)
-    if outcome is None:
-        print(f"no outcome within {args.timeout:g} s: the request is still queued (is the stack's poller running?)")
-        return 1
-    print(describe(outcome))
-    if outcome.status != "done":
-        return 1
-    print_results(state, outcome, result_lookup(outcome.job, args.result_kind))
-    return 0
+    return report_outcome(state, request.request_id, args.timeout, args.result_kind)
 
 
 # -- the command line
@@ -348,6 +676,31 @@ def _add_common(parser: argparse.ArgumentParser, *, url: bool) -> None:
         metavar="PATH",
         help="the running stack's state, written by 'make local' (default: .cache/local-stack.json)",
     )
+    parser.set_defaults(usage_error=parser.error)  # the command's own usage line with its errors
+
+
+def _add_wait(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--wait", action="store_true", help=f"wait for the outcome of the job {what} requests")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help=f"how long --wait waits for the outcome (default {DEFAULT_WAIT_S:g})",
+    )
+    parser.add_argument(
+        "--result-kind",
+        metavar="KIND",
+        help="with --wait, list the stored results of this kind (for your own jobs, for example LABEL_AUDIT)",
+    )
+
+
+def _page_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--page-id",
+        metavar="ID",
+        help=f"a page of the emulated site (default {EXAMPLE_PAGE_ID}, Release notes; site lists them)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -359,25 +712,50 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=CommandListFormatter,
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", title="commands")
-    for name, (summary, description) in FORGE_CALLS.items():
-        _add_common(commands.add_parser(name, help=summary, description=description), url=True)
-    job = commands.add_parser(
-        "job",
-        help="send a job request to the jobs queue (--wait: its outcome)",
-        description=(
-            "Send a job request for the emulated site's installation to the stack's jobs queue, as the triggers "
-            "and the scheduler do. With --wait, print what the worker did (done, deferred and why, "
-            "dead-lettered and why) and the result the job stored. Exit status 0 when the job was sent "
-            "(without --wait) or done; 1 when it was deferred, dead-lettered or discarded, or no outcome "
-            "came in time; 2 for bad JSON or an unknown job (nothing sent)."
-        ),
+    sub = {
+        name: commands.add_parser(name, help=summary, description=description)
+        for name, (summary, description) in COMMAND_HELP.items()
+    }
+    for name in ("page-created", "page-updated"):
+        _page_option(sub[name])
+        _add_wait(sub[name], "the event")
+    event = sub["event"]
+    event.add_argument(
+        "event_type", metavar="EVENT_TYPE", help="the event type, for example avi:confluence:added:label"
     )
+    _page_option(event)
+    event.add_argument("--label", metavar="NAME", help="the label of a label event (default audit)")
+    _add_wait(event, "the event")
+    call = sub["call"]
+    call.add_argument("method", metavar="METHOD", help=f"the HTTP method: {', '.join(sorted(METHODS))}")
+    call.add_argument(
+        "path", metavar="PATH", help="the route's path, with a query string if any: /api/pages/recent?days=7"
+    )
+    call.add_argument(
+        "--body", metavar="JSON", help='the JSON body, for example \'{"job": "space-digest", "args": {}}\''
+    )
+    call.add_argument(
+        "--as",
+        dest="account",
+        default=USER_ACCOUNT_ID,
+        metavar="ACCOUNT_ID",
+        help="the signed-in user's account id (default: the CLI's default user)",
+    )
+    call.add_argument(
+        "--admin",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="make the account a Confluence administrator of the emulated site (--no-admin: a plain user)",
+    )
+    _add_wait(call, "the call")
+    job = sub["job"]
     job.add_argument("name", metavar="JOB", help="the job to run, for example page-snapshot or space-digest")
     job.add_argument(
         "--args",
         default="{}",
         metavar="JSON",
-        help='the job\'s arguments as a JSON object (default {}), for example \'{"pageId": "65537"}\'',
+        help=f'the job\'s arguments as a JSON object (default {{}}), for example \'{{"pageId": "{EXAMPLE_PAGE_ID}"}}\' '
+        "(Release notes, the page the banner names)",
     )
     job.add_argument("--wait", action="store_true", help="wait for the worker's outcome and the stored result")
     job.add_argument(
@@ -392,28 +770,110 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KIND",
         help="with --wait, list the stored results of this kind (for your own jobs, for example LABEL_AUDIT)",
     )
-    _add_common(job, url=False)
-    job.set_defaults(usage_error=job.error)  # job's own usage line with its errors, not the top level's
+    sub["clock"].add_argument("action", nargs="?", choices=("advance",), metavar="advance", help="move the clock on")
+    sub["clock"].add_argument("duration", nargs="?", metavar="DURATION", help="how far: 90m, 3h, 3600s, 1h30m, 2d")
+    sub["ui-token"].add_argument(
+        "setting", nargs="?", metavar="none|DURATION", help="none, or how long the token is valid: 30m, 3h"
+    )
+    for name, command in sub.items():
+        _add_common(command, url=name not in ("job", "clock", "ui-token", "site"))
     return parser
+
+
+def _cmd_job(args: argparse.Namespace) -> int:
+    try:
+        job_args = parse_job_args(args.args)
+    except ValueError as exc:
+        args.usage_error(str(exc))
+    jobs = known_jobs(args.state_file)
+    if args.name not in jobs:
+        args.usage_error(f"unknown job {args.name!r}: the worker has {', '.join(jobs)}")
+    return run_job(args, job_args)
+
+
+def _cmd_call(args: argparse.Namespace) -> int:
+    args.method = args.method.upper()
+    if args.method not in METHODS:
+        args.usage_error(f"METHOD must be one of {', '.join(sorted(METHODS))}, not {args.method!r}")
+    if not args.path.startswith("/") or args.path.startswith("//") or any(c.isspace() for c in args.path):
+        args.usage_error(f"PATH must be an absolute path such as /api/status, not {args.path!r}")
+    if not ACCOUNT_ID.fullmatch(args.account):
+        args.usage_error(f"--as must be an Atlassian account id such as {USER_ACCOUNT_ID}")
+    body = None
+    if args.body is not None:
+        if args.method == "GET":
+            args.usage_error("a GET sends no body: drop --body, or put the values in the query string")
+        try:
+            body = parse_body(args.body)
+        except ValueError as exc:
+            args.usage_error(str(exc))
+    return run_call(args, body)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    args.method, args.path, args.account, args.admin = "GET", "/api/status", USER_ACCOUNT_ID, None
+    return run_call(args, None)
+
+
+def _cmd_event(args: argparse.Namespace) -> int:
+    if not EVENT_TYPE.fullmatch(args.event_type):
+        args.usage_error(
+            f"EVENT_TYPE must be a product event type such as avi:confluence:added:label, not {args.event_type!r}"
+        )
+    return run_event(args)
+
+
+def _cmd_clock(args: argparse.Namespace) -> int:
+    seconds = None
+    if args.action == "advance":
+        if args.duration is None:
+            args.usage_error("clock advance needs a DURATION, for example 90m or 3h")
+        try:
+            seconds = parse_duration(args.duration)
+        except ValueError as exc:
+            args.usage_error(str(exc))
+    elif args.duration is not None:
+        args.usage_error("to move the clock: clock advance DURATION")
+    return run_clock(args, seconds)
+
+
+def _cmd_ui_token(args: argparse.Namespace) -> int:
+    setting = None
+    if args.setting is not None and args.setting.lower() != "none":
+        try:
+            setting = parse_duration(args.setting)
+        except ValueError as exc:
+            args.usage_error(f"{exc}; or none for no app token")
+    return run_ui_token(args, setting, args.setting is not None)
+
+
+RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "install": run_install,
+    "keepalive": run_simple,
+    "page-created": run_page_event,
+    "page-updated": run_page_event,
+    "event": _cmd_event,
+    "status": _cmd_status,
+    "call": _cmd_call,
+    "job": _cmd_job,
+    "clock": _cmd_clock,
+    "ui-token": _cmd_ui_token,
+    "site": run_site,
+    "uninstall": run_simple,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Checked before anything is read or sent: a typo costs nothing and explains itself (exit 2).
+    if getattr(args, "timeout", 1) <= 0:
+        args.usage_error("--timeout must be a positive number of seconds")
+    page_id = getattr(args, "page_id", None)
+    if page_id is not None and not (page_id.isascii() and page_id.isdigit() and len(page_id) <= 20):
+        args.usage_error(f"--page-id must be a page's numeric id, such as {EXAMPLE_PAGE_ID}, not {page_id!r}")
     try:
-        if args.command != "job":
-            return forge_call(args.command, load_state(args.state_file), args.url)
-        # Checked before anything is read or sent: a typo costs nothing and explains itself (exit 2).
-        try:
-            job_args = parse_job_args(args.args)
-        except ValueError as exc:
-            args.usage_error(str(exc))
-        jobs = known_jobs()
-        if args.name not in jobs:
-            args.usage_error(f"unknown job {args.name!r}: the worker has {', '.join(jobs)}")
-        if args.timeout <= 0:
-            args.usage_error("--timeout must be a positive number of seconds")
-        return run_job(args, job_args)
+        return RUNNERS[args.command](args)
     except CliError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

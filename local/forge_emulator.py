@@ -7,9 +7,14 @@ the emulator, or for one token), which the Confluence emulator checks per operat
 It also serves Forge's GraphQL gateway for offline user impersonation (``POST /graphql``, the
 ``offlineUserAuthToken`` mutation): authenticated with an app token this emulator issued and that has
 not expired on the stack's clock, it mints a user token (a JWT, ``sub`` = the account id, ``exp`` =
-now + ``offline_ttl_s``) and counts it. Failures are settable: an unknown user or one that cannot be
+now + ``offline_ttl_s``, carrying only the manifest's scopes marked ``allowImpersonation``) and counts it. Failures are settable: an unknown user or one that cannot be
 impersonated (``offline_user_errors``), and the next answers' HTTP status (``fail_graphql_next``: 401,
 403, 429 with ``Retry-After``, 5xx).
+
+``ui_call_headers`` is the one place a UI call (``invokeRemote``) is signed as Forge signs it: a FIT for
+the ``ui-endpoint`` module with the user as principal, the app token and the user's token.
+``product_event`` builds any Confluence product event in its documented shape (``page_event`` the page
+ones the tests replay); ``reinstalled`` gives a site the new installation id Forge gives a reinstall.
 
 Used by the tests, the local stack (``make demo`` / ``make local``) and the benchmarks, so all three
 exercise the same protocol. Nothing here is imported by the deployed functions.
@@ -17,13 +22,16 @@ exercise the same protocol. Nothing here is imported by the deployed functions.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import jwt
@@ -34,9 +42,15 @@ from forge_remote import clock
 from forge_remote.config import app_ari
 from local.loopback import LoopbackServer
 from local.oauth_scopes import SCOPE_CLAIM, manifest_scopes, scope_claim
+from local.oauth_scopes import impersonation_scopes as manifest_impersonation_scopes
 
 FIT_ISSUER = "forge/invocation-token"
 DEFAULT_APP_ID = "5c7bd2a4-0f1e-4d3b-9a6c-2e8f1b7d4a90"
+# The emulated site's own user: who installs the app, causes the default events, and is signed in to the
+# app's UI (the status page's stand-in and forge_cli's UI calls act as this account unless told otherwise).
+DEFAULT_ACCOUNT_ID = "557058:0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+UI_MODULE_KEY = "ui-endpoint"  # the manifest's remote endpoint for invokeRemote (forge-app/manifest.yml)
+UI_TOKEN_LIFETIME_S = 3 * 3600  # the app and user tokens Forge hands over with a UI call, fresh by default
 
 
 def new_installation_id() -> str:
@@ -57,6 +71,19 @@ class SigningKey:
         return {**document, "kid": self.kid, "alg": "RS256", "use": "sig"}
 
 
+@dataclass(frozen=True)
+class Content:
+    """What a product event says of a page (or blog post): Atlassian's ``Content`` in the event payloads."""
+
+    id: str
+    title: str
+    space_key: str
+    space_name: str
+    version: int = 1
+    space_id: int | None = None
+    type: str = "page"
+
+
 @dataclass
 class Site:
     """One Confluence site with the app installed on it."""
@@ -72,10 +99,22 @@ class Site:
 class ForgeEmulator:
     """Forge's side of the protocol for one app. ``start()`` serves the JWKS and returns its URL."""
 
-    def __init__(self, app_id: str = DEFAULT_APP_ID, *, port: int = 0, scopes: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        app_id: str = DEFAULT_APP_ID,
+        *,
+        port: int = 0,
+        scopes: Iterable[str] | None = None,
+        impersonation_scopes: Iterable[str] | None = None,
+    ) -> None:
         self.app_ari = app_ari(app_id)
         # What the app's tokens may do: the manifest's scopes, as Forge grants them, unless told otherwise.
         self.scopes = frozenset(manifest_scopes() if scopes is None else scopes)
+        # What an offline user token may do: only the scopes the manifest marks allowImpersonation (the
+        # strict reading of Atlassian's manifest reference, which says to mark the scopes used so).
+        self.impersonation_scopes = frozenset(
+            manifest_impersonation_scopes() if impersonation_scopes is None else impersonation_scopes
+        )
         self.keys = [SigningKey(kid=f"dev-{uuid.uuid4().hex[:8]}", private_key=_rsa_key())]
         self._token_key = _rsa_key()  # app tokens are signed too, by a key the backend never needs
         self.jwks_available = True
@@ -123,9 +162,11 @@ class ForgeEmulator:
             self._graphql_faults.extend((status, retry_after) for _ in range(n))
 
     def reset_graphql(self) -> None:
-        """Forget mints, requests, per-user failures and pending faults; back to the default ttl."""
+        """Forget mints, requests, per-user failures and pending faults; back to the default ttl and the
+        manifest's impersonation scopes."""
         with self._lock:
             self.offline_ttl_s = 3600.0
+            self.impersonation_scopes = manifest_impersonation_scopes()
             self.offline_mints.clear()
             self.offline_user_errors.clear()
             self.graphql_requests.clear()
@@ -196,7 +237,7 @@ class ForgeEmulator:
             return _graphql_json(200, {"errors": [error], "data": None})
         with self._lock:
             self.offline_mints[account_id] += 1
-        token = self.app_token(lifetime_s=self.offline_ttl_s, subject=account_id)
+        token = self.app_token(lifetime_s=self.offline_ttl_s, subject=account_id, scopes=self.impersonation_scopes)
         return _graphql_json(
             200,
             {
@@ -230,6 +271,11 @@ class ForgeEmulator:
             site_url=f"https://site-{cloud_id[:8]}.atlassian.net",
             environment_type=environment_type,
         )
+
+    def reinstalled(self, site: Site) -> Site:
+        """The same site after the app was uninstalled and installed again: Forge gives the new
+        installation a new id (the old one stays uninstalled); cloud, URLs and environment are the site's."""
+        return dataclasses.replace(site, installation_id=new_installation_id())
 
     # -- tokens
     @property
@@ -332,12 +378,35 @@ class ForgeEmulator:
             headers["x-forge-oauth-user"] = user_token
         return headers
 
+    def ui_call_headers(
+        self,
+        site: Site,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        *,
+        app_token_lifetime_s: float | None = UI_TOKEN_LIFETIME_S,
+    ) -> dict[str, str]:
+        """The headers Forge adds to an ``invokeRemote`` call from the app's UI, signed in as ``account_id``.
+
+        The one place a UI call is signed here (``forge_cli call``/``status``, and the status page's
+        stand-in for ``@forge/bridge``): a FIT naming the UI endpoint's module key with the user as its
+        ``principal``, the app token (``x-forge-oauth-system``, valid ``app_token_lifetime_s`` from now
+        on the stack's clock; ``None`` sends none) and the user's own token (``x-forge-oauth-user``).
+        """
+        app_token = None if app_token_lifetime_s is None else self.app_token(lifetime_s=app_token_lifetime_s)
+        return self.headers(
+            site,
+            app_token=app_token,
+            user_token=self.app_token(lifetime_s=UI_TOKEN_LIFETIME_S, subject=account_id),
+            principal=account_id,
+            module_key=UI_MODULE_KEY,
+        )
+
     # -- bodies Forge sends
     def installed_event(self, site: Site, event_type: str = "avi:forge:installed:app") -> dict[str, Any]:
         return {
             "eventType": event_type,
             "id": site.installation_id,
-            "installerAccountId": "557058:0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+            "installerAccountId": DEFAULT_ACCOUNT_ID,
             "context": f"ari:cloud:confluence::site/{site.cloud_id}",
             "app": {"id": self.app_ari, "version": "2.0.0"},
             "environment": {"id": site.environment_id},
@@ -356,21 +425,69 @@ class ForgeEmulator:
     ) -> dict[str, Any]:
         event: dict[str, Any] = {
             "eventType": "avi:confluence:created:page" if created else "avi:confluence:updated:page",
-            "atlassianId": "557058:0a1b2c3d-4e5f-6789-abcd-ef0123456789",
+            "atlassianId": DEFAULT_ACCOUNT_ID,
             "eventCreatedDate": "2026-11-28T10:00:00.000Z",
             "suppressNotifications": False,
-            "content": {
-                "id": page_id,
-                "type": "page",
-                "status": "current",
-                "title": title,
-                "space": {"key": space_key, "name": f"Space {space_key}"},
-                "version": {"number": version},
-            },
+            "content": _content(Content(page_id, title, space_key, f"Space {space_key}", version)),
         }
         if retry_count is not None:
             event["retryContext"] = {"retryCount": retry_count, "retryReason": "FUNCTION_UPSTREAM_ERROR"}
         return {"payload": event} if wrapped else event
+
+    def product_event(
+        self,
+        event_type: str,
+        *,
+        content: Content | None = None,
+        label: str | None = None,
+        account_id: str = DEFAULT_ACCOUNT_ID,
+        created_at: float | None = None,
+    ) -> dict[str, Any]:
+        """Any Confluence product event, in the shape Atlassian's events reference gives its kind (the last
+        part of ``avi:confluence:<action>:<kind>``): page and blog post events carry the ``content``; label
+        events the ``label`` (``{id, name, prefix, label}``) and, when added to or removed from content,
+        that ``content``; space events the ``space`` of the content. Other kinds carry the ``content``
+        when given. ``created_at`` (default: now on the stack's clock) is ``eventCreatedDate``, so two
+        events sent apart are two deliveries, not one retried.
+        """
+        action, _, kind = event_type.removeprefix("avi:confluence:").partition(":")
+        when = datetime.fromtimestamp(clock.now() if created_at is None else created_at, UTC)
+        event: dict[str, Any] = {
+            "eventType": event_type,
+            "atlassianId": account_id,
+            "eventCreatedDate": when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z",
+            "suppressNotifications": False,
+        }
+        if kind == "space" and content is not None:
+            event["space"] = _space(content)
+        elif kind == "label":
+            name = label or "audit"
+            event["label"] = {"id": str(zlib.crc32(name.encode())), "name": name, "prefix": "global", "label": name}
+            if content is not None and action in ("added", "removed"):
+                event["content"] = _content(content)
+        elif content is not None:
+            event["content"] = _content(
+                dataclasses.replace(content, type="blogpost") if kind == "blogpost" else content
+            )
+        return event
+
+
+def _space(content: Content) -> dict[str, Any]:
+    space: dict[str, Any] = {"key": content.space_key, "name": content.space_name}
+    if content.space_id is not None:
+        space = {"id": content.space_id, **space, "type": "global", "status": "current"}
+    return space
+
+
+def _content(content: Content) -> dict[str, Any]:
+    return {
+        "id": content.id,
+        "type": content.type,
+        "status": "current",
+        "title": content.title,
+        "space": _space(content),
+        "version": {"number": content.version},
+    }
 
 
 OFFLINE_USER_ERRORS = (

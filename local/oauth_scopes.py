@@ -144,19 +144,40 @@ def scope_book() -> ScopeBook:
     return ScopeBook(operations)
 
 
-def read_manifest_scopes(path: Path = MANIFEST) -> frozenset[str]:
-    """``permissions.scopes`` of a Forge manifest."""
+def _declared_scopes(path: Path) -> dict[str, bool]:
+    """``permissions.scopes`` of a Forge manifest: scope name -> whether it allows impersonation.
+
+    Both forms Forge reads: a list of names, or a map of name -> ``{allowImpersonation: bool}``.
+    """
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
     scopes = (document.get("permissions") or {}).get("scopes") if isinstance(document, dict) else None
-    if not isinstance(scopes, list) or not all(isinstance(s, str) for s in scopes):
-        raise ValueError(f"{path}: permissions.scopes is not a list of scope names")
-    return frozenset(scopes)
+    if isinstance(scopes, list) and all(isinstance(s, str) for s in scopes):
+        return dict.fromkeys(scopes, False)
+    if isinstance(scopes, dict) and all(isinstance(v, dict | None) for v in scopes.values()):
+        return {str(name): bool((options or {}).get("allowImpersonation", False)) for name, options in scopes.items()}
+    raise ValueError(f"{path}: permissions.scopes is neither a list of scope names nor a map of them")
+
+
+def read_manifest_scopes(path: Path = MANIFEST) -> frozenset[str]:
+    """Every scope ``permissions.scopes`` of a Forge manifest declares."""
+    return frozenset(_declared_scopes(path))
+
+
+def read_impersonation_scopes(path: Path = MANIFEST) -> frozenset[str]:
+    """The declared scopes marked ``allowImpersonation: true``: what an offline user token may use."""
+    return frozenset(name for name, allowed in _declared_scopes(path).items() if allowed)
 
 
 @functools.cache
 def manifest_scopes() -> frozenset[str]:
     """What Forge grants this app's tokens: the repository's manifest's scopes (read once per process)."""
     return read_manifest_scopes(MANIFEST)
+
+
+@functools.cache
+def impersonation_scopes() -> frozenset[str]:
+    """What an offline user token Forge mints for this app carries (read once per process)."""
+    return read_impersonation_scopes(MANIFEST)
 
 
 def scope_claim(scopes: Iterable[str]) -> str:

@@ -23,6 +23,7 @@ import mimetypes
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,7 +33,7 @@ from urllib.parse import urlsplit
 import requests
 from werkzeug.wrappers import Request, Response
 
-from local.forge_emulator import ForgeEmulator, Site
+from local.forge_emulator import DEFAULT_ACCOUNT_ID, ForgeEmulator, Site
 from local.loopback import LoopbackServer, PortInUse
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ PAGE_PATH = "/status/"
 INVOKE_PATH = "/__dev/invoke-remote"
 DEFAULT_UI_PORT = 8788
 # The user "signed in" to the page: the account forge_cli's UI calls act as, so both see one user.
-DEV_ACCOUNT_ID = "557058:0a1b2c3d-4e5f-6789-abcd-ef0123456789"
+DEV_ACCOUNT_ID = DEFAULT_ACCOUNT_ID  # the signed-in user, as forge_cli signs for by default
 # What Forge's own bridge allows (@forge/bridge's InvokeEndpointInput).
 METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE"})
 # Headers the page may not set: Forge adds these itself (or the HTTP client does).
@@ -111,6 +112,12 @@ def _install(app_dir: Path) -> None:
         return
     # No install scripts: esbuild finds its platform binary without its postinstall check.
     argv = [_tool("npm"), "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
+    # Once per package-lock.json: without a word the stack would seem stuck for these seconds.
+    print(
+        "installing the status page's build tools into forge-app/node_modules (npm ci, about 15 s, once)",
+        file=sys.stderr,
+        flush=True,
+    )
     _run(argv, app_dir, NPM_TIMEOUT_S, "`npm ci` in forge-app/ (is the npm registry reachable?)")
     stamp.write_text(digest + "\n", encoding="utf-8")
 
@@ -248,15 +255,8 @@ class StatusPageServer:
 
     def forward(self, method: str, path: str, headers: dict[str, str], body: Any) -> dict[str, Any]:
         """The call as Forge makes it for a UI resolver: ``{status, headers, body}`` of the remote's answer."""
-        app_token = (
-            None if self.app_token_lifetime_s is None else self.forge.app_token(lifetime_s=self.app_token_lifetime_s)
-        )
-        forge_headers = self.forge.headers(
-            self.site,
-            app_token=app_token,
-            user_token=self.forge.app_token(subject=self.account_id),
-            principal=self.account_id,
-            module_key="ui-endpoint",
+        forge_headers = self.forge.ui_call_headers(
+            self.site, self.account_id, app_token_lifetime_s=self.app_token_lifetime_s
         )
         page_headers = {
             name: value

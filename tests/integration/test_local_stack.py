@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -384,9 +385,29 @@ def test_the_demo_plays_and_exits_zero() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "All steps behaved" in result.stdout
-    assert result.stdout.count("[") >= 6
     assert "eyJ" not in result.stdout + result.stderr  # no JWT (FIT or token) printed or logged
     assert time.monotonic() - started < 60
+    # Every step is numbered out of the count of steps there are, and the count announced is that one.
+    numbered = re.findall(r"^\[(\d+)/(\d+)\] ", result.stdout, re.MULTILINE)
+    steps = len(numbered)
+    assert steps >= 8
+    assert numbered == [(str(n), str(steps)) for n in range(1, steps + 1)]
+    assert f"      {steps} steps" in result.stdout
+    table_rows = [line for line in result.stdout.splitlines() if line.endswith(("| yes", "| NO"))]
+    assert len(table_rows) == steps
+    # Counted things read as English: "1 token", "2 tokens", never "1 tokens" or "account(s)".
+    plural = r"\b1 (?:[a-z-]+ )?(?:jobs|tokens|accounts|spaces|digests|snapshots|steps|requests|lines)\b"
+    assert re.findall(plural, result.stdout) == []
+    assert "(s)" not in result.stdout
+    # The worker's deferral warning is told in words, at the stack's time (4 h after the install, the
+    # token's expiry 3 h after it plus one); no function's raw log line is printed, mid-story or after.
+    assert not [line for line in (result.stdout + result.stderr).splitlines() if line.lstrip().startswith("{")]
+    expires = re.search(r"token stored, expires (\d\d):(\d\d) UTC \(in 3\.0 h\)", result.stdout)
+    warned = re.search(r"the worker logged it as a WARNING at (\d\d):(\d\d) UTC on the stack's clock", result.stdout)
+    assert expires is not None, result.stdout
+    assert warned is not None, result.stdout
+    minutes = [int(m.group(1)) * 60 + int(m.group(2)) for m in (expires, warned)]
+    assert (minutes[1] - minutes[0] - 60) % (24 * 60) in (0, 1)  # within the same minute, or the next
 
 
 def test_serve_and_the_forge_cli_work_together_and_stop_on_ctrl_c(tmp_path: Path) -> None:

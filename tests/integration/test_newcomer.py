@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import queue
 import re
@@ -17,11 +18,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import boto3
 import pytest
 import requests
 
 from forge_remote.config import PRODUCTION_JWKS_URL
+from forge_remote.jobs.contract import JobRequest, send_job_requests
 from local import forge_cli, serve
 from local.job_outcomes import JobOutcome, OutcomeJournal
 from local.runtime import LocalRuntime
@@ -150,7 +154,7 @@ def test_every_command_the_banner_prints_works_as_printed(tmp_path: Path) -> Non
         assert "done: " in snapshot
         assert "stored result (SNAPSHOT, 1 record)" in snapshot
         digest = next(out for cmd, out in outputs.items() if " job space-digest " in cmd)
-        assert "stored result (DIGEST, 1 record)" in digest
+        assert "stored result (DIGEST, 2 records)" in digest  # the seeded site: ENG and PROD changed today
         assert '"spaceKey": "ENG"' in digest
         assert not any("eyJ" in out for out in outputs.values())  # no FIT or token printed
     finally:
@@ -337,6 +341,33 @@ def test_a_fresh_clone_still_builds_its_venv_for_demo_test_and_ci(tmp_path: Path
     assert "sam build" in ci.stdout
 
 
+SLOW_INSTALLS = (  # target, what it says first, the slow command it says it before
+    ("demo", "installing the pinned dependencies into .venv (about 1-2 min the first time", "/pip install"),
+    ("sam-validate", "installing SAM CLI into .venv-sam (about 1 min, once)", "pip install --quiet aws-sam-cli"),
+    ("checkov", "installing checkov into .venv-checkov (about 1 min, once)", "checkov==3"),
+)
+
+
+def test_each_slow_install_first_says_what_and_how_long_and_later_runs_say_nothing(tmp_path: Path) -> None:
+    """A minute of silence after "creating .venv" looks like a hang: each install says what it installs
+    and roughly for how long, before it starts; once installed, the same targets print no such line."""
+    copy_from_root(tmp_path, *VENV_INPUTS)
+    for target, says, slow in SLOW_INSTALLS:
+        lines = make("-n", target, cwd=tmp_path).stdout.splitlines()
+        said = [n for n, line in enumerate(lines) if says in line]
+        assert len(said) == 1, lines
+        assert said[0] < next(n for n, line in enumerate(lines) if slow in line)
+    stamp = re.search(r"^touch (\.venv/\.installed-[0-9a-f]{12})$", make("-n", "venv", cwd=tmp_path).stdout, re.M)
+    assert stamp is not None
+    for installed in (stamp.group(1), ".venv-sam/.installed", ".venv-checkov/.installed"):
+        (tmp_path / installed).parent.mkdir(exist_ok=True)
+        (tmp_path / installed).touch()
+    for target, _, _ in SLOW_INSTALLS:
+        again = make("-n", target, cwd=tmp_path).stdout
+        assert "installing" not in again
+        assert "pip install" not in again
+
+
 def test_the_venv_is_rebuilt_when_what_it_installs_changes_and_only_then(tmp_path: Path) -> None:
     """The venv's stamp names the pinned requirements and pyproject's package entry, not its tool settings."""
     copy_from_root(tmp_path, *VENV_INPUTS)
@@ -369,7 +400,11 @@ def test_the_venv_is_rebuilt_when_what_it_installs_changes_and_only_then(tmp_pat
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[tuple[LocalRuntime, serve.Shared]]:
     with LocalRuntime() as rt:
-        yield rt, serve.share_with_forge_cli(rt, tmp_path / "state.json")
+        shared = serve.share_with_forge_cli(rt, tmp_path / "state.json")
+        try:
+            yield rt, shared
+        finally:
+            shared.remove()  # the control endpoint stops with the stack, as under make local
 
 
 @pytest.fixture
@@ -464,8 +499,8 @@ def test_jobs_after_install_are_done_and_print_what_they_stored(
 
     assert cli(shared, "job", "space-digest", "--wait") == 0
     out = capsys.readouterr().out
-    assert 'done: {"spaces": 1, "pages": 1' in out
-    assert "stored result (DIGEST, 1 record):" in out
+    assert 'done: {"spaces": 2, "pages": 4' in out  # the seeded site's pages edited in the last day
+    assert "stored result (DIGEST, 2 records):" in out
     assert '"spaceKey": "ENG"' in out
     assert settled_depths(rt, {"queue": (0, 0), "dlq": (0, 0)}) == {"queue": (0, 0), "dlq": (0, 0)}
     assert set(rt.functions[rt.poller.source.function].module.runner.registry.names()) >= SHIPPED_JOBS
@@ -491,8 +526,17 @@ def test_bad_job_arguments_are_dead_lettered_with_the_reason(
     rt, shared = installed
     assert cli(shared, "job", "page-snapshot", "--args", '{"pageId": "not-a-number"}', "--wait") == 1
     out = capsys.readouterr().out
-    assert "dead-lettered: bad arguments for job page-snapshot: pageId must be a numeric id." in out
-    assert settled_depths(rt, {"queue": (0, 0), "dlq": (1, 0)}) == {"queue": (0, 0), "dlq": (1, 0)}
+    assert (
+        "dead-lettered: bad arguments for job page-snapshot: pageId must be a page id (digits, at most 20), "
+        "not 'not-a-number'."
+    ) in out
+    assert cli(shared, "job", "page-snapshot", "--wait") == 1  # no --args: no pageId
+    out = capsys.readouterr().out
+    assert (
+        "dead-lettered: bad arguments for job page-snapshot: the job needs the argument pageId (the id of the "
+        "page to snapshot), which the request did not give."
+    ) in out
+    assert settled_depths(rt, {"queue": (0, 0), "dlq": (2, 0)}) == {"queue": (0, 0), "dlq": (2, 0)}
 
 
 def test_waiting_is_bounded_and_without_wait_the_request_is_only_sent(
@@ -523,14 +567,18 @@ def test_a_stack_that_is_gone_is_named_not_a_traceback(tmp_path: Path, capsys: p
             "appTable": "t",
         },
         "jobOutcomes": str(tmp_path / "jobs.jsonl"),
+        "control": {"url": f"http://127.0.0.1:{free_port()}", "secret": "s"},  # nobody listens there any more
     }
     (tmp_path / "state.json").write_text(json.dumps(state))
     assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "state.json")]) == 1
-    assert "could not send the job request to the local jobs queue" in capsys.readouterr().err
-    del state["aws"]["jobsQueueUrl"]  # a state file from before job requests went straight to the queue
+    err = capsys.readouterr().err
+    assert "cannot reach the local stack" in err
+    assert "is `make local` still running?" in err
+    assert "Traceback" not in err
+    del state["control"]  # a state file from before the control endpoint
     (tmp_path / "state.json").write_text(json.dumps(state))
     assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "state.json")]) == 1
-    assert "names no jobs queue: restart `make local`" in capsys.readouterr().err
+    assert "predates the dev control endpoint: restart `make local`" in capsys.readouterr().err
     assert forge_cli.main(["job", "space-digest", "--state-file", str(tmp_path / "missing.json")]) == 1
     assert "start the stack first with `make local`" in capsys.readouterr().err
 
@@ -657,3 +705,66 @@ def test_a_job_acting_as_a_user_runs_under_make_local(
     out = capsys.readouterr().out
     assert "done" in out
     assert '"pages"' in out
+
+
+# -- 4. make local's logs: five functions in one process, each library line its own function's
+class LogTap(logging.Handler):
+    """The library's lines one function writes, as that function's Powertools formatter writes them."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.function_logger = logging.getLogger(service)
+        self.setFormatter(self.function_logger.powertools_handler.formatter)  # type: ignore[attr-defined]
+        self.lines: list[dict[str, Any]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("forge_remote"):
+            self.lines.append(json.loads(self.format(record)))
+
+
+FUNCTION_OF = {"forge-triggers": "ForgeTriggersFunction", "forge-calls": "ForgeCallsFunction"}
+
+
+def test_under_make_local_each_library_line_names_the_function_that_logged_it() -> None:
+    """The five functions share one process under `make local`, the scheduler loaded last; still a FIT
+    refused by the trigger function or the UI function, and a token Confluence refused in the worker, are
+    logged with that function's service, function name and correlation id, each line once."""
+    services = ("forge-calls", "forge-triggers", "confluence-worker", "token-wakeup", "job-scheduler")
+    with LocalRuntime() as rt:
+        taps = {service: LogTap(service) for service in services}
+        for tap in taps.values():
+            tap.function_logger.addHandler(tap)
+        try:
+            site = rt.site()
+            token = rt.forge.app_token()
+            lifecycle = rt.forge.headers(site, app_token=token, module_key="lifecycle-endpoint")
+            assert rt.call("POST", "/forge/lifecycle", lifecycle, rt.forge.installed_event(site)).status_code == 200
+            refused: dict[str, dict[str, str]] = {}
+            for service, method, path in (
+                ("forge-triggers", "POST", "/forge/keepalive"),
+                ("forge-calls", "GET", "/api/status"),
+            ):
+                refused[service] = {**rt.forge.headers(site), "authorization": "Bearer not-a-jwt"}
+                assert rt.call(method, path, refused[service]).status_code == 401
+            rt.confluence.add_space("ENG", "Engineering")
+            page = rt.confluence.add_page("ENG", "Release notes")
+            rt.confluence.revoke(token)  # the worker's request is answered 401: the runner logs it
+            request = JobRequest(job="page-snapshot", installation_id=site.installation_id, args={"pageId": page["id"]})
+            send_job_requests(boto3.client("sqs"), rt.stack.physical["JobsQueue"], [request])
+            rt.poller.drain()
+        finally:
+            for tap in taps.values():
+                tap.function_logger.removeHandler(tap)
+    for service in ("forge-triggers", "forge-calls"):
+        [line] = taps[service].lines
+        assert (line["message"], line["service"]) == ("Forge invocation rejected: malformed token", service)
+        assert line["correlation_id"] == refused[service]["x-b3-traceid"]
+        assert line["function_name"].endswith(FUNCTION_OF[service])
+    client, runner = taps["confluence-worker"].lines  # the client's 401, then the runner's invalidation
+    assert (client["name"], runner["name"]) == ("forge_remote.confluence.client", "forge_remote.jobs.runner")
+    assert runner["message"] == "Confluence rejected the token (HTTP 401); invalidated it"
+    for line in (client, runner):
+        assert line["service"] == "confluence-worker"
+        assert line["function_name"].endswith("ConfluenceWorkerFunction")
+        assert line["request_id"] == request.request_id
+    assert taps["job-scheduler"].lines == taps["token-wakeup"].lines == []

@@ -207,6 +207,32 @@ def test_a_user_job_reads_as_that_user_with_one_minted_token(
     assert record["accountId"] == alice
 
 
+def test_the_user_token_carries_only_the_scopes_marked_for_impersonation_and_they_suffice(
+    world: OfflineWorld,
+) -> None:
+    from local.oauth_scopes import impersonation_scopes, manifest_scopes, token_scopes
+
+    assert impersonation_scopes() < manifest_scopes()  # a strict subset: the manifest marks some, not all
+    install(world.triggers, world.forge, world.site)
+    alice = account()
+    outcome = run(world.worker, digest_request(world.site, alice, days=7))
+    assert outcome.status is JobStatus.DONE, outcome.reason
+    [user_token] = {t for t in bearers(world.wiki) if token_subject(t) == alice}
+    assert token_scopes(user_token) == impersonation_scopes()
+    assert world.wiki.scope_refusals == []
+
+
+def test_without_a_scope_marked_for_impersonation_the_user_job_is_refused_and_never_acts_as_the_app(
+    world: OfflineWorld,
+) -> None:
+    app_token = install(world.triggers, world.forge, world.site)
+    world.forge.impersonation_scopes = frozenset()  # a manifest with plain scope names only
+    outcome = run(world.worker, digest_request(world.site, account(), days=7))
+    assert outcome.status is JobStatus.DEAD, outcome  # a 403 cannot get better by retrying
+    assert world.wiki.scope_refusals  # Confluence refused the user's token for its scope
+    assert app_token not in bearers(world.wiki)
+
+
 def test_the_cached_token_serves_the_next_job_in_another_container_without_a_mint(
     world: OfflineWorld,
     load: Callable[[str], Any],

@@ -50,7 +50,11 @@ def labelled(local_world: LocalWorld) -> list[str]:
 
 @pytest.mark.parametrize(
     "first_line",
-    ["# functions/confluence_worker/confluence_jobs/label_audit.py", "# functions/forge_calls/ui_routes/labels.py"],
+    [
+        "# functions/confluence_worker/confluence_jobs/label_audit.py",
+        "# functions/forge_calls/ui_routes/labels.py",
+        "# functions/forge_triggers/app.py",
+    ],
 )
 def test_a_readme_example_imports_only_the_library_face(first_line: str) -> None:
     """What a team copies from the README is written with ``forge_remote``'s public names alone."""
