@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from forge_remote.errors import ConfigurationError
-from forge_remote.lifecycle.cleanup import MAX_RETENTION_DAYS, CleanupReport, retention_days_setting
+from forge_remote.lifecycle.cleanup import CleanupReport
+from forge_remote.lifecycle.retention import MAX_RETENTION_DAYS, retention_days_setting
 
 
 @pytest.mark.parametrize(("raw", "days"), [("", 0), ("  ", 0), ("0", 0), (" 30 ", 30), (str(MAX_RETENTION_DAYS), 365)])

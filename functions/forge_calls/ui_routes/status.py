@@ -9,14 +9,16 @@ scan), and nothing returned is a token.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools.event_handler.api_gateway import Router
 
 from forge_remote import aws, clock
 from forge_remote.inbound.ui_calls import ui_call
-from forge_remote.jobs.activity import JobActivity
-from forge_remote.jobs.parking import ParkingLot
+
+if TYPE_CHECKING:
+    from forge_remote.jobs.activity import JobActivity
+    from forge_remote.jobs.parking import ParkingLot
 
 router = Router()
 
@@ -26,6 +28,10 @@ def _iso(epoch_s: float | None) -> str | None:
 
 
 def _job_stores(app_table: str) -> tuple[ParkingLot, JobActivity]:
+    # Imported with the first status call, not at cold start: no other route of this function needs them.
+    from forge_remote.jobs.activity import JobActivity
+    from forge_remote.jobs.parking import ParkingLot
+
     client = aws.dynamodb()  # the container's one client (aws.py keeps it)
     return ParkingLot(client, app_table), JobActivity(client, app_table)
 

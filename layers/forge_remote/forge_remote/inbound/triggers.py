@@ -13,7 +13,7 @@ sweep) continues where this one stopped.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import aws
@@ -22,7 +22,7 @@ from forge_remote.handler import LambdaHandler
 from forge_remote.inbound.api import invocation, register_error_handlers, require_fit
 from forge_remote.inbound.wiring import HttpWiring
 from forge_remote.jobs.intake import EventIntake, EventJob
-from forge_remote.lifecycle.cleanup import InstallationCleanup, retention_days_setting
+from forge_remote.lifecycle.retention import retention_days_setting
 from forge_remote.telemetry.logs import invocation_logging, publishing_recorded_metrics, use_function_logger
 
 if TYPE_CHECKING:
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.typing import LambdaContext
 
     from forge_remote.forge.invocations import Invocation
+    from forge_remote.lifecycle.cleanup import InstallationCleanup
 
 # What each trigger route's call is, as the status page names where the last token came from.
 _DELIVERED_BY = {"/forge/lifecycle": "lifecycle", "/forge/keepalive": "keepalive", "/forge/events": "event"}
@@ -40,12 +41,19 @@ class TriggersHandler(LambdaHandler):
     """The trigger function's Lambda handler: ``lambda_handler = triggers_handler(events={...})``."""
 
     def __init__(
-        self, wiring: HttpWiring, intake: EventIntake, cleanup: InstallationCleanup, logger: Logger | None = None
+        self,
+        wiring: HttpWiring,
+        intake: EventIntake,
+        cleanup: Callable[[], InstallationCleanup],
+        logger: Logger | None = None,
     ) -> None:
+        """``cleanup`` makes the uninstall's cleanup when the first uninstall comes: its modules stay off
+        the cold start of the calls this function mostly answers (keepalives, events)."""
         from aws_lambda_powertools import Logger, Metrics
         from aws_lambda_powertools.event_handler import APIGatewayHttpResolver
 
-        self.wiring, self.intake, self.cleanup = wiring, intake, cleanup
+        self.wiring, self.intake, self._make_cleanup = wiring, intake, cleanup
+        self._cleanup: InstallationCleanup | None = None
         self.logger = logger or Logger()
         use_function_logger(self.logger)
         self.metrics = Metrics()
@@ -63,6 +71,12 @@ class TriggersHandler(LambdaHandler):
                 return self.app.resolve(event, context)
 
         super().__init__(lambda_handler)
+
+    @property
+    def cleanup(self) -> InstallationCleanup:
+        if self._cleanup is None:
+            self._cleanup = self._make_cleanup()
+        return self._cleanup
 
     def _event_body(self) -> dict[str, Any]:
         event = self.app.current_event
@@ -161,10 +175,13 @@ def triggers_handler(*, events: Mapping[str, EventJob]) -> TriggersHandler:
     intake = EventIntake(
         app_table=wiring.settings.app_table, jobs_queue_url=wiring.settings.required("jobs_queue_url"), events=events
     )
-    cleanup = InstallationCleanup(
-        aws.dynamodb(),
-        tokens=wiring.tokens,
-        installations=wiring.installations,
-        retention_days=retention_days_setting(),
-    )
+    retention_days = retention_days_setting()  # read now: a bad setting fails the cold start, not an uninstall
+
+    def cleanup() -> InstallationCleanup:
+        from forge_remote.lifecycle.cleanup import InstallationCleanup
+
+        return InstallationCleanup(
+            aws.dynamodb(), tokens=wiring.tokens, installations=wiring.installations, retention_days=retention_days
+        )
+
     return TriggersHandler(wiring, intake, cleanup, logger)

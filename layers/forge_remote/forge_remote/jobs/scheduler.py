@@ -149,7 +149,8 @@ def scheduler_handler() -> SchedulerHandler:
     """The scheduler's Lambda handler, built once per container from the environment."""
     from aws_lambda_powertools import Logger, Metrics
 
-    from forge_remote.lifecycle.cleanup import InstallationCleanup, retention_days_setting
+    from forge_remote.lifecycle.cleanup import InstallationCleanup
+    from forge_remote.lifecycle.retention import retention_days_setting
     from forge_remote.telemetry.logs import use_function_logger
     from forge_remote.wiring import Wiring
 

@@ -29,12 +29,10 @@ changes nothing.
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from forge_remote.errors import ConfigurationError
 from forge_remote.lifecycle.privacy import PersonalDataEraser, accounts_in_item, keyed_by
 from forge_remote.storage.batch_delete import delete_keys
 from forge_remote.storage.installations import InstallationRegistry, UninstallMark
@@ -47,21 +45,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DAY_S = 86400
-MAX_RETENTION_DAYS = 365
 PAGE_SIZE = 25  # one BatchWriteItem per page
 MIN_PAGE_MS = 1500  # a page is not started with less time than this left (a query and a batch write)
-
-
-def retention_days_setting(env: Mapping[str, str] | None = None) -> int:
-    """``DATA_RETENTION_DAYS``: whole days between 0 (the default: removed promptly) and 365."""
-    raw = (os.environ if env is None else env).get("DATA_RETENTION_DAYS", "").strip()
-    try:
-        days = int(raw) if raw else 0
-    except ValueError as exc:
-        raise ConfigurationError("DATA_RETENTION_DAYS must be a whole number of days") from exc
-    if not 0 <= days <= MAX_RETENTION_DAYS:
-        raise ConfigurationError(f"DATA_RETENTION_DAYS must be between 0 and {MAX_RETENTION_DAYS}")
-    return days
 
 
 @dataclass(frozen=True)
