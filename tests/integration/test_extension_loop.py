@@ -12,19 +12,18 @@ commands are taken from the README's text and run as typed, with the copy's stat
 from __future__ import annotations
 
 import os
-import queue
 import re
 import shlex
 import shutil
-import signal
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.integration.test_readme_examples import readme_example
+from tests.serve_process import ServeProcess
 from tests.support import ROOT
 
 README = ROOT / "README.md"
@@ -36,58 +35,26 @@ ROUTE_FILE = "functions/forge_calls/ui_routes/labels.py"
 EVENTS_FILE = "functions/forge_triggers/app.py"
 
 
-def readme_block(first_line: str) -> str:
-    blocks = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
-    found = [block for block in blocks if block.startswith(first_line + "\n")]
-    assert len(found) == 1, f"README has {len(found)} python blocks starting with {first_line!r}"
-    return found[0]
-
-
 def readme_command(*words: str) -> str:
     """The one ``forge_cli`` command of the README (in a code block or inline) holding all ``words``."""
     text = README.read_text(encoding="utf-8")
-    commands = set(re.findall(r"\.venv/bin/python -m local\.forge_cli [^`\n#]+", text))
+    commands: set[str] = set(re.findall(r"\.venv/bin/python -m local\.forge_cli [^`\n#]+", text))
     found = sorted(c.strip() for c in commands if all(word in c for word in words))
     assert len(found) == 1, f"README commands with {words}: {found}"
     return found[0]
 
 
-class Stack:
-    """``python -m local.serve`` in ``root``; its output read line by line in the background."""
+class Stack(ServeProcess):
+    """``python -m local.serve`` in ``root`` as ``make local`` runs it, on ports of the kernel's choice."""
 
     def __init__(self, root: Path) -> None:
+        args = ("--port", "0", "--ui-port", "0", "--poll-interval", "0.2")
+        super().__init__(*args, cwd=root, python=(".venv/bin/python",))
         self.root = root
-        argv = [".venv/bin/python", "-m", "local.serve", "--port", "0", "--ui-port", "0", "--poll-interval", "0.2"]
-        self.process = subprocess.Popen(  # noqa: S603
-            argv, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-        banner = self.wait_for(lambda line: line.startswith("Act as Forge"), timeout_s=180)
+        banner = self.wait_for(lambda line: line.startswith("Act as Forge"), timeout=180)
         found = re.search(r"\(state: (.+)\):$", banner)
         assert found, banner
         self.state_file = Path(found.group(1))
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def wait_for(self, wanted: object, timeout_s: float = 60) -> str:
-        """The next line ``wanted`` accepts (a callable) or that contains it (a string)."""
-        matches = wanted if callable(wanted) else (lambda line: str(wanted) in line)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                assert self.process.poll() is None, "the stack exited:\n" + "\n".join(self.seen)
-                continue
-            self.seen.append(line)
-            if matches(line):
-                return line
-        raise AssertionError(f"no line {wanted!r} within {timeout_s} s:\n" + "\n".join(self.seen[-40:]))
 
     def run(self, command: str) -> str:
         """A README command as typed in the copy's root, for this stack; its output (exit 0 asserted)."""
@@ -102,15 +69,6 @@ class Stack:
         path.write_text(source, encoding="utf-8")
         later = time.time() + 2
         os.utime(path, (later, later))
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()  # never leave a stack running behind a failed test
-            raise
 
 
 @pytest.fixture
@@ -140,14 +98,14 @@ def test_a_job_a_route_and_an_event_added_as_the_readme_says_work_without_a_rest
 
     # The job: unknown until saved, then loaded by the running stack and done by the README's command.
     job_command = readme_command("job label-audit")
-    stack.write(JOB_FILE, readme_block(f"# {JOB_FILE}"))
+    stack.write(JOB_FILE, readme_example(f"# {JOB_FILE}"))
     stack.wait_for(f"reloaded ConfluenceWorkerFunction ({JOB_FILE} changed)")
     out = stack.run(job_command)
     assert re.search(r'^done: \{"pages": 4, ', out, re.M), out  # the seeded site's four pages labelled audit
     assert "stored result (LABEL_AUDIT, 1 record)" in out
 
     # The route: called as the signed-in user, who may not see the restricted one of the four.
-    stack.write(ROUTE_FILE, readme_block(f"# {ROUTE_FILE}"))
+    stack.write(ROUTE_FILE, readme_example(f"# {ROUTE_FILE}"))
     stack.wait_for(f"reloaded ForgeCallsFunction ({ROUTE_FILE} changed)")
     out = stack.run(readme_command("call GET /api/labels/audit/pages"))
     assert "-> HTTP 200" in out, out
@@ -155,7 +113,7 @@ def test_a_job_a_route_and_an_event_added_as_the_readme_says_work_without_a_rest
     assert len(re.findall(r'^    "[^"]+",?$', out, re.M)) == 3, out
 
     # The product event: the new mapping requests the label audit.
-    stack.write(EVENTS_FILE, readme_block(f"# {EVENTS_FILE}"))
+    stack.write(EVENTS_FILE, readme_example(f"# {EVENTS_FILE}"))
     stack.wait_for(f"reloaded ForgeTriggersFunction ({EVENTS_FILE} changed)")
     out = stack.run(readme_command("event avi:confluence:added:label", "--wait"))
     assert '"jobs": 1' in out, out
@@ -176,12 +134,12 @@ def test_a_job_a_route_and_an_event_added_as_the_readme_says_work_without_a_rest
 
 def test_a_saved_file_that_does_not_import_keeps_the_stack_on_its_previous_code(stack: Stack) -> None:
     stack.run(readme_command("forge_cli install"))
-    stack.write(JOB_FILE, readme_block(f"# {JOB_FILE}").replace("def label_audit(", "def label_audit(("))
+    stack.write(JOB_FILE, readme_example(f"# {JOB_FILE}").replace("def label_audit(", "def label_audit(("))
     line = stack.wait_for("ConfluenceWorkerFunction not reloaded")
     assert f"{JOB_FILE}:" in line
     assert "SyntaxError" in line
     out = stack.run(readme_command("job page-snapshot"))  # the worker still runs its previous code
     assert out.splitlines()[1].startswith("done: ")
-    stack.write(JOB_FILE, readme_block(f"# {JOB_FILE}"))
+    stack.write(JOB_FILE, readme_example(f"# {JOB_FILE}"))
     stack.wait_for(f"reloaded ConfluenceWorkerFunction ({JOB_FILE} changed)")
     assert re.search(r'^done: \{"pages": 4, ', stack.run(readme_command("job label-audit")), re.M)

@@ -7,14 +7,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import queue
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +26,7 @@ from forge_remote.jobs.contract import JobRequest, send_job_requests
 from local import forge_cli, serve
 from local.job_outcomes import JobOutcome, OutcomeJournal
 from local.runtime import LocalRuntime
+from tests.serve_process import ServeProcess
 from tests.support import ROOT
 
 JOBS_PACKAGE = ROOT / "functions" / "confluence_worker" / "confluence_jobs"
@@ -67,60 +65,11 @@ def run(command: str | list[str], timeout: float = 60) -> subprocess.CompletedPr
     )
 
 
-class Serve:
-    """``python -m local.serve`` in a subprocess, its output read line by line without blocking."""
+class Serve(ServeProcess):
+    """``python -m local.serve`` at the repository root, as the README's newcomer starts it."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "local.serve", "--log-level", "WARNING", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
-
-    def banner(self, timeout: float = 60) -> list[str]:
-        """Lines up to the banner's last line (the curl hint, or the production note)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                assert self.process.poll() is None, "\n".join(self.seen)
-                continue
-            self.seen.append(line)
-            if line.startswith(("Or by hand:", "The Forge emulator CLI cannot call this mode")):
-                return self.seen
-        raise AssertionError("no banner within the timeout:\n" + "\n".join(self.seen))
-
-    def banner_or_exit(self) -> list[str]:
-        """Everything printed by a process that has exited."""
-        assert self.process.poll() is not None
-        self._reader.join(timeout=30)  # to the end of its output
-        while not self.lines.empty():
-            self.seen.append(self.lines.get())
-        return self.seen
-
-    def stop(self) -> str:
-        self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()  # never leave a stack running behind a failed test
-            raise
-        rest = []
-        while not self.lines.empty():
-            rest.append(self.lines.get())
-        return "\n".join(self.seen + rest)
+        super().__init__(*args, cwd=ROOT)
 
 
 # -- 1. the make local banner

@@ -7,14 +7,10 @@ Ports are the kernel's choice (port 0); the stacks are real ``python -m local.se
 from __future__ import annotations
 
 import json
-import queue
 import re
-import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,54 +18,18 @@ import pytest
 import requests
 
 from local import forge_cli, serve
+from tests.serve_process import ServeProcess
 from tests.support import ROOT
 
 
-class Serve:
-    """``python -m local.serve`` in a subprocess, its output read line by line without blocking."""
+class Serve(ServeProcess):
+    """``python -m local.serve`` at the repository root; its banner waited for up to 120 s."""
 
     def __init__(self, *args: str) -> None:
-        self.process = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "local.serve", "--log-level", "WARNING", *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line.rstrip("\n"))
+        super().__init__(*args, cwd=ROOT)
 
     def banner(self, timeout: float = 120) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                assert self.process.poll() is None, "\n".join(self.seen)
-                continue
-            self.seen.append(line)
-            if line.startswith("Or by hand:"):
-                return self.seen
-        raise AssertionError("no banner within the timeout:\n" + "\n".join(self.seen))
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()  # never leave a stack running behind a failed test
-            raise
-        rest = []
-        while not self.lines.empty():
-            rest.append(self.lines.get())
-        return "\n".join(self.seen + rest)
+        return super().banner(timeout)
 
 
 def cli(state_file: Path, *args: str) -> subprocess.CompletedProcess[str]:
