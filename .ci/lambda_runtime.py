@@ -290,6 +290,10 @@ def layout_problems(python: str, function: Function, layer: Path) -> list[str]:
     return problems
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def output_problems(function: Function, output: str) -> list[str]:
     """Every line a function writes is a structured (JSON) log line, and none holds a FIT or token."""
     problems = [
@@ -324,7 +328,7 @@ def check_function(python: str, function: Function, layer: Path) -> list[str]:
     problems += output_problems(function, output)
     print(
         f"lambda-runtime: {function.logical_id}: {function.handler} loaded by awslambdaric, "
-        f"{len(function.events)} sample events answered, {len(problems)} problems"
+        f"{_count(len(function.events), 'sample event')} answered, {_count(len(problems), 'problem')}"
     )
     return problems
 
