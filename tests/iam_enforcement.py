@@ -84,16 +84,64 @@ class Grant:
         )
 
 
-def resolved_grants(stack: LocalStack, role: FunctionRole) -> list[Grant]:
-    """The role's inline statements with ARNs for their intrinsics (raises naming what cannot be resolved)."""
+_NO_VALUE = object()  # ``{"Ref": "AWS::NoValue"}``: the element is left out of its list or mapping
+
+
+def resolve(stack: LocalStack, value: Any, conditions: dict[str, Any]) -> Any:
+    """``value`` with its intrinsics resolved as CloudFormation would for ``stack``'s parameters: what
+    ``LocalStack.resolve`` knows (Ref, GetAtt, Sub) plus the condition functions, ``Fn::If`` with
+    ``AWS::NoValue``, ``Fn::Select`` and ``Fn::Split`` (the data residency grant on the PeerAppTables
+    ARNs is built from them). ``conditions``: the template's Conditions section."""
+
+    def condition(name: str) -> bool:
+        if name not in conditions:
+            raise KeyError(f"condition {name}")
+        return bool(evaluate(conditions[name]))
+
+    functions: dict[str, Callable[[Any], Any]] = {
+        "Fn::If": lambda arg: evaluate(arg[1] if condition(arg[0]) else arg[2]),
+        "Condition": condition,
+        "Fn::Equals": lambda arg: evaluate(arg[0]) == evaluate(arg[1]),
+        "Fn::Not": lambda arg: not evaluate(arg[0]),
+        "Fn::And": lambda arg: all(bool(evaluate(a)) for a in arg),
+        "Fn::Or": lambda arg: any(bool(evaluate(a)) for a in arg),
+        "Fn::Select": lambda arg: evaluate(arg[1])[int(evaluate(arg[0]))],
+        "Fn::Split": lambda arg: str(evaluate(arg[1])).split(arg[0]),
+    }
+
+    def evaluate(item: Any) -> Any:
+        if item == {"Ref": "AWS::NoValue"}:
+            return _NO_VALUE
+        if isinstance(item, dict) and len(item) == 1:
+            ((key, arg),) = item.items()
+            if key in functions:
+                return functions[key](arg)
+            if key in ("Ref", "Fn::GetAtt", "Fn::Sub"):
+                return stack.resolve(item)
+        if isinstance(item, dict):
+            resolved = {k: evaluate(v) for k, v in item.items()}
+            return {k: v for k, v in resolved.items() if v is not _NO_VALUE}
+        if isinstance(item, list):
+            return [v for v in map(evaluate, item) if v is not _NO_VALUE]
+        return item
+
+    return evaluate(value)
+
+
+def resolved_grants(stack: LocalStack, role: FunctionRole, conditions: dict[str, Any] | None = None) -> list[Grant]:
+    """The role's inline statements with ARNs for their intrinsics (raises naming what cannot be resolved);
+    a statement an ``Fn::If`` leaves out (``AWS::NoValue``) is no grant."""
     grants = []
-    for statement in role.statements:
+    for written in role.statements:
+        try:
+            statement = resolve(stack, written, conditions or {})
+        except KeyError as exc:
+            raise AssertionError(f"{role.function}: cannot resolve a policy statement locally ({exc})") from exc
+        if statement is _NO_VALUE:
+            continue
         if statement.get("Effect") != "Allow" or "NotAction" in statement or "NotResource" in statement:
             raise AssertionError(f"{role.function}: only plain Allow statements are modelled here: {statement}")
-        try:
-            resources = tuple(str(stack.resolve(r)) for r in as_list(statement["Resource"]))
-        except KeyError as exc:
-            raise AssertionError(f"{role.function}: cannot resolve a policy resource locally ({exc})") from exc
+        resources = tuple(str(r) for r in as_list(statement["Resource"]))
         grants.append(Grant(tuple(as_list(statement["Action"])), resources))
     return grants
 
@@ -155,6 +203,7 @@ class RoleEnforcer:
     stack: LocalStack
     roles: dict[str, FunctionRole]
     code_uris: dict[str, str]
+    conditions: dict[str, Any] = field(default_factory=dict)  # the transformed template's Conditions
     denials: list[str] = field(default_factory=list)
     _grants: dict[str, list[Grant]] = field(default_factory=dict)
     _credentials: dict[str, dict[str, str]] = field(default_factory=dict)
@@ -170,7 +219,7 @@ class RoleEnforcer:
             ],
         }
         for function, role in self.roles.items():
-            grants = resolved_grants(self.stack, role)
+            grants = resolved_grants(self.stack, role, self.conditions)
             self._grants[function] = grants
             GRANTS.setdefault(function, set()).update(
                 f"{a} on {self.book.label(r)}" for g in grants for a in g.actions for r in g.resources

@@ -10,6 +10,7 @@ faults of its own (``KNOWN_MOTO_FAULTS``). A failure that is none of these fails
 
 from __future__ import annotations
 
+import ast
 import io
 import json
 import re
@@ -85,8 +86,12 @@ def _zip_folder(folder: str) -> bytes:
 class StackAttempt:
     """One ``CreateStack`` of the transformed template in moto, with moto's per-resource failures kept."""
 
-    def __init__(self, template: dict[str, Any]) -> None:
+    def __init__(
+        self, template: dict[str, Any], parameters: dict[str, str] | None = None, *, name: str = STACK
+    ) -> None:
         self.template = template
+        self.parameters = {**PARAMETERS, **(parameters or {})}
+        self.name = name
         self.failures: dict[str, str] = {}
         self.created: dict[str, dict[str, Any]] = {}
         self.status = ""
@@ -110,14 +115,14 @@ class StackAttempt:
             s3.put_object(Bucket=CODE_BUCKET, Key=f"{logical_id}.zip", Body=_zip_folder(folder))
         cfn = boto3.client("cloudformation")
         cfn.create_stack(
-            StackName=STACK,
+            StackName=self.name,
             TemplateBody=json.dumps(self.template),
-            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in PARAMETERS.items()],
+            Parameters=[{"ParameterKey": k, "ParameterValue": v} for k, v in self.parameters.items()],
             Capabilities=["CAPABILITY_IAM", "CAPABILITY_AUTO_EXPAND"],
         )
-        self.status = cfn.describe_stacks(StackName=STACK)["Stacks"][0]["StackStatus"]
+        self.status = cfn.describe_stacks(StackName=self.name)["Stacks"][0]["StackStatus"]
         paginator = cfn.get_paginator("list_stack_resources")
-        for page in paginator.paginate(StackName=STACK):
+        for page in paginator.paginate(StackName=self.name):
             for summary in page["StackResourceSummaries"]:
                 if summary.get("LogicalResourceId"):  # moto also lists an entry with no id and no type
                     self.created[summary["LogicalResourceId"]] = summary
@@ -229,6 +234,26 @@ def test_every_function_is_created_with_the_layer_and_its_role(attempt: StackAtt
         STACK_REPORT.append(
             f"    functions created without their {what}, moto ignores it: {', '.join(sorted(functions))}"
         )
+
+
+def inline_statements(attempt: StackAttempt, function: str) -> list[dict[str, Any]]:
+    iam = boto3.client("iam")
+    role = attempt.physical(function_roles(attempt.template)[function].role)
+    statements: list[dict[str, Any]] = []
+    for name in iam.list_role_policies(RoleName=role)["PolicyNames"]:
+        document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
+        if isinstance(document, str):  # moto keeps a policy CloudFormation created as Python's repr of it
+            document = ast.literal_eval(document)
+        found = document["Statement"]
+        # moto leaves an AWS::NoValue in a list as None (CloudFormation drops it): dropped here.
+        statements.extend(s for s in (found if isinstance(found, list) else [found]) if s is not None)
+    return statements
+
+
+def test_without_peer_tables_the_trigger_role_has_no_grant_outside_this_stack(attempt: StackAttempt) -> None:
+    statements = inline_statements(attempt, "ForgeTriggersFunction")
+    assert not [s for s in statements if ":dynamodb:eu-" in json.dumps(s)]
+    assert all("Effect" in s for s in statements)
 
 
 def test_the_dashboard_body_is_valid_json_once_resolved(attempt: StackAttempt) -> None:
@@ -372,7 +397,12 @@ def test_each_role_that_sends_failures_holds_exactly_send_message_on_the_queue()
     for lid, role in _of_type("AWS::IAM::Role").items():
         for policy in role.get("Policies", []):
             statements = policy["PolicyDocument"]["Statement"]
-            for statement in statements if isinstance(statements, list) else [statements]:
+            for written in statements if isinstance(statements, list) else [statements]:
+                # A conditional statement (the peer tables' grant): each branch that is a statement.
+                branches = written["Fn::If"][1:] if "Fn::If" in written else [written]
+                statement = next((b for b in branches if "Resource" in b), None)
+                if statement is None:
+                    continue
                 resources = (
                     statement["Resource"] if isinstance(statement["Resource"], list) else [statement["Resource"]]
                 )

@@ -215,6 +215,14 @@ def test_manifest_is_valid_against_the_forge_schema(forge_schema: dict[str, Any]
         ("remote key over 23 characters", lambda m: m["remotes"][0].update(key="aws-backend-with-a-long-name")),
         ("no app.runtime", lambda m: m["app"].pop("runtime")),
         ("unknown remote operation", lambda m: m["remotes"][0].update(operations=["compute", "invoke"])),
+        ("a realm map without default", lambda m: m["remotes"][0]["baseUrl"].pop("default")),
+        ("a realm the schema does not know", lambda m: m["remotes"][0]["baseUrl"].update(FR="https://fr.example")),
+        ("storage without inScopeEUD", lambda m: m["remotes"][0].update(storage={})),
+        (
+            "a migration longer than 24 hours",
+            lambda m: m["modules"]["migration:dataResidency"][0].update(maxMigrationDurationHours=25),
+        ),
+        ("a migration without a remote", lambda m: m["modules"]["migration:dataResidency"][0].pop("remote")),
     ],
 )
 def test_the_schema_check_catches_a_broken_manifest(
@@ -347,18 +355,68 @@ def test_user_tokens_only_where_a_user_is_in_session(manifest: dict[str, Any]) -
             assert _enabled(endpoints[module["endpoint"]], "appSystemToken"), f"{module['key']} delivers no token"
 
 
-def test_remote_base_url_is_an_https_origin_like_the_stack_output(manifest: dict[str, Any]) -> None:
-    """Absolute paths resolve against the origin only, so the baseUrl (and RemoteBaseUrl) must carry no path."""
+def test_remote_base_url_is_an_https_origin_per_realm_like_the_stack_output(manifest: dict[str, Any]) -> None:
+    """Absolute paths resolve against the origin only, so every realm's baseUrl (and RemoteBaseUrl) must
+    carry no path; Forge calls the installation's realm's URL, ``default`` for the others."""
     (remote,) = manifest["remotes"]
     assert "compute" in remote["operations"], "invokeRemote needs the compute operation"
-    base = urlsplit(remote["baseUrl"])
-    assert base.scheme == "https"
-    assert base.path in ("", "/")
+    urls = remote["baseUrl"]
+    assert isinstance(urls, dict), "one stack per realm: baseUrl maps each realm to its stack's URL"
+    assert "default" in urls
+    for realm, url in urls.items():
+        base = urlsplit(url)
+        assert base.scheme == "https", realm
+        assert base.path in ("", "/"), realm
+    assert len(set(urls.values())) == len(urls), "two realms on one stack: a migration between them moves nothing"
     output = load_template(TEMPLATE)["Outputs"]["RemoteBaseUrl"]["Value"]
     sub = output["Fn::Sub"] if isinstance(output, dict) else output
     stack_url = urlsplit(sub if isinstance(sub, str) else sub[0])
     assert stack_url.scheme == "https"
     assert stack_url.path in ("", "/"), "RemoteBaseUrl has a path: paste would silently drop it"
+
+
+def test_the_remote_declares_the_end_user_data_it_stores(manifest: dict[str, Any]) -> None:
+    """In-scope end-user data is what pins a remote to the installation's realm and makes it part of a
+    realm migration (Atlassian, "Set up remotes for data residency realm pinning")."""
+    (remote,) = manifest["remotes"]
+    assert "storage" in remote["operations"]
+    assert remote["storage"] == {"inScopeEUD": True}
+
+
+def test_every_realm_of_the_map_has_a_stack_to_deploy_and_the_template_accepts_it(manifest: dict[str, Any]) -> None:
+    """samconfig.toml has an environment per realm besides ``default``, deploying DataRealm=<realm>, and
+    the template's DataRealm allows each realm the map names."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "samconfig.toml").read_text(encoding="utf-8"))
+    realms = set(manifest["remotes"][0]["baseUrl"])
+    allowed = set(load_template(TEMPLATE)["Parameters"]["DataRealm"]["AllowedValues"])
+    assert realms <= allowed
+    for realm in sorted(realms - {"default"}):
+        environment = config.get(realm.lower(), {})
+        overrides = environment.get("deploy", {}).get("parameters", {}).get("parameter_overrides", "")
+        assert f'DataRealm="{realm}"' in overrides, f"samconfig.toml has no [{realm.lower()}] environment for {realm}"
+        assert "PeerAppTables=" in overrides
+        assert environment["deploy"]["parameters"].get("region"), realm
+
+
+def test_the_migration_module_is_served_by_the_triggers_function(
+    manifest: dict[str, Any], routes: list[tuple[str, str, str]]
+) -> None:
+    """The migration:dataResidency module's hooks (its path plus /schedule, /start, /status, /commit,
+    /rollback) are the template's routes of the triggers function, each with Forge's method."""
+    from forge_remote.forge.call_kinds import MIGRATION_HOOKS, MIGRATION_PATH
+
+    (module,) = _modules(manifest, "migration:dataResidency")
+    assert module["remote"] == manifest["remotes"][0]["key"]
+    assert module["path"] == MIGRATION_PATH
+    assert 0.5 <= module["maxMigrationDurationHours"] <= 24
+    for hook in MIGRATION_HOOKS:
+        method = "GET" if hook == "status" else "POST"
+        path = f"{module['path']}/{hook}"
+        assert _serving(routes, method, path) == {TRIGGERS_FUNCTION}, f"{method} {path}"
+        other = "POST" if method == "GET" else "GET"
+        assert _serving(routes, other, path) == set(), f"{other} {path} is routed too"
 
 
 # -- the call-kind binding (forge_remote.forge.call_kinds) agrees with the manifest
@@ -375,6 +433,12 @@ def _modules_calling(manifest: dict[str, Any]) -> dict[str, set[str]]:
             path = endpoints[module["endpoint"]].get("route", {}).get("path")
             if path:
                 found.setdefault(path, set()).add(module["key"])
+    # The migration module names no endpoint: Forge calls its hooks under its own path.
+    from forge_remote.forge.call_kinds import MIGRATION_HOOKS
+
+    for module in _modules(manifest, "migration:dataResidency"):
+        for hook in MIGRATION_HOOKS:
+            found.setdefault(f"{module['path']}/{hook}", set()).add(module["key"])
     return found
 
 

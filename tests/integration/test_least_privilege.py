@@ -14,6 +14,11 @@ is for a reviewer to read; what fails is a call the role does not allow.
 
 The resources are checked twice: per call here (moto's own IAM matches actions only), and on the
 template, where no statement may use ``*`` for a table, index or queue it could name.
+
+Every workload runs beside a peer stack in another region (the EU realm's, eu-central-1: moto serves
+both regions, a table's region is its client's and its ARN's), named in ``PeerAppTables``: the trigger
+function's data residency migration writes and removes items there through the grant that parameter
+makes (``HasPeerAppTables``), on exactly that ARN; without the parameter the grant is not there at all.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from botocore.exceptions import ClientError
 from forge_remote import clock
 from forge_remote.jobs.contract import JobRequest
 from forge_remote.lifecycle.cleanup import PAGE_SIZE
+from forge_remote.storage.results import ResultStore
 from forge_remote.storage.table_keys import installation_pk
 from forge_remote.tokens.store import TokenStore
 from local.apigw import http_api_event
@@ -52,6 +58,8 @@ pytestmark = pytest.mark.filterwarnings("ignore:No application metrics to publis
 EVENTS = ROOT / "events"
 TRANSFORMED = transformed_template()
 ROLES = function_roles(TRANSFORMED)
+CONDITIONS: dict[str, Any] = TRANSFORMED.get("Conditions", {})
+PEER_REGION = "eu-central-1"
 SOURCE = load_template(TEMPLATE)
 CODE_URIS = code_locations(SOURCE)
 ADMIN = "557058:aaaaaaaa-0000-4000-8000-00000000000a"
@@ -70,6 +78,7 @@ class EnforcedWorld:
 
     world: LocalWorld
     enforcer: RoleEnforcer
+    peer: LocalStack  # the EU realm's stack, whose app table a migration out of this one writes
     answered: list[tuple[str, str, int]] = field(default_factory=list)  # method, path, status
 
     @property
@@ -131,7 +140,10 @@ def enforced(
     hosts = ["api.atlassian.com", confluence.api_base_url.split("/")[2], forge.graphql_url.split("/")[2]]
     stack.parameters["AllowedApiHosts"] = ",".join(hosts)
     stack.parameters["ForgeGraphqlUrl"] = forge.graphql_url
-    enforcer = RoleEnforcer(stack, ROLES, CODE_URIS)
+    peer = LocalStack.from_template(stack_name="forge-remote-eu", region=PEER_REGION, parameters={"DataRealm": "EU"})
+    peer.create(dynamodb=boto3.client("dynamodb", region_name=PEER_REGION))
+    stack.parameters["PeerAppTables"] = f"EU={peer.arns['AppTable']}"
+    enforcer = RoleEnforcer(stack, ROLES, CODE_URIS, conditions=CONDITIONS)
     loaded: dict[str, Any] = {}
 
     def load(function: str) -> Any:
@@ -150,7 +162,7 @@ def enforced(
             worker=load("ConfluenceWorkerFunction"),
             load=load,
         )
-        yield EnforcedWorld(world, enforcer)
+        yield EnforcedWorld(world, enforcer, peer)
     forge.reset_graphql()
 
 
@@ -178,6 +190,37 @@ def uninstall_out_of_time(w: EnforcedWorld) -> None:
     assert w.world.triggers.lambda_handler(event, RunningOutContext(calls=1))["statusCode"] == 503
 
 
+def drive_migrations(w: EnforcedWorld) -> None:
+    """Forge's five migration hooks, twice: a migration to the EU realm committed (the copy into the peer's
+    table, then this stack's copy purged, tokens too), and one rolled back (the peer's items removed)."""
+    forge = w.forge
+    for outcome in ("commit", "rollback"):
+        site = another_site(w)
+        w.world.install(site)
+        ResultStore(boto3.client("dynamodb"), w.world.stack.physical["AppTable"]).put(
+            site.installation_id, "SNAPSHOT", "1#v1", {"pageId": "1", "title": "Release notes"}
+        )
+        migration_id = f"least-privilege-{outcome}"
+        start = clock.now() + 3600
+        body = {
+            "migrationId": migration_id,
+            "location": "EU",
+            "startTime": clock.iso(start),
+            "endTime": clock.iso(start + 4 * 3600),
+        }
+
+        def headers(site: Site = site) -> dict[str, str]:
+            return forge.headers(site, module_key="data-residency")
+
+        assert w.http("POST", "/forge/migration/schedule", headers(), body) == 200
+        clock.advance(3600)
+        assert w.http("POST", "/forge/migration/start", headers(), body) == 200
+        assert w.http("GET", "/forge/migration/status", headers(), query=f"migrationId={migration_id}") == 200
+        assert w.http("POST", f"/forge/migration/{outcome}", headers(), {"migrationId": migration_id}) == 200
+    peer_items = boto3.client("dynamodb", region_name=PEER_REGION).scan(TableName=w.peer.physical["AppTable"])
+    assert peer_items["Count"] == 2  # the committed installation's registry item and result; none rolled back
+
+
 def drive_triggers(w: EnforcedWorld) -> None:
     forge, site = w.forge, w.site
     w.world.install()
@@ -196,6 +239,7 @@ def drive_triggers(w: EnforcedWorld) -> None:
         "POST", "/forge/events", forge.headers(site, app_token=forge.app_token()), forge.page_event("8", "ENG")
     )
     assert after == 200  # acknowledged, no job: the installation is gone
+    drive_migrations(w)
 
 
 def drive_calls(w: EnforcedWorld) -> None:
@@ -374,6 +418,24 @@ def test_a_call_outside_the_role_is_refused_and_recorded(enforced: EnforcedWorld
     ]
 
 
+def test_a_table_in_another_region_that_peer_app_tables_does_not_name_is_refused(enforced: EnforcedWorld) -> None:
+    """The trigger function may write the peer's app table, and nothing else there: not its tokens table, not
+    another table of the same region."""
+    enforcer, peer = enforced.enforcer, enforced.peer
+    item = {"pk": {"S": "INST#x"}, "sk": {"S": "INSTALLATION"}}
+    with enforcer.acting_as("ForgeTriggersFunction"):
+        client = boto3.client("dynamodb", region_name=PEER_REGION)
+        client.put_item(TableName=peer.arns["AppTable"], Item=item)  # the grant
+        with pytest.raises(Exception, match="AccessDenied"):
+            client.put_item(TableName=peer.arns["TokensTable"], Item=item)
+        with pytest.raises(Exception, match="AccessDenied"):  # an action it was not given, on the granted table
+            client.scan(TableName=peer.arns["AppTable"])
+    assert enforcer.denials == [
+        f"ForgeTriggersFunction: dynamodb:PutItem on {peer.arns['TokensTable']} (not in its role)",
+        f"ForgeTriggersFunction: dynamodb:Scan on {peer.arns['AppTable']} (not in its role)",
+    ]
+
+
 def test_moto_iam_refuses_what_the_widened_role_lacks(enforced: EnforcedWorld) -> None:
     """moto's own check, alone: the role's credentials, an action it does not hold at all."""
     from moto.core.authorization import enable_iam_authentication
@@ -389,16 +451,57 @@ def test_moto_iam_refuses_what_the_widened_role_lacks(enforced: EnforcedWorld) -
 
 
 # -- resource scoping, on the template ---------------------------------------------------------------
-def test_no_statement_uses_a_wildcard_where_it_could_name_the_resource(stack: LocalStack) -> None:
+def _unscoped(stack: LocalStack, peers: set[str]) -> list[str]:
     book = ArnBook(stack)
-    known = set(stack.arns.values())
+    known = set(stack.arns.values()) | peers
     problems = []
     for function, role in ROLES.items():
-        for grant in resolved_grants(stack, role):
+        for grant in resolved_grants(stack, role, CONDITIONS):
             for resource in grant.resources:
                 if "*" in resource or not any(resource == arn or resource.startswith(arn + "/index/") for arn in known):
                     problems.append(f"{function}: {grant.actions} on {book.label(resource)}")
-    assert problems == []
+    return problems
+
+
+def test_no_statement_uses_a_wildcard_where_it_could_name_the_resource(stack: LocalStack) -> None:
+    assert _unscoped(stack, set()) == []
+
+
+PEER_ARNS = [
+    f"arn:aws:dynamodb:{region}:123456789012:table/forge-remote-{realm.lower()}-AppTable-{n}"
+    for n, (realm, region) in enumerate(
+        [
+            ("EU", "eu-central-1"),
+            ("US", "us-east-2"),
+            ("AU", "ap-southeast-2"),
+            ("DE", "eu-central-2"),
+            ("JP", "ap-northeast-1"),
+        ]
+    )
+]
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 5])
+def test_the_peer_tables_are_granted_to_the_trigger_function_only_and_exactly(stack: LocalStack, count: int) -> None:
+    """PeerAppTables with 0, 1, 2 and the most (5) entries: the trigger function, and no other, may put,
+    delete and query items on exactly those tables (one grant, no ``*``, no other action there)."""
+    realms = ["EU", "US", "AU", "DE", "JP"][:count]
+    stack.parameters["PeerAppTables"] = ",".join(f"{r}={arn}" for r, arn in zip(realms, PEER_ARNS, strict=False))
+    peers = set(PEER_ARNS[:count])
+    assert _unscoped(stack, peers) == []
+    on_peers = {
+        function: [g for g in resolved_grants(stack, role, CONDITIONS) if set(g.resources) & peers]
+        for function, role in ROLES.items()
+    }
+    granted = {function: grants for function, grants in on_peers.items() if grants}
+    if not count:
+        assert granted == {}
+        return
+    assert list(granted) == ["ForgeTriggersFunction"]
+    (grant,) = granted["ForgeTriggersFunction"]
+    assert set(grant.resources) == peers
+    assert len(grant.resources) == count
+    assert sorted(grant.actions) == ["dynamodb:DeleteItem", "dynamodb:PutItem", "dynamodb:Query"]
 
 
 def test_every_function_role_comes_from_the_template() -> None:

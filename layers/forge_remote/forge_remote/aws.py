@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 @cache
-def _client(service: str) -> Any:
+def _client(service: str, region: str | None = None) -> Any:
     import boto3
     from botocore.config import Config
 
@@ -27,11 +27,19 @@ def _client(service: str) -> Any:
 
     # Forge gives triggers 5 s: short timeouts and 3 attempts keep a throttled call inside it.
     config = Config(retries={"mode": "standard", "total_max_attempts": 3}, connect_timeout=2, read_timeout=3)
-    return boto3.client(service, config=config)  # type: ignore[call-overload]
+    if region is None:
+        return boto3.client(service, config=config)  # type: ignore[call-overload]
+    return boto3.client(service, region_name=region, config=config)  # type: ignore[call-overload]
 
 
 def dynamodb() -> DynamoDBClient:
     client: DynamoDBClient = _client("dynamodb")
+    return client
+
+
+def dynamodb_in(region: str) -> DynamoDBClient:
+    """A DynamoDB client for another region (a realm migration writes a peer stack's table there)."""
+    client: DynamoDBClient = _client("dynamodb", region)
     return client
 
 

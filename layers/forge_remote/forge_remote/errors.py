@@ -66,6 +66,15 @@ class InstallationUninstalled(PermanentFailure):
     """The call is for an installation that was uninstalled (HTTP 409): nothing can run for it."""
 
 
+class InstallationMoved(PermanentFailure):
+    """The call is for an installation a realm migration moved to another regional stack (HTTP 409): this
+    stack no longer serves it, and Forge calls the new realm's remote from now on."""
+
+    def __init__(self, realm: str | None) -> None:
+        self.realm = realm or "unknown"
+        super().__init__(f"the installation moved to realm {self.realm}; this deployment no longer serves it")
+
+
 class UserTokenRequired(PermanentFailure):
     """The route acts as the signed-in user, and the call carried no user token (HTTP 403)."""
 

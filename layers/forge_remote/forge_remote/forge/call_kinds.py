@@ -8,6 +8,11 @@ manifest (``forge-app/manifest.yml``) routes there. Forge's documentation does n
 a trigger's FIT names the endpoint module or the trigger module, so both keys are accepted; an
 absent claim is accepted (lenient), a present and wrong one is refused (strict).
 
+The data residency migration hooks (``/forge/migration/<hook>``) are bound the same way, to the
+manifest's ``migration:dataResidency`` module key. That module names no endpoint, and what Forge puts in
+a hook call's ``app.module.type`` is not documented [no source]: there ``migration:dataResidency`` is
+accepted besides the ``core:`` types.
+
 Which module keys those are is the app's configuration, not the library's: the setting
 ``FORGE_TRIGGER_MODULES`` (``template.yaml``'s ``Globals``) maps each trigger route to its keys, as
 JSON. Renamed a module in your manifest? Update that setting: ``make test`` checks the two agree.
@@ -22,8 +27,14 @@ from dataclasses import dataclass
 from forge_remote.errors import ConfigurationError, WrongCallKind
 from forge_remote.forge.invocations import Invocation
 
+# The data residency migration hooks: the manifest's ``migration:dataResidency`` ``path`` plus the hook's
+# name (``inbound/triggers.py`` serves them, ``lifecycle/migration.py`` does what they ask).
+MIGRATION_PATH = "/forge/migration"
+MIGRATION_HOOKS = ("schedule", "start", "status", "commit", "rollback")
+MIGRATION_ROUTES = tuple(f"{MIGRATION_PATH}/{hook}" for hook in MIGRATION_HOOKS)
+MIGRATION_MODULE_TYPE = "migration:dataResidency"
 # The routes Forge's triggers call on this backend (the library serves them: ``inbound/triggers.py``).
-TRIGGER_ROUTES = ("/forge/lifecycle", "/forge/uninstall", "/forge/events", "/forge/keepalive")
+TRIGGER_ROUTES = ("/forge/lifecycle", "/forge/uninstall", "/forge/events", "/forge/keepalive", *MIGRATION_ROUTES)
 UI_ROUTE_PREFIX = "/api/"
 TRIGGER_MODULE_TYPE_PREFIX = "core:"  # endpoint, trigger, scheduledTrigger, preUninstall: no UI module
 
@@ -72,7 +83,8 @@ def check_call_kind(path: str, invocation: Invocation, modules: TriggerModules) 
         key, kind = invocation.module_key, invocation.module_type
         if key is not None and key not in allowed:
             raise WrongCallKind(f"module {_shown(key)} is not routed to {path}")
-        if kind is not None and not kind.startswith(TRIGGER_MODULE_TYPE_PREFIX):
+        migration_hook = path in MIGRATION_ROUTES and kind == MIGRATION_MODULE_TYPE
+        if kind is not None and not kind.startswith(TRIGGER_MODULE_TYPE_PREFIX) and not migration_hook:
             raise WrongCallKind(f"module type {_shown(kind)} does not call trigger routes")
     elif path.startswith(UI_ROUTE_PREFIX) and invocation.module_key in modules.keys:
         raise WrongCallKind("a trigger's call is not accepted on a UI route")

@@ -8,7 +8,8 @@
   "the token failed validation"; nothing is stored either. A route reads the verified call with
   ``invocation(app)``.
 - ``register_error_handlers(app)``: one JSON error shape (``{"error": code, "message": text}``) for
-  400, 401, 403, 404, 409, 502 and 503, the same in every function.
+  400, 401, 403, 404, 409, 502 and 503, the same in every function. A call for an installation that a
+  realm migration moved elsewhere is a 409 ``moved``, counted as ``MovedInstallationCalls`` by realm.
 Responses and logs name the reason, never the token. Every refused FIT is counted as ``FitRejections``
 with its reason as a dimension (the reason's fixed part: no claim values, no token); a signing key
 outage is counted apart, as ``SigningKeysUnavailable``, so it cannot pass for forged calls.
@@ -27,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from forge_remote.errors import (
     ConfluenceError,
     DeliveryInProgress,
+    InstallationMoved,
     InstallationUninstalled,
     InvalidInvocation,
     MalformedEvent,
@@ -155,6 +157,14 @@ def register_error_handlers(app: APIGatewayHttpResolver, *, retry_after_s: int =
     def uninstalled(exc: InstallationUninstalled) -> Response[Any]:
         logger.info("request for an uninstalled installation refused")
         return error_response(409, "uninstalled", exc.reason)
+
+    @app.exception_handler(InstallationMoved)
+    def moved(exc: InstallationMoved) -> Response[Any]:
+        from forge_remote.telemetry import counts  # only such stragglers pay for it
+
+        logger.warning("request for an installation moved to another realm refused", extra={"realm": exc.realm})
+        counts.count("MovedInstallationCalls", "realm", exc.realm)
+        return error_response(409, "moved", exc.reason)
 
     @app.exception_handler(UserTokenRequired)
     def user_token_required(exc: UserTokenRequired) -> Response[Any]:

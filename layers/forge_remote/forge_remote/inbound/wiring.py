@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from functools import cached_property
 
+from forge_remote.errors import InstallationMoved
 from forge_remote.forge.call_kinds import TriggerModules
 from forge_remote.forge.invocations import FitVerifier, Invocation
 from forge_remote.forge.signing_keys import JwksCache
-from forge_remote.storage.installations import InstallationFacts
+from forge_remote.storage.installations import InstallationFacts, InstallationStatus
 from forge_remote.wiring import Wiring
 
 
@@ -48,6 +49,7 @@ class HttpWiring(Wiring):
         Each write is bundled with the installation's "still installed" update, so a call that
         races an uninstall can never leave a token behind. ``delivered_by`` (keepalive, event,
         lifecycle, ui) is recorded with a stored token for status pages. Returns outcome names.
+        ``InstallationMoved`` if the installation was refused because a realm migration moved it away.
         """
         outcomes: dict[str, str] = {}
         facts = installation_facts(invocation)
@@ -68,7 +70,17 @@ class HttpWiring(Wiring):
                 delivered_by=delivered_by,
             )
             outcomes["user"] = outcome.value
+        from forge_remote.tokens.store import PutOutcome  # loaded by put_if_newer already
+
+        if PutOutcome.INSTALLATION_GONE.value in outcomes.values():
+            self.refuse_if_moved(invocation.installation_id)  # the rare case: one more read says why
         return outcomes
+
+    def refuse_if_moved(self, installation_id: str) -> None:
+        """``InstallationMoved`` if a realm migration moved this installation to another stack."""
+        installation = self.installations.get(installation_id)
+        if installation is not None and installation.status == InstallationStatus.MOVED:
+            raise InstallationMoved(installation.moved_to)
 
     def record_lifecycle(self, invocation: Invocation, event_type: str) -> bool:
         """Record an installed/upgraded event for this verified call; False if already uninstalled."""

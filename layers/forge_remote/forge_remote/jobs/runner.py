@@ -45,6 +45,11 @@ logger = logging.getLogger(__name__)
 BASE_DEFER_S = 60
 MAX_DEFER_S = 1800
 MAX_VISIBILITY_S = 43200  # SQS caps a message's visibility timeout at 12 h
+# A job held by a realm migration looks again this often (or at the hold's end, if sooner): a rollback
+# lets it run within 90 minutes, and its third receive, when SQS stops counting it in the queue's age
+# (JobsQueueAgeAlarm), comes 3 h in, before the alarm's 4 h; a 24 h window is 17 receives, well inside
+# the queue's maxReceiveCount (JobQueueMaxReceives, 30).
+HOLD_RECHECK_S = 5400
 
 
 JITTER = 0.1
@@ -129,6 +134,20 @@ def _waiting(reason: str, delay_s: float, *, for_budget: bool = False) -> Outcom
     return Outcome(JobStatus.DEFERRED, reason, delay, attempted=False, waiting_for_budget=for_budget)
 
 
+def _not_served(installation: Installation | None, now: float) -> Outcome | None:
+    """Nothing runs for an uninstalled or moved installation, nor while a realm migration holds it."""
+    if installation is not None and not installation.active:
+        if installation.moved_to:  # its realm's stack serves it now; the scheduler there requests its jobs
+            return Outcome(JobStatus.DISCARDED, f"installation moved to realm {installation.moved_to}")
+        return Outcome(JobStatus.DISCARDED, "installation is uninstalled")
+    if installation is not None and installation.held(now) and installation.hold_until is not None:
+        # A realm migration is copying its data: nothing may change it until the hold ends (the migration
+        # commits, rolls back, or its window passes). Deferred, not an attempt: it never gives up for this.
+        wait = min(installation.hold_until - now, HOLD_RECHECK_S)
+        return _waiting("installation is held by a data residency migration", wait)
+    return None
+
+
 @dataclass
 class JobRunner:
     registry: JobRegistry
@@ -161,8 +180,9 @@ class JobRunner:
             # A spread schedule's slot: SQS delays a message 15 minutes at most, the rest waits here.
             return _waiting("waiting for its scheduled slot", request.not_before - now)
         installation = self.installations.get(request.installation_id)
-        if installation is not None and not installation.active:
-            return Outcome(JobStatus.DISCARDED, "installation is uninstalled")
+        not_now = _not_served(installation, now)
+        if not_now is not None:
+            return not_now
         if installation is None or not installation.api_base_url:
             # Tokens and the installation record are written together: no record means no token yet.
             return self._defer(receive_count, "installation not seen yet", waiting_for_token=True)

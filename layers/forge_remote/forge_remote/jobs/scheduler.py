@@ -8,8 +8,10 @@
   slot of the window with a little jitter (``jobs/scheduling.py``), so that the fleet's work does not
   all start at once against Atlassian's hourly quotas.
 - ``{"task": "cleanup-sweep"}``: finish the data cleanup of uninstalled installations that an
-  uninstall call could not finish in its own time (``lifecycle/cleanup.py``), while time allows;
-  what is left waits for the next sweep.
+  uninstall call could not finish in its own time (``lifecycle/cleanup.py``), and of installations a
+  realm migration moved to another stack, while time allows; what is left waits for the next sweep.
+  It also gives the scheduler back installations whose realm migration's hold lapsed with neither a
+  commit nor a rollback (``holdsReleased``, in the answer when there were any).
 - ``{"task": "token-census"}``: count the active installations and those holding an app token a job
   could take now (its expiry is all that is read): the ``ActiveInstallations`` and
   ``InstallationsWithUsableToken`` gauges behind the dashboard and the keepalive alarm.
@@ -102,10 +104,20 @@ class ScheduledTasks:
                     finished += 1
                 else:
                     pending += 1
-        result = {"task": CLEANUP_SWEEP, "finished": finished, "pending": pending}
+        result: dict[str, Any] = {"task": CLEANUP_SWEEP, "finished": finished, "pending": pending}
+        released = self._release_lapsed_holds()
+        if released:
+            result["holdsReleased"] = released
         self._gauge("CleanupsFinished", finished)
         self.logger.info("cleanup sweep", extra=result)
         return result
+
+    def _release_lapsed_holds(self) -> int:
+        """Installations still out of the scheduler's sight for a migration whose hold has ended."""
+        released = 0
+        for ids in self.installations.iter_held_ids():
+            released += sum(self.installations.release_lapsed_hold(installation_id) for installation_id in ids)
+        return released
 
     def token_census(self, _context: LambdaContext | None = None) -> dict[str, Any]:
         """Active installations, and how many of them hold an app token valid long enough for a job."""

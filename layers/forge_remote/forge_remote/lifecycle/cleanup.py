@@ -19,6 +19,10 @@ Generic on purpose: the walk does not list kinds of item, so whatever a job or a
 under ``INST#<installationId>`` goes too. Two kinds are left to their own (short) ``ttl``: the
 registry item itself (the tombstone that refuses late token writes) and the ``FIT#`` once-records.
 
+The same walk deletes what a realm migration left here once it committed (``lifecycle/migration.py``):
+the installation is ``moved`` then, its data lives in another region's stack, and none of it is retained
+here, whatever ``DATA_RETENTION_DAYS`` says (``UninstallMark.moved``).
+
 Resumable and idempotent: after each page the walk records where it got to (``cleanupCursor`` on the
 registry item); it stops when ``remaining_ms`` runs low (or at an item a concurrent writer kept
 changing) and reports itself incomplete, and the next call (Forge's retry of preUninstall, or the
@@ -106,7 +110,8 @@ class InstallationCleanup:
         return replace(report, tokens_deleted=tokens_deleted)
 
     def resume(self, installation_id: str, *, remaining_ms: Callable[[], int]) -> CleanupReport:
-        """The scheduled sweep: continue a pending cleanup (tokens again too: a late write may have landed)."""
+        """The scheduled sweep (and a migration's commit): continue a pending cleanup, tokens first (again:
+        a late write may have landed)."""
         mark = self.installations.cleanup_state(installation_id)
         if mark is None:
             return CleanupReport(complete=True)
@@ -117,7 +122,7 @@ class InstallationCleanup:
     def _walk(self, installation_id: str, mark: UninstallMark, remaining_ms: Callable[[], int]) -> CleanupReport:
         pk = {"S": installation_pk(installation_id)}
         cursor = mark.cursor
-        retaining = self.retention_s > 0
+        retaining = self.retention_s > 0 and not mark.moved  # moved: the data lives elsewhere now
         deleted = expiring = scrubbed = pages = 0
 
         def report(complete: bool) -> CleanupReport:
@@ -160,7 +165,7 @@ class InstallationCleanup:
             pages += 1
             last = page.get("LastEvaluatedKey")
             if not last:
-                self.installations.finish_cleanup(installation_id, strip_site=self.retention_s == 0)
+                self.installations.finish_cleanup(installation_id, strip_site=not retaining)
                 return report(True)
             cursor = last["sk"]["S"]
             self.installations.record_cleanup_cursor(installation_id, cursor)

@@ -12,6 +12,14 @@ us still ages out; an uninstalled one until its data's retention ends plus ``TOM
 tombstone refuses late token writes). While its cleanup (``lifecycle/cleanup.py``) is pending, an uninstalled
 item sits in the same sparse GSI under ``activePk = "CLEANUP"``, where the scheduled sweep finds it.
 
+A data residency realm migration (``lifecycle/migration.py``) adds three things here. While it runs,
+the item holds the migration (``migrationId``) and a job hold (``holdFrom``..``holdUntil``: the worker
+defers the installation's jobs in that span), and from its start it sits under ``activePk = MIGRATING``,
+out of the scheduler's ``ACTIVE`` partition; a token delivery leaves that partition alone
+(``if_not_exists``). Once committed the installation is ``moved`` (terminal here, like uninstalled): the
+item becomes a tombstone naming the realm it moved to (``movedTo``), which refuses every later write,
+until ``MOVED_TOMBSTONE_S`` has passed.
+
 The registry takes plain values (``InstallationFacts``), not a verified ``Invocation``: storage knows
 nothing of FITs, and the caller (``inbound/wiring.py``) says which facts of a call are recorded.
 """
@@ -24,7 +32,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from forge_remote import clock
-from forge_remote.storage.table_keys import ACTIVE_PK, CLEANUP_PK, INSTALLATION_SK, installation_pk, once_sk
+from forge_remote.storage.table_keys import (
+    ACTIVE_PK,
+    CLEANUP_PK,
+    INSTALLATION_SK,
+    MIGRATING_PK,
+    installation_pk,
+    once_sk,
+)
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb import DynamoDBClient
@@ -36,6 +51,7 @@ ACTIVE_INDEX = "ActiveInstallations"
 class InstallationStatus(enum.StrEnum):
     ACTIVE = "active"
     UNINSTALLED = "uninstalled"  # terminal: an installation id changes on reinstall, so nothing revives it
+    MOVED = "moved"  # terminal here: a realm migration committed it to another regional stack
 
 
 ONCE_TTL_S = 3600  # far beyond a FIT's lifetime (at most 5 min, plus clock leeway)
@@ -43,6 +59,11 @@ ACTIVE_TTL_S = 90 * 86400  # refreshed by every token delivery: only a silently 
 # An uninstalled item outlives its data by this much: a token write racing the uninstall (a FIT lives
 # 5 min, a Forge retry a few more) must still find it and fail its "still installed" condition.
 TOMBSTONE_GRACE_S = 86400
+# A moved installation's tombstone: long after any call Forge still had in flight or would retry to this
+# stack, so every straggler is refused (409 "moved") instead of recreating the installation here.
+MOVED_TOMBSTONE_S = 30 * 86400
+# What a moved installation's tombstone keeps: ids, the realm, times. Nothing about the site.
+_MOVED_DROPS = "apiBaseUrl, siteUrl, cloudId, environmentType, environmentId, appVersion, holdFrom, holdUntil"
 
 
 @dataclass(frozen=True)
@@ -52,6 +73,7 @@ class UninstallMark:
     uninstalled_at: int
     retain_until: int
     cursor: str | None = None
+    moved: bool = False  # a realm migration committed: the data lives elsewhere, none is retained here
 
 
 @dataclass(frozen=True)
@@ -76,10 +98,18 @@ class Installation:
     environment_type: str | None = None
     installed_at: float | None = None
     uninstalled_at: float | None = None
+    moved_to: str | None = None  # the realm a committed migration moved it to
+    migration_id: str | None = None  # the realm migration holding it, if any
+    hold_from: float | None = None  # ...whose job hold spans holdFrom..holdUntil (epoch seconds)
+    hold_until: float | None = None
 
     @property
     def active(self) -> bool:
         return self.status == InstallationStatus.ACTIVE
+
+    def held(self, now: float) -> bool:
+        """Are its jobs held for a realm migration at ``now``? (They are deferred, not failed.)"""
+        return self.hold_from is not None and self.hold_until is not None and self.hold_from <= now < self.hold_until
 
 
 def _s(item: dict[str, Any], name: str) -> str | None:
@@ -90,6 +120,9 @@ def _s(item: dict[str, Any], name: str) -> str | None:
 def _n(item: dict[str, Any], name: str) -> float | None:
     value = item.get(name, {}).get("N")
     return float(value) if isinstance(value, str) else None
+
+
+_GONE = (InstallationStatus.UNINSTALLED.value, InstallationStatus.MOVED.value)
 
 
 class InstallationRegistry:
@@ -109,7 +142,6 @@ class InstallationRegistry:
             ":now": now,
             ":active": {"S": InstallationStatus.ACTIVE.value},
             ":activePk": {"S": ACTIVE_PK},
-            ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
             ":ttl": {"N": str(int(clock.now()) + ACTIVE_TTL_S)},
         }
         sets = [
@@ -118,7 +150,9 @@ class InstallationRegistry:
             "updatedAt = :now",
             "firstSeenAt = if_not_exists(firstSeenAt, :now)",
             "#status = :active",
-            "activePk = :activePk",
+            # Kept if set: an installation held by a realm migration stays out of the scheduler's ACTIVE
+            # partition while Forge keeps delivering tokens (active items always hold one).
+            "activePk = if_not_exists(activePk, :activePk)",
             "activeSk = :id",
             "#ttl = :ttl",
         ]
@@ -139,7 +173,8 @@ class InstallationRegistry:
             "TableName": self.table_name,
             "Key": self._key(facts.installation_id),
             "UpdateExpression": "SET " + ", ".join(sets),
-            "ConditionExpression": "attribute_not_exists(#status) OR #status <> :uninstalled",
+            # Neither uninstalled nor moved to another realm: both are terminal here.
+            "ConditionExpression": "attribute_not_exists(#status) OR #status = :active",
             "ExpressionAttributeNames": {"#status": "status", "#ttl": "ttl"},
             "ExpressionAttributeValues": values,
         }
@@ -213,13 +248,17 @@ class InstallationRegistry:
         return mark
 
     def cleanup_state(self, installation_id: str) -> UninstallMark | None:
-        """The uninstall record of an installation whose cleanup is still pending, else None."""
+        """The uninstall (or move) record of an installation whose cleanup is still pending, else None."""
         item = self._client.get_item(
             TableName=self.table_name, Key=self._key(installation_id), ConsistentRead=True
         ).get("Item")
-        if not item or _s(item, "status") != InstallationStatus.UNINSTALLED or _s(item, "activePk") != CLEANUP_PK:
+        status = _s(item, "status") if item else None
+        if not item or status not in _GONE or _s(item, "activePk") != CLEANUP_PK:
             return None
         now = int(clock.now())
+        if status == InstallationStatus.MOVED:
+            moved_at = int(_n(item, "movedAt") or now)
+            return UninstallMark(moved_at, moved_at, cursor=_s(item, "cleanupCursor"), moved=True)
         return UninstallMark(
             uninstalled_at=int(_n(item, "uninstalledAt") or now),
             retain_until=int(_n(item, "retainUntil") or now),
@@ -232,11 +271,12 @@ class InstallationRegistry:
             TableName=self.table_name,
             Key=self._key(installation_id),
             UpdateExpression="SET cleanupCursor = :cursor",
-            ConditionExpression="#status = :uninstalled",
+            ConditionExpression="#status IN (:uninstalled, :moved)",
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues={
                 ":cursor": {"S": cursor},
                 ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
+                ":moved": {"S": InstallationStatus.MOVED.value},
             },
         )
 
@@ -248,17 +288,134 @@ class InstallationRegistry:
             TableName=self.table_name,
             Key=self._key(installation_id),
             UpdateExpression=f"SET cleanedAt = :now REMOVE {removed}",
-            ConditionExpression="#status = :uninstalled",
+            ConditionExpression="#status IN (:uninstalled, :moved)",
             ExpressionAttributeNames={"#status": "status"},
             ExpressionAttributeValues={
                 ":now": {"N": str(int(clock.now()))},
                 ":uninstalled": {"S": InstallationStatus.UNINSTALLED.value},
+                ":moved": {"S": InstallationStatus.MOVED.value},
             },
         )
 
     def iter_cleanup_pending_ids(self, page_size: int = 100) -> Iterator[list[str]]:
-        """Uninstalled installations whose cleanup has not finished, one list per GSI page."""
+        """Uninstalled (or moved) installations whose cleanup has not finished, one list per GSI page."""
         yield from self._iter_index(CLEANUP_PK, page_size)
+
+    # -- realm migrations (the MIGRATION# records themselves are storage/migrations.py's)
+    def migration_hold(
+        self, installation_id: str, migration_id: str, *, hold_from: float, hold_until: float, begin: bool
+    ) -> TransactWriteItemTypeDef:
+        """The transaction item that makes ``migration_id`` the installation's migration, with its job hold.
+
+        Fails unless the installation is active and held by no other migration. ``begin`` (the migration's
+        start) also moves it to the ``MIGRATING`` partition, out of the scheduler's sight. The caller
+        chooses the span (``lifecycle/migration.py``: never starting before the hold is written).
+        """
+        sets = "migrationId = :mid, holdFrom = :from, holdUntil = :until"
+        values: dict[str, Any] = {
+            ":mid": {"S": migration_id},
+            ":from": {"N": str(int(hold_from))},
+            ":until": {"N": str(int(hold_until))},
+            ":active": {"S": InstallationStatus.ACTIVE.value},
+        }
+        if begin:
+            sets += ", activePk = :migrating, activeSk = :id"
+            values[":migrating"] = {"S": MIGRATING_PK}
+            values[":id"] = {"S": installation_id}
+        update: dict[str, Any] = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": self._key(installation_id),
+                "UpdateExpression": f"SET {sets}",
+                "ConditionExpression": (
+                    "#status = :active AND (attribute_not_exists(migrationId) OR migrationId = :mid)"
+                ),
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": values,
+            }
+        }
+        return update  # type: ignore[return-value]
+
+    def migration_release(self, installation_id: str, migration_id: str) -> TransactWriteItemTypeDef:
+        """The transaction item that ends ``migration_id``'s hold (a rollback): jobs and schedules resume.
+
+        Fails if another migration, or none, holds the installation: the caller reads why.
+        """
+        update: dict[str, Any] = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": self._key(installation_id),
+                "UpdateExpression": "SET activePk = :activePk, activeSk = :id REMOVE migrationId, holdFrom, holdUntil",
+                "ConditionExpression": "#status = :active AND migrationId = :mid",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": {
+                    ":mid": {"S": migration_id},
+                    ":activePk": {"S": ACTIVE_PK},
+                    ":id": {"S": installation_id},
+                    ":active": {"S": InstallationStatus.ACTIVE.value},
+                },
+            }
+        }
+        return update  # type: ignore[return-value]
+
+    def migration_commit(self, installation_id: str, migration_id: str, realm: str) -> TransactWriteItemTypeDef:
+        """The transaction item that makes the installation a ``moved`` tombstone: terminal here.
+
+        Only while ``migration_id`` holds it and its hold has not lapsed (after ``holdUntil`` jobs run
+        again here, so the destination's copy may no longer be complete). It leaves the site's details
+        behind, goes into the ``CLEANUP`` partition (the rest of its data here is deleted by the same walk
+        as an uninstall's, resumed by the sweep) and expires after ``MOVED_TOMBSTONE_S``.
+        """
+        now = int(clock.now())
+        update: dict[str, Any] = {
+            "Update": {
+                "TableName": self.table_name,
+                "Key": self._key(installation_id),
+                "UpdateExpression": (
+                    "SET #status = :moved, movedTo = :realm, movedAt = :now, activePk = :cleanup, activeSk = :id,"
+                    f" #ttl = :ttl REMOVE {_MOVED_DROPS}"
+                ),
+                "ConditionExpression": "#status = :active AND migrationId = :mid AND holdUntil > :now",
+                "ExpressionAttributeNames": {"#status": "status", "#ttl": "ttl"},
+                "ExpressionAttributeValues": {
+                    ":moved": {"S": InstallationStatus.MOVED.value},
+                    ":realm": {"S": realm},
+                    ":now": {"N": str(now)},
+                    ":cleanup": {"S": CLEANUP_PK},
+                    ":id": {"S": installation_id},
+                    ":ttl": {"N": str(now + MOVED_TOMBSTONE_S)},
+                    ":mid": {"S": migration_id},
+                    ":active": {"S": InstallationStatus.ACTIVE.value},
+                },
+            }
+        }
+        return update  # type: ignore[return-value]
+
+    def iter_held_ids(self, page_size: int = 100) -> Iterator[list[str]]:
+        """Installations held by a realm migration (the ``MIGRATING`` partition), one list per GSI page."""
+        yield from self._iter_index(MIGRATING_PK, page_size)
+
+    def release_lapsed_hold(self, installation_id: str) -> bool:
+        """Back to the scheduler if its migration's hold has lapsed (no commit or rollback came before
+        ``holdUntil``): True if released. The migration's record is left as it is; without the hold it can
+        no longer be committed (``migration_commit``)."""
+        try:
+            self._client.update_item(
+                TableName=self.table_name,
+                Key=self._key(installation_id),
+                UpdateExpression="SET activePk = :activePk REMOVE migrationId, holdFrom, holdUntil",
+                ConditionExpression="#status = :active AND activePk = :migrating AND holdUntil <= :now",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":activePk": {"S": ACTIVE_PK},
+                    ":migrating": {"S": MIGRATING_PK},
+                    ":active": {"S": InstallationStatus.ACTIVE.value},
+                    ":now": {"N": str(int(clock.now()))},
+                },
+            )
+        except self._client.exceptions.ConditionalCheckFailedException:
+            return False
+        return True
 
     def act_once(self, installation_id: str, invocation_id: str, *, ttl_s: int = ONCE_TTL_S) -> bool:
         """Record that the call with this FIT ``jti`` acted; False if it already did (a replay).
@@ -304,6 +461,10 @@ class InstallationRegistry:
             environment_type=_s(item, "environmentType"),
             installed_at=_n(item, "installedAt") or _n(item, "firstSeenAt"),
             uninstalled_at=_n(item, "uninstalledAt"),
+            moved_to=_s(item, "movedTo"),
+            migration_id=_s(item, "migrationId"),
+            hold_from=_n(item, "holdFrom"),
+            hold_until=_n(item, "holdUntil"),
         )
 
     def iter_active_ids(self, page_size: int = 500) -> Iterator[list[str]]:

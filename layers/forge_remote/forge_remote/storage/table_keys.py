@@ -12,10 +12,13 @@ shares the partition ``pk = INST#<installationId>``, so that one query finds all
   ``SNAPSHOT#<pageId>#v<version>`` (``storage/results.py``); ``sk = PARKED#<requestId>``: a job waiting for a
   token (``jobs/parking.py``); ``sk = DEAD#<time>#<requestId>``: a job sent to the dead-letter queue, and
   ``sk = LASTRUN#<job>``: the last run of each job kind (``jobs/activity.py``); ``sk = PRIVACY#REPORT``:
-  the personal data report's progress (the ``personal-data-report`` job).
+  the personal data report's progress (the ``personal-data-report`` job); ``sk = MIGRATION#<migrationId>``:
+  a data residency realm migration of the installation to another regional stack (``storage/migrations.py``).
 
 Active registry items also carry the sparse GSI keys ``activePk = ACTIVE``, ``activeSk = <installationId>``;
-uninstalled ones whose data cleanup is not finished carry ``activePk = CLEANUP`` (``lifecycle/cleanup.py``).
+uninstalled ones whose data cleanup is not finished carry ``activePk = CLEANUP`` (``lifecycle/cleanup.py``),
+as do installations moved to another realm whose data here is still being deleted; installations held by
+a realm migration in progress carry ``activePk = MIGRATING``, so the scheduler, which reads ``ACTIVE``, skips them.
 Two partitions belong to no installation: ``pk = IDEMPOTENCY#forge-events``, where Powertools keeps one
 item per product-event delivery (``jobs/intake.py``), and ``pk = IDEMPOTENCY#jobs``, one item per job
 request that ran to the end (the worker; Powertools chooses the ``sk`` of both).
@@ -83,7 +86,8 @@ INSTALLATION_SK = "INSTALLATION"
 ONCE_SK_PREFIX = "FIT#"
 MAX_JTI_CHARS = 200  # a jti is Forge's UUID; anything longer is cut, keeping the key well under 1 KB
 ACTIVE_PK = "ACTIVE"  # the ActiveInstallations GSI's partition of active installations (attribute ``activePk``)
-CLEANUP_PK = "CLEANUP"  # ...and of uninstalled ones whose data cleanup is not finished
+CLEANUP_PK = "CLEANUP"  # ...and of uninstalled (or moved) ones whose data cleanup is not finished
+MIGRATING_PK = "MIGRATING"  # ...and of active ones held by a realm migration in progress (no scheduled jobs)
 
 
 def once_sk(jti: str) -> str:
@@ -128,3 +132,16 @@ def last_run_sk(job: str) -> str:
 # The personal data report's progress for an installation (which cycle, the digest of the last account
 # answered: a key, never a position; an answer whose erasure is pending).
 PRIVACY_REPORT_SK = "PRIVACY#REPORT"
+
+
+# A data residency realm migration of the installation (``storage/migrations.py``), one item per Forge
+# ``migrationId``. The id becomes part of a key, so it may hold no ``#`` and no whitespace.
+MIGRATION_SK_PREFIX = "MIGRATION#"
+MIGRATION_ID_PATTERN = re.compile(r"^[A-Za-z0-9:._-]{1,128}$")
+
+
+def migration_sk(migration_id: str) -> str:
+    """The record of the migration ``migration_id``; ``ValueError`` if it is not a usable id."""
+    if not MIGRATION_ID_PATTERN.fullmatch(migration_id):
+        raise ValueError("not a migration id: 1-128 letters, digits and : . _ -")
+    return f"{MIGRATION_SK_PREFIX}{migration_id}"
