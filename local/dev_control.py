@@ -25,6 +25,13 @@ account ids, page facts and times only.
 ``POST /v1/pages/<id>/versions``   ``{"by"?: accountId}``: edit the page (a new version), its facts
 ``PUT  /v1/ui-token``              ``{"lifetimeSeconds": N | null}``: the app token UI calls hand over
 ``GET  /v1/site``                  the emulated site: spaces, pages, users, administrators
+``PUT  /v1/site/realm``            ``{"realm": "EU"}``: the site's data residency realm (a realm migration's
+                                   commit moved it): Forge calls go to that realm's stack from then on
+
+With several realms (``make local ARGS="--realms default,EU"``, ``local/realms.py``) the first stack's
+endpoint is the site's: it alone answers for the site, the pages and the users. A joined realm's stack
+has an endpoint of its own for its own clock and jobs (``GET /v1/stack``, ``POST /v1/clock/advance``);
+its other routes answer 409 naming the first stack.
 
 ``ControlClient`` is the CLI's side of it.
 """
@@ -37,7 +44,8 @@ import logging
 import re
 import secrets
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -73,7 +81,10 @@ ROUTES = (
     ("POST", rf"/v1/pages/{_PAGE_ID}/versions", "new_version"),
     ("PUT", r"/v1/ui-token", "ui_token"),
     ("GET", r"/v1/site", "site"),
+    ("PUT", r"/v1/site/realm", "site_realm"),
 )
+# What a joined realm's stack answers itself (its clock, its jobs); the rest is the site's stack's.
+OWN_ROUTES = frozenset({"stack", "advance"})
 _COMPILED = tuple((method, re.compile(pattern), name) for method, pattern, name in ROUTES)
 
 
@@ -97,7 +108,19 @@ def site_json(site: Site) -> dict[str, str]:
         "cloudId": site.cloud_id,
         "apiBaseUrl": site.api_base_url,
         "siteUrl": site.site_url,
+        "realm": site.realm,
     }
+
+
+def site_from_json(document: Mapping[str, Any]) -> Site:
+    """``site_json``'s inverse (a state file's ``site``); a file from before realms is in realm ``default``."""
+    return Site(
+        installation_id=str(document["installationId"]),
+        cloud_id=str(document["cloudId"]),
+        api_base_url=str(document["apiBaseUrl"]),
+        site_url=str(document["siteUrl"]),
+        realm=str(document.get("realm") or "default"),
+    )
 
 
 def _iso(when: datetime | float) -> str:
@@ -111,6 +134,12 @@ class DevControl:
     ``site`` and ``ui_app_token_lifetime_s`` are the serve process's current ones; ``on_change`` is
     called (under the endpoint's lock) whenever either changes, so the serve process can rewrite its
     state file and tell its status page.
+
+    ``realm``: the realm this stack serves. ``realm_tables``: realm -> (region, app table) of every realm
+    served locally (default: this stack's alone), where a reinstall looks the site's installation up (in
+    the realm the site is in) and the realms the site may be moved to. ``serves_site``: False for a
+    joined realm's stack, whose endpoint answers for its own clock and jobs only (``OWN_ROUTES``);
+    ``site_owner`` names the stack that answers for the site then.
     """
 
     def __init__(
@@ -120,15 +149,22 @@ class DevControl:
         *,
         on_change: Callable[[], None] | None = None,
         port: int = 0,
+        realm: str = "default",
+        realm_tables: Mapping[str, tuple[str, str]] | None = None,
+        serves_site: bool = True,
+        site_owner: str = "the first stack",
     ) -> None:
         self.rt = rt
         self.secret = secrets.token_urlsafe(32)
         self.site = site
+        self.realm = realm
         self.ui_app_token_lifetime_s: float | None = UI_TOKEN_LIFETIME_S
         self.on_change = on_change
+        self.serves_site = serves_site
+        self.site_owner = site_owner
         self._lock = threading.RLock()
-        session = boto3.session.Session(region_name=rt.moto.region)  # its own: boto3's default one is not thread-safe
-        self._installations = InstallationRegistry(session.client("dynamodb"), rt.stack.physical["AppTable"])
+        self._realm_tables = dict(realm_tables or {realm: (rt.moto.region, rt.stack.physical["AppTable"])})
+        self._registries: dict[str, InstallationRegistry] = {}
         self._server = LoopbackServer(self._wsgi, port)
 
     # -- serving
@@ -141,6 +177,22 @@ class DevControl:
     @property
     def url(self) -> str:
         return self._server.url
+
+    @property
+    def realms(self) -> tuple[str, ...]:
+        """The realms served locally, the site may be in."""
+        return tuple(self._realm_tables)
+
+    def installations(self, realm: str) -> InstallationRegistry:
+        """The installation registry of a realm's stack (its app table, in its region of the one moto)."""
+        with self._lock:
+            registry = self._registries.get(realm)
+            if registry is None:
+                region, table = self._realm_tables[realm]
+                # Its own session: boto3's default one is not thread-safe.
+                session = boto3.session.Session(region_name=region)
+                registry = self._registries[realm] = InstallationRegistry(session.client("dynamodb"), table)
+            return registry
 
     def _wsgi(self, environ: dict[str, Any], start_response: Any) -> Any:
         request = Request(environ)
@@ -157,6 +209,12 @@ class DevControl:
             return 401, {"error": "unauthorized", "message": f"missing or wrong {SECRET_HEADER} header"}
         try:
             name, params = self._route(request.method, request.path)
+            if not self.serves_site and name not in OWN_ROUTES:
+                raise ControlError(
+                    409,
+                    "not_the_site",
+                    f"this is realm {self.realm}'s stack: the emulated site is {self.site_owner}'s, ask it",
+                )
             body = self._body(request)
             answer: dict[str, Any] = getattr(self, f"_do_{name}")(body, **params)
         except ControlError as exc:
@@ -206,6 +264,8 @@ class DevControl:
         return {
             "now": now,
             "nowIso": _iso(now),
+            "realm": self.realm,
+            "region": self.rt.moto.region,
             "site": site_json(site),
             "uiAppTokenLifetimeSeconds": lifetime,
             "jobs": self.jobs(),
@@ -233,7 +293,7 @@ class DevControl:
     def _do_install(self, body: dict[str, Any]) -> dict[str, Any]:
         with self._lock:
             current = self.site
-            installation = self._installations.get(current.installation_id)
+            installation = self.installations(current.realm).get(current.installation_id)
             if installation is None or installation.active:
                 return {"site": site_json(current), "newInstallation": False}
             self.site = self.rt.forge.reinstalled(current)
@@ -299,6 +359,18 @@ class DevControl:
         with self._lock:
             site = self.site
         return {"site": site_json(site), "spaces": spaces, "pages": pages, "users": users, "admins": sorted(admins)}
+
+    def _do_site_realm(self, body: dict[str, Any]) -> dict[str, Any]:
+        realm = body.get("realm")
+        if not isinstance(realm, str) or realm not in self._realm_tables:
+            raise _bad(f"realm must be one of the realms served here: {', '.join(self._realm_tables)}")
+        with self._lock:
+            previous = self.site.realm
+            if realm != previous:
+                self.site = replace(self.site, realm=realm)
+                self._changed()
+                logger.info("dev control: the site moved from realm %s to realm %s", previous, realm)
+            return {"site": site_json(self.site), "previousRealm": previous}
 
     # -- helpers
     def page_facts(self, page_id: int) -> dict[str, Any]:

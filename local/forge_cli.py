@@ -12,6 +12,13 @@ who administers the site, the app token UI calls hand over) goes through its dev
 (``local.dev_control``). Every Forge call first reads the stack's clock there, so the tokens minted
 here expire when the stack's own would.
 
+Data residency (``make local ARGS="--realms default,EU"``): the site is in a realm, and as Forge calls
+the remote the manifest's ``remotes[].baseUrl`` names for the installation's realm, every Forge call
+here goes to the gateway of that realm's stack (the state file's realm map); ``job`` sends to that
+stack's queue and reads its worker's outcomes. ``migrate --to EU`` moves the site as Forge does (the
+five ``migration:dataResidency`` hooks on the site's current stack); ``clock advance`` moves every
+realm's stack's clock, so they stay one time.
+
 The help texts below are what ``--help`` shows: plain sentences, no markup.
 """
 
@@ -19,11 +26,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 import time
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +44,7 @@ if str(WORKER) not in sys.path:  # `job` reads the worker's confluence_jobs pack
 
 import boto3  # noqa: E402
 import requests  # noqa: E402
+import yaml  # noqa: E402
 from botocore.config import Config  # noqa: E402
 from botocore.exceptions import BotoCoreError, ClientError  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
@@ -43,7 +53,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from forge_remote import clock  # noqa: E402
 from forge_remote.jobs.contract import JobRequest, send_job_requests  # noqa: E402
 from forge_remote.storage.results import ResultStore  # noqa: E402
-from local.dev_control import ACCOUNT_ID, ControlClient, ControlRefused, ControlUnreachable  # noqa: E402
+from forge_remote.storage.table_keys import installation_pk  # noqa: E402
+from local import realms as residency  # noqa: E402
+from local.dev_control import (  # noqa: E402
+    ACCOUNT_ID,
+    ControlClient,
+    ControlRefused,
+    ControlUnreachable,
+    site_from_json,
+)
 from local.forge_emulator import DEFAULT_ACCOUNT_ID, Content, ForgeEmulator, SigningKey, Site  # noqa: E402
 from local.job_outcomes import JobOutcome, OutcomeJournal  # noqa: E402
 from local.seed import EXAMPLE_PAGE_ID  # noqa: E402
@@ -55,6 +73,7 @@ if TYPE_CHECKING:
 
 CACHE = ROOT / ".cache"
 STATE_FILE = CACHE / "local-stack.json"
+MANIFEST = ROOT / "forge-app" / "manifest.yml"
 USER_ACCOUNT_ID = DEFAULT_ACCOUNT_ID  # the emulated site's own user, signed in to the app's UI
 DEFAULT_WAIT_S = 30.0
 EVENT_TYPE = re.compile(r"^avi:[a-z]+:[a-z_]+:[a-z_]+$")
@@ -132,7 +151,8 @@ COMMAND_HELP = {
         "Print the stack's clock, which token expiry and the jobs' today are measured by. 'clock advance "
         "DURATION' (for example 90m, 3h, 3600s, 1h30m or 2d) moves it forward: stored tokens come closer "
         "to expiring, or expire, and every deferred job waiting out its delay runs again now. It never "
-        "goes back: a restarted stack is on this machine's time again.",
+        "goes back: a restarted stack is on this machine's time again. With a stack per realm (make local "
+        "ARGS='--realms default,EU'), every realm's stack's clock, moved together.",
     ),
     "ui-token": (
         "what app token UI calls hand over: a fresh one, or none",
@@ -145,7 +165,18 @@ COMMAND_HELP = {
         "list the emulated site's spaces, pages and users",
         "List what the emulated Confluence site holds: its installation, its spaces, its pages with their "
         "ids, versions, labels and view restrictions, and its users, with who administers the site. The "
-        "page ids are what --page-id and job page-snapshot take.",
+        "page ids are what --page-id and job page-snapshot take. With a stack per realm, also the realm the "
+        "site is in and each realm's stack.",
+    ),
+    "migrate": (
+        "move the site to another realm's stack, as Forge migrates",
+        "Migrate the site's data to another data residency realm's stack, as Forge does (make local "
+        "ARGS='--realms default,EU' runs a stack per realm): the migration:dataResidency hooks of the "
+        "manifest on the stack of the site's realm, schedule, start, status polled until ready-to-commit "
+        "or failed, then commit (or rollback when failed), each answer printed. After the commit the site "
+        "is in the new realm: every later command goes to that realm's stack. With --rollback it rolls "
+        "back once the copy is ready, to show a rollback. Exit status 0 when committed (with --rollback: "
+        "rolled back); 1 when the migration failed, was refused or did not finish in time.",
     ),
     "uninstall": (
         "preUninstall: deletes the installation's tokens",
@@ -200,16 +231,67 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
+def _read(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return state if isinstance(state, dict) else None
+
+
 def load_state(path: Path) -> dict[str, Any]:
+    """The state file of the stack that has the site (a joined realm's stack's file leads to it)."""
     if not path.exists():
         hint = ""
         if path.resolve() == STATE_FILE.resolve():  # the default: a stack on another port has its own file
-            others = sorted(CACHE.glob("local-stack-*.json"))
+            others = [p for p in sorted(CACHE.glob("local-stack-*.json")) if "home" not in (_read(p) or {})]
             if others:
                 hint = "; stacks on other ports: " + ", ".join(f"--state-file {_shown(p)}" for p in others)
         raise CliError(f"{path} not found: start the stack first with `make local` (emulator JWKS mode){hint}")
     state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    home = state.get("home")
+    if isinstance(home, str):  # a joined realm's stack: the site, the dev key and the realm map are the first's
+        return load_state(Path(home))
     return state
+
+
+# -- realms (data residency)
+def home_realm(home: dict[str, Any]) -> str:
+    return str(home.get("realm") or residency.DEFAULT_REALM)
+
+
+def realm_map(home: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Realm -> its stack (gateway URL, region, app table, state file); a file from before realms: one."""
+    realms = home.get("realms")
+    if isinstance(realms, dict) and realms:
+        return realms
+    return {home_realm(home): {"gatewayUrl": home["gatewayUrl"], "region": home.get("aws", {}).get("region")}}
+
+
+def realm_state(home: dict[str, Any], realm: str) -> dict[str, Any]:
+    """The state of the stack serving ``realm`` (the first stack's own, or a joined one's file)."""
+    if realm == home_realm(home):
+        return home
+    entry = realm_map(home).get(realm)
+    if entry is None:
+        raise CliError(f"no local stack serves realm {realm} (these do: {', '.join(realm_map(home))})")
+    state = _read(Path(entry["stateFile"])) if entry.get("gatewayUrl") and entry.get("stateFile") else None
+    if state is None:
+        raise CliError(
+            f"realm {realm}'s stack is not running (still starting, or it exited: make local's output says which)"
+        )
+    return state
+
+
+def realm_controls(home: dict[str, Any]) -> list[tuple[str, ControlClient]]:
+    """Every running realm's stack's control endpoint, the first stack's first."""
+    controls = []
+    for realm, entry in realm_map(home).items():
+        if realm == home_realm(home):
+            controls.append((realm, control_client(home)))
+        elif entry.get("gatewayUrl"):
+            controls.append((realm, control_client(realm_state(home, realm))))
+    return controls
 
 
 def emulator_from(state: dict[str, Any]) -> tuple[ForgeEmulator, Site]:
@@ -232,12 +314,7 @@ def site_from(state: dict[str, Any]) -> Site:
 
 
 def site_of(site: dict[str, Any]) -> Site:
-    return Site(
-        installation_id=site["installationId"],
-        cloud_id=site["cloudId"],
-        api_base_url=site["apiBaseUrl"],
-        site_url=site["siteUrl"],
-    )
+    return site_from_json(site)
 
 
 def control_client(state: dict[str, Any]) -> ControlClient:
@@ -259,7 +336,12 @@ def ask(call: Callable[..., dict[str, Any]], *args: Any) -> dict[str, Any]:
 
 @dataclass
 class Stack:
-    """The running stack as one command sees it: its state file, control endpoint, Forge and site."""
+    """The running stack as one command sees it: its state file, control endpoint, Forge and site.
+
+    With several realms, ``state``, ``gateway_url``, ``now`` and ``realm_control`` are those of the stack
+    serving the site's realm (where Forge calls go, jobs run and outcomes are journaled); ``home`` and
+    ``control`` are the first stack's, which has the site, the pages and the dev key.
+    """
 
     state: dict[str, Any]
     control: ControlClient
@@ -268,20 +350,31 @@ class Stack:
     ui_app_token_lifetime_s: float | None
     gateway_url: str
     now: float
+    home: dict[str, Any] = field(default_factory=dict)
+    realm_control: ControlClient | None = None
+
+    @property
+    def realm(self) -> str:
+        return self.site.realm
 
 
 def connect(args: argparse.Namespace) -> Stack:
-    """The stack of ``--state-file``, with this process's clock set to the stack's (``clock.set``): the
-    tokens minted here then expire when the stack's own would, however far its clock was moved."""
-    state = load_state(args.state_file)
-    control = control_client(state)
+    """The stack of ``--state-file`` (of the site's realm), with this process's clock set to that stack's
+    (``clock.set``): the tokens minted here then expire when the stack's own would, however far its
+    clock was moved."""
+    home = load_state(args.state_file)
+    control = control_client(home)
     facts = ask(control.get, "/v1/stack")
-    now = float(facts["now"])
+    site = site_of(facts["site"])
+    state = realm_state(home, site.realm)
+    realm_control = control if state is home else control_client(state)
+    now = float(facts["now"] if state is home else ask(realm_control.get, "/v1/stack")["now"])
     if abs(now - clock.now()) > 1:  # moved on (clock advance); within a second it is the same clock
         clock.set(now)
-    forge, _ = emulator_from(state)
+    forge, _ = emulator_from(home)
     gateway = (getattr(args, "url", None) or state["gatewayUrl"]).rstrip("/")
-    return Stack(state, control, forge, site_of(facts["site"]), facts.get("uiAppTokenLifetimeSeconds"), gateway, now)
+    lifetime = facts.get("uiAppTokenLifetimeSeconds")
+    return Stack(state, control, forge, site, lifetime, gateway, now, home=home, realm_control=realm_control)
 
 
 # -- Forge calls
@@ -392,7 +485,7 @@ def run_simple(args: argparse.Namespace) -> int:
 
 
 def _page_id(args: argparse.Namespace, stack: Stack) -> str:
-    return str(args.page_id or stack.state["page"]["id"])
+    return str(args.page_id or stack.home["page"]["id"])
 
 
 def run_page_event(args: argparse.Namespace) -> int:
@@ -439,16 +532,36 @@ def _versus_this_machine(now: float) -> str:
 
 
 def run_clock(args: argparse.Namespace, seconds: float | None) -> int:
+    """The stack's clock; with several realms every realm's stack's, each moved by the same amount."""
     stack = connect(args)
+    controls = realm_controls(stack.home)
+    several = len(controls) > 1
     if seconds is None:
-        print(f"stack clock: {_iso(stack.now)} ({_versus_this_machine(stack.now)})")
+        for realm, control in controls:
+            now = stack.now if not several else float(ask(control.get, "/v1/stack")["now"])
+            where = f"realm {realm}'s stack clock" if several else "stack clock"
+            print(f"{where}: {_iso(now)} ({_versus_this_machine(now)})")
         return 0
-    answer = ask(stack.control.post, "/v1/clock/advance", {"seconds": seconds})
-    now, released = float(answer["now"]), int(answer["releasedJobs"])
-    print(f"stack clock moved {human(seconds)} forward: now {_iso(now)} ({_versus_this_machine(now)})")
-    jobs = "1 deferred job" if released == 1 else f"{released} deferred jobs"
-    print(f"{jobs} released: {'they run' if released != 1 else 'it runs'} again on the poller's next round")
+    for realm, released in advance_clocks(controls, seconds, quiet=False):
+        jobs = "1 deferred job" if released == 1 else f"{released} deferred jobs"
+        where = f" in realm {realm}'s stack" if several else ""
+        print(f"{jobs} released{where}: {'they run' if released != 1 else 'it runs'} again on the poller's next round")
     return 0
+
+
+def advance_clocks(controls: list[tuple[str, ControlClient]], seconds: float, *, quiet: bool) -> list[tuple[str, int]]:
+    """Move every realm's stack's clock ``seconds`` forward (they are one time, as deployed); per realm,
+    how many deferred jobs that released."""
+    released = []
+    several = len(controls) > 1
+    for realm, control in controls:
+        answer = ask(control.post, "/v1/clock/advance", {"seconds": seconds})
+        now = float(answer["now"])
+        if not quiet:
+            where = f"realm {realm}'s stack clock" if several else "stack clock"
+            print(f"{where} moved {human(seconds)} forward: now {_iso(now)} ({_versus_this_machine(now)})")
+        released.append((realm, int(answer["releasedJobs"])))
+    return released
 
 
 def run_ui_token(args: argparse.Namespace, setting: float | None, given: bool) -> int:
@@ -472,6 +585,13 @@ def run_site(args: argparse.Namespace) -> int:
         return ", ".join(users.get(a, {}).get("displayName", a) for a in account_ids or [])
 
     print(f"site {site['siteUrl']}, installation {site['installationId']}")
+    realms = realm_map(stack.home)
+    if len(realms) > 1:
+        print(f"realm {stack.realm}: Forge calls go to {stack.gateway_url}")
+        print("realms served here (a stack each, in its own region):")
+        for realm, entry in realms.items():
+            here = "  (the site is here)" if realm == stack.realm else ""
+            print(f"  {realm:<8} {entry.get('gatewayUrl') or 'not running'}  {entry.get('region')}{here}")
     print("spaces:")
     for space in listing["spaces"]:
         restricted = f"  (only {names(space['restrictedTo'])} and the app)" if space["restrictedTo"] is not None else ""
@@ -495,11 +615,277 @@ def _iso(epoch_s: float) -> str:
     return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+# -- data residency: a realm migration, driven as Forge drives it
+PLANTED_BY = "forge_cli migrate --fail-copy-after"  # the mark of the conflicting item --fail-copy-after plants
+RETRY_WAIT_S = 5.0  # Forge retries a non-2xx answer without an error code twice, 5 s apart
+
+
+@dataclass(frozen=True)
+class MigrationModule:
+    """The manifest's ``migration:dataResidency`` module: the key its FITs name, the hooks' path."""
+
+    key: str
+    path: str
+    max_hours: float
+
+
+def migration_module(manifest: Path = MANIFEST) -> MigrationModule:
+    """What Forge reads of the manifest to migrate the app: no such module, no migration."""
+    document = yaml.safe_load(manifest.read_text(encoding="utf-8")) or {}
+    modules = (document.get("modules") or {}).get("migration:dataResidency") or []
+    if not modules or not isinstance(modules[0], dict) or "key" not in modules[0]:
+        raise CliError(f"{_shown(manifest)} has no migration:dataResidency module: Forge would not migrate this app")
+    module = modules[0]
+    return MigrationModule(
+        key=str(module["key"]),
+        path="/" + str(module.get("path", "")).strip("/"),
+        max_hours=float(module.get("maxMigrationDurationHours", 24)),
+    )
+
+
+def _iso_z(epoch_s: float) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+class MigrationRun:
+    """One realm migration of the site, from the stack of its realm (``stack``) to ``destination``'s:
+    each hook call signed as Forge signs it, answered by the source stack, printed as it comes."""
+
+    def __init__(self, stack: Stack, module: MigrationModule, destination: str, window_s: float) -> None:
+        from forge_remote.forge.call_kinds import MIGRATION_MODULE_TYPE
+
+        self.stack, self.module, self.destination = stack, module, destination
+        self.module_type = MIGRATION_MODULE_TYPE
+        self.migration_id = f"local-{uuid.uuid4().hex[:12]}"
+        self.window = {
+            "startTime": _iso_z(stack.now),
+            "endTime": _iso_z(stack.now + window_s),
+            "location": destination,
+            "migrationId": self.migration_id,
+        }
+
+    def hook(self, name: str) -> tuple[int, Any]:
+        """One hook call (and Forge's two retries of a non-2xx answer that carries no error code)."""
+        method = "GET" if name == "status" else "POST"
+        path = f"{self.module.path}/{name}"
+        body: Any = None
+        if name == "status":
+            path += f"?migrationId={self.migration_id}"
+        elif name in ("schedule", "start"):
+            body = self.window
+        else:
+            body = {"migrationId": self.migration_id}
+        for attempt in range(3):
+            headers = self.stack.forge.headers(
+                self.stack.site, module_key=self.module.key, module_type=self.module_type
+            )
+            status, document = send(self.stack, method, path, body, headers)
+            coded = isinstance(document, dict) and document.get("errorResponseCode")
+            if 200 <= status < 300 or coded or attempt == 2:
+                return status, document
+            print(f"no error code in a non-2xx answer: Forge retries it {RETRY_WAIT_S:g} s later")
+            time.sleep(RETRY_WAIT_S)
+        raise AssertionError("unreachable")
+
+
+def _status_of(document: Any) -> str:
+    return str(document.get("status", "")) if isinstance(document, dict) else ""
+
+
+def _failure(document: Any) -> str:
+    """``E0002 (what it means here)``: the code a failed answer carries, with this backend's meaning of it."""
+    from forge_remote.forge.migration_hooks import ERROR_MEANINGS, ErrorCode
+
+    code = document.get("errorResponseCode") if isinstance(document, dict) else None
+    meaning = ERROR_MEANINGS.get(ErrorCode(code)) if code in set(ErrorCode) else None
+    return f"{code} ({meaning})" if meaning else str(code or "no error code")
+
+
+def _partition_keys(state: dict[str, Any], installation_id: str) -> list[dict[str, Any]]:
+    client = dynamodb_client(state)
+    keys: list[dict[str, Any]] = []
+    for page in client.get_paginator("query").paginate(
+        TableName=state["aws"]["appTable"],
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": installation_pk(installation_id)}},
+        ProjectionExpression="pk, sk",
+        ConsistentRead=True,
+    ):
+        keys.extend(page["Items"])
+    return keys
+
+
+def plant_conflict(stack: Stack, destination: dict[str, Any], after: int) -> dict[str, Any]:
+    """Put, in the destination's app table, an item of the installation's that the migration will not have
+    written, at the key of the installation's item ``after`` + 1 (in key order, its registry item not
+    counted): a destination holding data of its own there, which the copy must not overwrite. Returns
+    its key (``remove_planted`` takes it)."""
+    from forge_remote.lifecycle.migration_copy import SKIPPED_PREFIXES
+    from forge_remote.storage.table_keys import INSTALLATION_SK
+
+    keys = _partition_keys(stack.state, stack.site.installation_id)
+    candidates = [k for k in keys if not k["sk"]["S"].startswith(SKIPPED_PREFIXES) and k["sk"]["S"] != INSTALLATION_SK]
+    if after >= len(candidates):
+        raise CliError(
+            f"the installation has {len(candidates)} items besides its registry item: --fail-copy-after must be "
+            "below that (a job's --wait stores some)"
+        )
+    key = {"pk": candidates[after]["pk"], "sk": candidates[after]["sk"]}
+    kind = key["sk"]["S"].split("#", 1)[0]
+    try:
+        dynamodb_client(destination).put_item(
+            TableName=destination["aws"]["appTable"],
+            Item={**key, "plantedBy": {"S": PLANTED_BY}},
+            ConditionExpression="attribute_not_exists(pk)",
+        )
+    except ClientError as exc:
+        raise CliError(
+            f"could not plant the conflicting {kind} item in realm {destination.get('realm')}'s table: {exc}"
+        ) from None
+    print(
+        f"planted a {kind} item of the installation's in realm {destination.get('realm')}'s app table (item "
+        f"{after + 1} of its {len(candidates)} besides the registry item): the copy must stop there, a conflict"
+    )
+    return key
+
+
+def remove_planted(destination: dict[str, Any], key: dict[str, Any]) -> None:
+    try:
+        dynamodb_client(destination).delete_item(
+            TableName=destination["aws"]["appTable"], Key=key, ConditionExpression="attribute_exists(plantedBy)"
+        )
+    except ClientError:
+        return
+    print(f"removed the item planted in realm {destination.get('realm')}'s app table")
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    destination = residency.canonical(args.to)
+    stack = connect(args)
+    module = migration_module()
+    realms = realm_map(stack.home)
+    source = stack.realm
+    if destination == source:
+        others = ", ".join(r for r in realms if r != source) or "none: make local ARGS='--realms default,EU'"
+        args.usage_error(f"the site is in realm {source} already: --to another realm (served here: {others})")
+    if destination not in realms:
+        wanted = ",".join([*realms, destination])
+        args.usage_error(f"no local stack serves realm {destination}: make local ARGS='--realms {wanted}' runs one")
+    target = realm_state(stack.home, destination)
+    window_s = args.window or module.max_hours * 3600
+    run = MigrationRun(stack, module, destination, window_s)
+    print(
+        f"realm migration {run.migration_id} of installation {stack.site.installation_id}: realm {source} "
+        f"({stack.gateway_url}) -> realm {destination} ({target['gatewayUrl']}), window "
+        f"{run.window['startTime']} .. {run.window['endTime']}"
+    )
+    planted = [plant_conflict(stack, target, args.fail_copy_after)] if args.fail_copy_after is not None else []
+
+    def unplant() -> None:  # once the migration is over (rolled back): the destination as it was
+        while planted:
+            remove_planted(target, planted.pop())
+
+    try:
+        return _migrate(args, stack, run, target, unplant)
+    finally:
+        unplant()
+
+
+def _migrate(
+    args: argparse.Namespace, stack: Stack, run: MigrationRun, target: dict[str, Any], unplant: Callable[[], None]
+) -> int:
+    from forge_remote.forge.migration_hooks import FAILED, READY_TO_COMMIT
+
+    for name in ("schedule", "start"):
+        status, document = run.hook(name)
+        if not 200 <= status < 300 or _status_of(document) == FAILED:
+            print(f"{name} refused: {_failure(document)}; Forge rolls the migration back")
+            run.hook("rollback")
+            return 1
+    document = _poll(args, stack, run)
+    state = _status_of(document)
+    if state != READY_TO_COMMIT:
+        why = f"failed: {_failure(document)}" if state == FAILED else "still not ready when this run gave up"
+        print(f"realm migration {why}; Forge rolls it back")
+        status, _ = run.hook("rollback")
+        print(f"rolled back: the site stays in realm {stack.realm}" if status == 200 else "the rollback was refused")
+        unplant()
+        print_partitions(stack, target)
+        return 1
+    if args.rollback:
+        status, _ = run.hook("rollback")
+        if status != 200:
+            return 1
+        print(f"rolled back as asked (--rollback): the site stays in realm {stack.realm}, its jobs running there again")
+        print_partitions(stack, target)
+        return 0
+    status, document = run.hook("commit")
+    if status != 200:
+        print(f"commit refused: {_failure(document)}; Forge rolls the migration back")
+        run.hook("rollback")
+        return 1
+    ask(stack.control.put, "/v1/site/realm", {"realm": run.destination})
+    print(
+        f"committed: the site is in realm {run.destination} now, and Forge calls for it go to realm "
+        f"{run.destination}'s stack ({target['gatewayUrl']}); realm {stack.realm}'s stack refuses them (409 moved). "
+        "Tokens are not copied: the next keepalive or event delivers realm "
+        f"{run.destination}'s stack its first one."
+    )
+    print_partitions(stack, target)
+    return 0
+
+
+def print_partitions(stack: Stack, target: dict[str, Any]) -> None:
+    """What each realm's app table holds of the installation now, by kind of item (no values)."""
+    for state in (stack.state, target):
+        kinds: dict[str, int] = {}
+        for key in _partition_keys(state, stack.site.installation_id):
+            kind = key["sk"]["S"].split("#", 1)[0]
+            kinds[kind] = kinds.get(kind, 0) + 1
+        listed = ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())) or "nothing"
+        total = sum(kinds.values())
+        items = "1 item" if total == 1 else f"{total} items"
+        print(f"realm {state.get('realm')}'s app table holds {items} of the installation: {listed}")
+
+
+def _poll(args: argparse.Namespace, stack: Stack, run: MigrationRun) -> Any:
+    """Status until ready-to-commit or failed, or until this run gives up; the last answer.
+
+    ``--advance``: before each poll every realm's stack's clock moves on (Forge polls every 5 minutes),
+    and this run gives up once the window would have passed; otherwise a poll every ``--poll-every``
+    seconds of this machine's time, for ``--timeout`` seconds at most.
+    """
+    from forge_remote.forge.migration_hooks import FAILED, READY_TO_COMMIT
+
+    controls = realm_controls(stack.home) if args.advance else []
+    if args.advance:
+        polls = math.ceil((parse_iso(run.window["endTime"]) - stack.now) / args.advance) + 1
+    else:
+        polls = max(1, math.ceil(args.timeout / args.poll_every))
+    document: Any = None
+    for _ in range(polls):
+        if args.advance:
+            advance_clocks(controls, args.advance, quiet=True)
+            print(f"(every stack's clock moved {human(args.advance)} forward: Forge's next status poll)")
+        else:
+            time.sleep(args.poll_every)
+        _, document = run.hook("status")
+        if _status_of(document) in (READY_TO_COMMIT, FAILED):
+            break
+    return document
+
+
+def parse_iso(text: str) -> float:
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 # -- jobs
 def known_jobs(state_file: Path) -> list[str]:
-    """The jobs the running stack's worker has: what it loaded, reloads included (a module that does not
-    import is not among them, whatever is on disk)."""
-    jobs = ask(control_client(load_state(state_file)).get, "/v1/stack").get("jobs")
+    """The jobs the running stack's worker has (the stack of the site's realm): what it loaded, reloads
+    included (a module that does not import is not among them, whatever is on disk)."""
+    home = load_state(state_file)
+    state = realm_state(home, site_from(home).realm)
+    jobs = ask(control_client(state).get, "/v1/stack").get("jobs")
     if not isinstance(jobs, list):
         raise CliError("the stack does not say which jobs its worker has: restart `make local`")
     return [str(name) for name in jobs]
@@ -642,11 +1028,13 @@ def report_outcome(state: dict[str, Any], request_id: str, timeout_s: float, res
 
 
 def run_job(args: argparse.Namespace, job_args: dict[str, Any]) -> int:
-    state = load_state(args.state_file)
-    site = site_from(state)
+    home = load_state(args.state_file)
+    site = site_from(home)
+    state = realm_state(home, site.realm)  # the worker of the site's realm's stack runs it
     request = JobRequest(job=args.name, installation_id=site.installation_id, args=job_args)
     send_job(state, request)
-    print(f"job {request.job} requested for {site.installation_id} (request {request.request_id})")
+    where = f" in realm {site.realm}'s stack" if len(realm_map(home)) > 1 else ""
+    print(f"job {request.job} requested for {site.installation_id}{where} (request {request.request_id})")
     if not args.wait:
         return 0
     return report_outcome(state, request.request_id, args.timeout, args.result_kind)
@@ -775,9 +1163,59 @@ def build_parser() -> argparse.ArgumentParser:
     sub["ui-token"].add_argument(
         "setting", nargs="?", metavar="none|DURATION", help="none, or how long the token is valid: 30m, 3h"
     )
+    migrate = sub["migrate"]
+    migrate.add_argument("--to", required=True, metavar="REALM", help="the realm to move the site to, for example EU")
+    migrate.add_argument(
+        "--rollback",
+        action="store_true",
+        help="roll back once the copy is ready-to-commit instead of committing (to see a rollback)",
+    )
+    migrate.add_argument(
+        "--fail-copy-after",
+        type=int,
+        metavar="N",
+        help="make the copy fail: first put, in the destination's app table, an item of the installation's at "
+        "the key of its item N+1 (in key order, its registry item not counted; 0: the first), which the "
+        "migration did not write; the copy stops there with a conflict (E0002) and is rolled back (the planted "
+        "item is removed afterwards)",
+    )
+    migrate.add_argument(
+        "--advance",
+        type=_duration,
+        metavar="DURATION",
+        help="before each status poll, move every stack's clock this far instead of waiting (Forge polls "
+        "every 5 minutes: --advance 5m)",
+    )
+    migrate.add_argument(
+        "--poll-every",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="without --advance, seconds between status polls (default 1; Forge's are 5 minutes apart)",
+    )
+    migrate.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_WAIT_S,
+        metavar="SECONDS",
+        help=f"without --advance, how long to poll before giving up and rolling back (default {DEFAULT_WAIT_S:g})",
+    )
+    migrate.add_argument(
+        "--window",
+        type=_duration,
+        metavar="DURATION",
+        help="the migration window, from now (default: the manifest's maxMigrationDurationHours)",
+    )
     for name, command in sub.items():
-        _add_common(command, url=name not in ("job", "clock", "ui-token", "site"))
+        _add_common(command, url=name not in ("job", "clock", "ui-token", "site", "migrate"))
     return parser
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _cmd_job(args: argparse.Namespace) -> int:
@@ -847,6 +1285,20 @@ def _cmd_ui_token(args: argparse.Namespace) -> int:
     return run_ui_token(args, setting, args.setting is not None)
 
 
+def _cmd_migrate(args: argparse.Namespace) -> int:
+    try:
+        residency.realm_label(args.to)
+    except ValueError as exc:
+        args.usage_error(f"--to: {exc}")
+    if args.fail_copy_after is not None and args.fail_copy_after < 0:
+        args.usage_error("--fail-copy-after must be 0 or more")
+    if args.fail_copy_after is not None and args.rollback:
+        args.usage_error("--fail-copy-after makes the copy fail, so it is rolled back anyway: drop --rollback")
+    if args.poll_every <= 0:
+        args.usage_error("--poll-every must be a positive number of seconds")
+    return run_migrate(args)
+
+
 RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "install": run_install,
     "keepalive": run_simple,
@@ -859,6 +1311,7 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], int]] = {
     "clock": _cmd_clock,
     "ui-token": _cmd_ui_token,
     "site": run_site,
+    "migrate": _cmd_migrate,
     "uninstall": run_simple,
 }
 

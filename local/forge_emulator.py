@@ -86,7 +86,11 @@ class Content:
 
 @dataclass
 class Site:
-    """One Confluence site with the app installed on it."""
+    """One Confluence site with the app installed on it.
+
+    ``realm``: the data residency realm the site's data is in (``default``, ``EU``, ...). Forge calls the
+    remote the manifest's ``remotes[].baseUrl`` names for that realm; a realm migration's commit moves it.
+    """
 
     installation_id: str
     cloud_id: str
@@ -94,6 +98,7 @@ class Site:
     site_url: str
     environment_type: str = "DEVELOPMENT"
     environment_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    realm: str = "default"
 
 
 class ForgeEmulator:
@@ -314,10 +319,11 @@ class ForgeEmulator:
         module_key: str | None = None,
         principal: str | None = None,
         lifetime_s: int = 25,
+        module_type: str = "core:endpoint",
     ) -> dict[str, Any]:
         """A FIT's claims. ``module_key`` names the invoking module as Forge does; left out, a user's
-        call names ``ui-endpoint`` and any other call carries only the module type."""
-        module: dict[str, str] = {"type": "core:endpoint"}
+        call names ``ui-endpoint`` and any other call carries only the module type (``module_type``)."""
+        module: dict[str, str] = {"type": module_type}
         if module_key or principal:
             module["key"] = module_key or "ui-endpoint"
         now = int(time.time())  # FITs live on wall time: the backend verifies them with pyjwt
@@ -362,9 +368,12 @@ class ForgeEmulator:
         principal: str | None = None,
         fit: str | None = None,
         module_key: str | None = None,
+        module_type: str = "core:endpoint",
     ) -> dict[str, str]:
         """The headers of one Forge call to the remote (lower-cased, as API Gateway delivers them)."""
-        fit = fit or self.sign(self.fit_claims(site, module_key=module_key, principal=principal))
+        fit = fit or self.sign(
+            self.fit_claims(site, module_key=module_key, principal=principal, module_type=module_type)
+        )
         headers = {
             "authorization": f"Bearer {fit}",
             "content-type": "application/json",

@@ -7,6 +7,10 @@ and JWKS); the Confluence emulator; the five real handler modules with the envir
 gives each; the HTTP gateway in front of the HTTP functions; the SQS poller in front of the worker;
 and the scheduler timer. ``stop()`` undoes all of it, environment and clock included.
 
+One stack of several (data residency, ``local/realms.py``): ``region``, ``stack_name`` and ``parameters``
+(``DataRealm``, ``PeerAppTables``) make it one realm's, and ``moto_url`` joins the moto server another
+stack's process runs instead of starting one (then neither reset nor stopped here).
+
 A running stack picks up edits as a deploy would: ``reload_changed()`` (every second in the background
 after ``start_watching()``) imports afresh the functions whose files changed under their ``CodeUri``
 folder, or all of them when the library did (``local/reload.py`` says what is purged and kept).
@@ -20,7 +24,7 @@ import logging
 import os
 import sys
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from contextlib import ExitStack, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +36,7 @@ import requests
 
 from forge_remote import clock
 from forge_remote.config import PRODUCTION_JWKS_URL
+from forge_remote.errors import ConfigurationError
 from forge_remote.storage.table_keys import installation_pk
 from local.cfn_yaml import http_routes
 from local.confluence_emulator import ConfluenceEmulator
@@ -114,6 +119,11 @@ class LocalRuntime:
         digest_spread_minutes: int = 0,
         functions_root: Path | None = None,
         watch_library: bool = True,
+        region: str = "us-east-1",
+        stack_name: str = "forge-remote-local",
+        moto_url: str | None = None,
+        parameters: Mapping[str, str] | None = None,
+        function_env: Mapping[str, str] | None = None,
     ) -> None:
         """``production_jwks``: verify FITs with Atlassian's production keys (a real Forge app through a
         tunnel) instead of the emulator's. ``allowed_api_hosts`` defaults to the Confluence emulator.
@@ -123,6 +133,11 @@ class LocalRuntime:
         ``functions_root``: where the template's ``CodeUri`` folders are (default: this repository; a test
         points it at a copy of ``functions/`` it may edit). ``watch_library``: ``reload_changed`` also
         watches ``forge_remote`` (a change there reloads every function).
+        ``region`` and ``stack_name``: where and under which names the template's tables and queues are
+        made. ``moto_url``: a moto server another process runs, joined (not started, reset or stopped).
+        ``parameters``: template parameters on top of the ones set here (they win). ``function_env``:
+        local values for environment variables the template sets (every function that sets one gets the
+        value), e.g. ``MIGRATION_SETTLE_S``; a name no function sets is a ``ConfigurationError`` at ``start()``.
         """
         self._gateway_port = gateway_port
         self._production_jwks = production_jwks
@@ -131,7 +146,10 @@ class LocalRuntime:
         self._log_level = log_level
         self._function_logs = function_logs
         self._digest_spread_minutes = digest_spread_minutes
-        self.moto = MotoServer()
+        self._stack_name = stack_name
+        self._parameters = dict(parameters or {})
+        self._function_env = dict(function_env or {})
+        self.moto = MotoServer(region=region, url=moto_url)
         self.forge = ForgeEmulator(app_id)
         self.confluence = ConfluenceEmulator()
         self.functions: dict[str, LocalFunction] = {}
@@ -172,7 +190,8 @@ class LocalRuntime:
         self._werkzeug_level = logging.getLogger("werkzeug").level
         logging.getLogger("werkzeug").setLevel(logging.WARNING)
         self.moto.start()
-        self.moto.reset()  # a clean data plane even if this process ran a stack before
+        if not self.moto.joined:
+            self.moto.reset()  # a clean data plane even if this process ran a stack before
         jwks_url = self.forge.start()
         api_base_url = self.confluence.start()
         parameters = {
@@ -187,10 +206,15 @@ class LocalRuntime:
         }
         if self._token_min_validity_s is not None:
             parameters["TokenMinValiditySeconds"] = str(self._token_min_validity_s)
+        parameters.update(self._parameters)
         session = boto3.session.Session(region_name=self.moto.region)
-        self._stack = LocalStack.from_template(TEMPLATE, parameters=parameters, region=self.moto.region).create(
-            dynamodb=session.client("dynamodb"), sqs=session.client("sqs")
+        stack = LocalStack.from_template(
+            TEMPLATE, parameters=parameters, region=self.moto.region, stack_name=self._stack_name
         )
+        self._check_function_env(stack)
+        if self.moto.joined:  # the server outlives this stack's runs: an earlier run's tables may be there
+            stack.remove_leftovers(dynamodb=session.client("dynamodb"), sqs=session.client("sqs"))
+        self._stack = stack.create(dynamodb=session.client("dynamodb"), sqs=session.client("sqs"))
         # Before the imports: a file saved while they run is then seen as changed, not missed.
         self._watcher = SourceWatcher(self._watched_folders(self._stack))
         self._load_functions(self._stack)
@@ -240,8 +264,23 @@ class LocalRuntime:
                 for hook in self._load_hooks.get(logical_id, []):
                     hook(function.module)
 
+    def _check_function_env(self, stack: LocalStack) -> None:
+        known = {name for logical_id in stack.functions() for name in stack.environment_names(logical_id)}
+        unknown = sorted(set(self._function_env) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"no function in template.yaml sets {', '.join(unknown)}: nothing to give a local value"
+            )
+
+    def function_environment(self, logical_id: str) -> dict[str, str]:
+        """What the function's module is imported with: the template's environment, the local values of
+        ``function_env`` for the names it sets, and the local-only settings (``LOCAL_FUNCTION_ENV``)."""
+        env = self.stack.environment(logical_id)
+        env.update({name: value for name, value in self._function_env.items() if name in env})
+        return {**env, **LOCAL_FUNCTION_ENV}
+
     def _import_handler(self, logical_id: str) -> Any:
-        env = {**self.stack.environment(logical_id), **LOCAL_FUNCTION_ENV}
+        env = self.function_environment(logical_id)
         return load_handler(logical_id, self.functions[logical_id].code_uri, env, root=self._functions_root)
 
     def stop(self) -> None:

@@ -99,6 +99,25 @@ class LocalStack:
             self._create_queues(sqs)
         return self
 
+    def remove_leftovers(self, *, dynamodb: Any, sqs: Any | None = None) -> list[str]:
+        """Delete this stack's tables and queues if they exist already (a stack joining a moto server
+        that an earlier run of it used): what ``create`` would otherwise refuse. Returns their names."""
+        names = {f"{self.stack_name}-{logical}" for logical, _ in self._of_type("AWS::DynamoDB::Table")}
+        removed = []
+        for name in sorted(names & set(dynamodb.list_tables().get("TableNames", []))):
+            dynamodb.delete_table(TableName=name)
+            removed.append(name)
+        if sqs is not None:
+            for logical, _ in self._of_type("AWS::SQS::Queue"):
+                name = f"{self.stack_name}-{logical}"
+                try:
+                    url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+                except sqs.exceptions.QueueDoesNotExist:
+                    continue
+                sqs.delete_queue(QueueUrl=url)
+                removed.append(name)
+        return removed
+
     def _create_tables(self, dynamodb: Any) -> None:
         for logical, props in self._of_type("AWS::DynamoDB::Table"):
             name = f"{self.stack_name}-{logical}"
@@ -136,12 +155,19 @@ class LocalStack:
             self.physical[logical] = url
             self.arns[logical] = arn
 
-    def environment(self, function_logical_id: str) -> dict[str, str]:
-        """The function's environment variables: Globals plus its own, resolved."""
+    def _variables(self, function_logical_id: str) -> dict[str, Any]:
         merged = dict(self.template.get("Globals", {}).get("Function", {}).get("Environment", {}).get("Variables", {}))
         function = self.resources[function_logical_id].get("Properties", {})
         merged.update(function.get("Environment", {}).get("Variables", {}))
-        return {name: str(self.resolve(value)) for name, value in merged.items()}
+        return merged
+
+    def environment(self, function_logical_id: str) -> dict[str, str]:
+        """The function's environment variables: Globals plus its own, resolved."""
+        return {name: str(self.resolve(value)) for name, value in self._variables(function_logical_id).items()}
+
+    def environment_names(self, function_logical_id: str) -> set[str]:
+        """The names of the function's environment variables (nothing resolved: usable before ``create``)."""
+        return set(self._variables(function_logical_id))
 
     def functions(self) -> dict[str, str]:
         """Logical id -> CodeUri folder (no trailing slash) of every function in the template."""

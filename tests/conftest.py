@@ -20,10 +20,15 @@ import pytest
 from forge_remote import clock
 from local.confluence_emulator import ConfluenceEmulator
 from local.forge_emulator import ForgeEmulator, Site, new_installation_id
+from local.moto_server import atomic_transactions_by_arn
 from local.stack import LocalStack
 from tests.support import Gateway, LocalWorld, body_of, load_function, moto_stack, token_items
 
 __all__ = ["Gateway", "body_of", "token_items"]  # where tests first imported them from: now tests.support
+
+# moto's TransactWriteItems all or nothing for tables named by ARN (the realm migration's copy), in every
+# test, mock_aws ones included, whatever ran first.
+atomic_transactions_by_arn()
 
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")

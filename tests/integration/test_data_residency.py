@@ -449,6 +449,29 @@ def test_a_rollback_after_a_partial_copy_removes_exactly_this_migrations_items(
     assert "migrationId" not in registry
 
 
+def test_a_rollback_puts_back_the_tombstone_the_copy_wrote_over(local_world: LocalWorld, regions: Regions) -> None:
+    # The installation once left the EU realm: EU keeps a "moved" tombstone of it. A migration back there that
+    # is rolled back must leave that tombstone, or a straggler call to EU would make it active in two realms.
+    world = local_world
+    seed(world)
+    eu = boto3.client("dynamodb", region_name=EU_REGION)
+    tombstone = {
+        "pk": {"S": installation_pk(world.site.installation_id)},
+        "sk": {"S": "INSTALLATION"},
+        "status": {"S": "moved"},
+        "movedTo": {"S": "default"},
+    }
+    eu.put_item(TableName=regions.eu.physical["AppTable"], Item=tombstone)
+    body = window("mig-back")
+    assert hook(world, "schedule", body)["statusCode"] == 200
+    clock.advance(3600)
+    assert answer(hook(world, "start", body))[1]["status"] == "ready-to-commit"
+    assert eu_items(world, regions)["INSTALLATION"]["status"]["S"] != "moved"  # the copy's registry item
+    status, undone = answer(hook(world, "rollback", {"migrationId": "mig-back"}))
+    assert (status, undone["state"]) == (200, "rolled-back")
+    assert eu_items(world, regions) == {"INSTALLATION": tombstone}  # exactly as it was, nothing else left
+
+
 def test_a_destination_item_the_migration_did_not_write_fails_it_with_e0002_and_is_kept(
     local_world: LocalWorld, regions: Regions
 ) -> None:

@@ -23,7 +23,9 @@ else is never overwritten; the copy stops with a conflict (E0002). Writes go 100
 is read page by page in key order from a cursor the caller stores after every batch, and no batch is
 started once the time budget is spent, so a call that is cut short, fails or crashes loses nothing: the
 next one starts after the last batch recorded, and a batch written twice is written the same way
-(``migratedBy`` matches). The rollback deletes exactly the destination items marked with the migration's id.
+(``migratedBy`` matches). The rollback deletes exactly the destination items marked with the migration's id,
+except that a ``moved`` tombstone the copy wrote over (the installation once left that realm) is put back,
+so that realm keeps refusing the installation.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MARKER = "migratedBy"  # the migration that wrote a destination item
+# On the destination's registry item: the "moved" tombstone it replaced (an earlier move out of that realm),
+# which a rollback puts back instead of deleting, so the realm keeps refusing the installation.
+REPLACED = "replacedTombstone"
 SKIPPED_PREFIXES = (MIGRATION_SK_PREFIX, ONCE_SK_PREFIX, PARKED_SK_PREFIX)
 # What the registry item leaves behind: the scheduler's index keys and the job hold are this stack's.
 REGISTRY_DROPS = ("activePk", "activeSk", "migrationId", "holdFrom", "holdUntil", "cleanupCursor")
@@ -178,8 +183,11 @@ class PartitionCopier:
 
     def _flush(self, batch: list[dict[str, Any]]) -> dict[str, str] | None:
         """Write one batch, each item on its own condition; what stopped it, or None if written."""
-        transact = [{"Put": self._put(item)} for item in batch]
         try:
+            for item in batch:
+                if item["sk"]["S"] == INSTALLATION_SK:
+                    self._keep_tombstone(item)
+            transact = [{"Put": self._put(item)} for item in batch]
             self.destination.transact_write_items(TransactItems=transact)  # type: ignore[arg-type]
         except ClientError as exc:
             code = _code(exc)
@@ -192,6 +200,23 @@ class PartitionCopier:
         except BotoCoreError as exc:  # a connection that failed after botocore's retries
             return {"interrupted": type(exc).__name__}
         return None
+
+    def _keep_tombstone(self, registry: dict[str, Any]) -> None:
+        """Carry the destination's "moved" tombstone of this installation (or the one an earlier try of
+        this migration already carried) on the registry item about to replace it."""
+        found = self.destination.query(
+            TableName=self.destination_table,
+            KeyConditionExpression="pk = :pk AND sk = :sk",
+            ExpressionAttributeValues={":pk": registry["pk"], ":sk": registry["sk"]},
+            ConsistentRead=True,
+        ).get("Items", [])
+        if not found:
+            return
+        current = found[0]
+        if current.get("status", {}).get("S") == "moved":
+            registry[REPLACED] = {"M": {k: v for k, v in current.items() if k not in ("pk", "sk")}}
+        elif current.get(MARKER, {}).get("S") == self.migration_id and REPLACED in current:
+            registry[REPLACED] = current[REPLACED]
 
     def _put(self, item: dict[str, Any]) -> dict[str, Any]:
         condition = f"attribute_not_exists(pk) OR {MARKER} = :mid"
@@ -238,7 +263,7 @@ class CopyRemover:
                 "TableName": self.destination_table,
                 "KeyConditionExpression": "pk = :pk",
                 "FilterExpression": f"{MARKER} = :mid",
-                "ProjectionExpression": "pk, sk",
+                "ProjectionExpression": f"pk, sk, {REPLACED}",
                 "ExpressionAttributeValues": {":pk": pk, ":mid": {"S": self.migration_id}},
                 "ConsistentRead": True,
                 "Limit": PAGE_SIZE,
@@ -247,35 +272,49 @@ class CopyRemover:
                 query["ExclusiveStartKey"] = start
             try:
                 page = self.destination.query(**query)
-                removed += self._delete([{"pk": i["pk"], "sk": i["sk"]} for i in page.get("Items", [])])
+                removed += self._delete(page.get("Items", []))
             except (ClientError, BotoCoreError) as exc:
                 return RemovalReport(False, removed, interrupted=_code(exc))
             start = page.get("LastEvaluatedKey")
             if not start:
                 return RemovalReport(True, removed)
 
-    def _delete(self, keys: list[dict[str, Any]]) -> int:
-        """Delete ``keys`` on condition that each is still this migration's; returns how many went."""
+    def _delete(self, items: list[dict[str, Any]]) -> int:
+        """Undo ``items`` on condition that each is still this migration's (deleted, or a replaced tombstone
+        put back); returns how many went."""
         gone = 0
-        for chunk in (keys[i : i + MAX_TRANSACTION_ITEMS] for i in range(0, len(keys), MAX_TRANSACTION_ITEMS)):
-            deletes = [{"Delete": self._delete_item(key)} for key in chunk]
+        for chunk in (items[i : i + MAX_TRANSACTION_ITEMS] for i in range(0, len(items), MAX_TRANSACTION_ITEMS)):
+            undo = [self._undo(item) for item in chunk]
             try:
-                self.destination.transact_write_items(TransactItems=deletes)  # type: ignore[arg-type]
+                self.destination.transact_write_items(TransactItems=undo)  # type: ignore[arg-type]
                 gone += len(chunk)
             except self.destination.exceptions.TransactionCanceledException:
                 # One of them is not ours any more (or a blip): one by one, each on its own condition.
-                for key in chunk:
+                for item in chunk:
                     try:
-                        self.destination.delete_item(**self._delete_item(key))
+                        self._undo_one(item)
                         gone += 1
                     except self.destination.exceptions.ConditionalCheckFailedException:
                         logger.warning("a destination item is no longer this migration's; left in place")
         return gone
 
-    def _delete_item(self, key: dict[str, Any]) -> dict[str, Any]:
+    def _ours(self) -> dict[str, Any]:
         return {
-            "TableName": self.destination_table,
-            "Key": key,
             "ConditionExpression": f"{MARKER} = :mid",
             "ExpressionAttributeValues": {":mid": {"S": self.migration_id}},
         }
+
+    def _undo(self, item: dict[str, Any]) -> dict[str, Any]:
+        key = {"pk": item["pk"], "sk": item["sk"]}
+        if REPLACED in item:  # the realm's tombstone, as it was before this migration wrote over it
+            return {
+                "Put": {"TableName": self.destination_table, "Item": {**key, **item[REPLACED]["M"]}, **self._ours()}
+            }
+        return {"Delete": {"TableName": self.destination_table, "Key": key, **self._ours()}}
+
+    def _undo_one(self, item: dict[str, Any]) -> None:
+        action = self._undo(item)
+        if "Put" in action:
+            self.destination.put_item(**action["Put"])
+        else:
+            self.destination.delete_item(**action["Delete"])
