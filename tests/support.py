@@ -109,6 +109,19 @@ def result_records(stack: LocalStack, installation_id: str, kind: str) -> list[d
     return [json.loads(i["data"]["S"]) for i in items]
 
 
+def partition_items(client: Any, table: str, installation_id: str) -> dict[str, dict[str, Any]]:
+    """Every item of an installation's partition of ``table`` (a name or an ARN), by sort key, as stored."""
+    items: dict[str, dict[str, Any]] = {}
+    for page in client.get_paginator("query").paginate(
+        TableName=table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": installation_pk(installation_id)}},
+        ConsistentRead=True,
+    ):
+        items.update({item["sk"]["S"]: item for item in page["Items"]})
+    return items
+
+
 # -- the whole local world -----------------------------------------------------------------------------
 @dataclass
 class LocalWorld:

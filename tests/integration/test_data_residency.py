@@ -32,7 +32,7 @@ from local.forge_emulator import ForgeEmulator, Site
 from local.handlers import load_handler
 from local.lambda_context import LocalLambdaContext
 from local.stack import LocalStack
-from tests.support import FUNCTIONS, LocalWorld, body_of, moto_stack
+from tests.support import FUNCTIONS, LocalWorld, body_of, moto_stack, partition_items
 
 EU_REGION = "eu-central-1"
 MODULE_KEY = "data-residency"
@@ -137,25 +137,13 @@ def migrate_until_ready(world: LocalWorld, migration_id: str, **window_options: 
 
 
 # -- the data ---------------------------------------------------------------------------------------
-def partition(client: Any, table: str, installation_id: str) -> dict[str, dict[str, Any]]:
-    items: dict[str, dict[str, Any]] = {}
-    for page in client.get_paginator("query").paginate(
-        TableName=table,
-        KeyConditionExpression="pk = :pk",
-        ExpressionAttributeValues={":pk": {"S": installation_pk(installation_id)}},
-        ConsistentRead=True,
-    ):
-        items.update({i["sk"]["S"]: i for i in page["Items"]})
-    return items
-
-
 def home_items(world: LocalWorld, logical_id: str = "AppTable") -> dict[str, dict[str, Any]]:
-    return partition(boto3.client("dynamodb"), world.stack.physical[logical_id], world.site.installation_id)
+    return partition_items(boto3.client("dynamodb"), world.stack.physical[logical_id], world.site.installation_id)
 
 
 def eu_items(world: LocalWorld, regions: Regions) -> dict[str, dict[str, Any]]:
     eu = boto3.client("dynamodb", region_name=EU_REGION)
-    return partition(eu, regions.eu.physical["AppTable"], world.site.installation_id)
+    return partition_items(eu, regions.eu.physical["AppTable"], world.site.installation_id)
 
 
 def seed(world: LocalWorld, results: int = SEEDED_RESULTS) -> set[str]:
@@ -280,7 +268,7 @@ def test_the_destination_takes_the_installation_over_on_forges_first_call_there(
     assert response["statusCode"] == 204
     registry = eu_items(world, regions)["INSTALLATION"]
     assert (registry["activePk"]["S"], registry["status"]["S"]) == ("ACTIVE", "active")
-    eu_tokens = partition(
+    eu_tokens = partition_items(
         boto3.client("dynamodb", region_name=EU_REGION), regions.eu.physical["TokensTable"], world.site.installation_id
     )
     assert set(eu_tokens) == {"SYSTEM"}
@@ -649,16 +637,22 @@ def test_times_as_epoch_seconds_and_milliseconds_are_read_too(local_world: Local
 
 
 # -- jobs and the scheduler during the window -------------------------------------------------------
+def scheduler_of(world: LocalWorld) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """JobSchedulerFunction's handler, invoked with an event as EventBridge Scheduler would."""
+    scheduler = world.load("JobSchedulerFunction")
+    context = LocalLambdaContext("scheduler", timeout_s=300)
+    return lambda event: scheduler.lambda_handler(event, context)
+
+
 def test_jobs_are_held_during_the_window_and_the_scheduler_skips_the_installation(
     local_world: LocalWorld, regions: Regions
 ) -> None:
     world = local_world
     seed(world, results=0)
-    scheduler = world.load("JobSchedulerFunction")
-    context = LocalLambdaContext("scheduler", timeout_s=300)
+    scheduler = scheduler_of(world)
 
     def census() -> int:
-        return int(scheduler.lambda_handler({"task": "token-census"}, context)["activeInstallations"])
+        return int(scheduler({"task": "token-census"})["activeInstallations"])
 
     assert census() == 1
     body = window("mig-hold")
@@ -673,7 +667,7 @@ def test_jobs_are_held_during_the_window_and_the_scheduler_skips_the_installatio
     clock.advance(100)
     assert hook(world, "start", body)["statusCode"] == 200
     assert census() == 0  # out of the scheduler's sight while the migration runs
-    assert scheduler.lambda_handler({"job": "space-digest"}, context)["requested"] == 0
+    assert scheduler({"job": "space-digest"})["requested"] == 0
     world.make_visible(event)
     assert len(world.run_worker()[1]["batchItemFailures"]) == 1  # still held
     assert hook(world, "rollback", {"migrationId": "mig-hold"})["statusCode"] == 200
@@ -688,12 +682,11 @@ def test_a_hold_that_lapses_without_commit_or_rollback_is_released_by_the_sweep(
 ) -> None:
     world = local_world
     seed(world, results=0)
-    scheduler = world.load("JobSchedulerFunction")
-    context = LocalLambdaContext("scheduler", timeout_s=300)
+    scheduler = scheduler_of(world)
     migrate_until_ready(world, "mig-forgotten", hours=1)
-    assert "holdsReleased" not in scheduler.lambda_handler({"task": "cleanup-sweep"}, context)
+    assert "holdsReleased" not in scheduler({"task": "cleanup-sweep"})
     clock.advance(2 * 3600)  # the window and its grace are over; Forge never committed nor rolled back
-    swept = scheduler.lambda_handler({"task": "cleanup-sweep"}, context)
+    swept = scheduler({"task": "cleanup-sweep"})
     assert swept["holdsReleased"] == 1
     assert (
         world.send("POST", "/forge/keepalive", world.forge.headers(world.site, app_token=world.forge.app_token()))[
@@ -701,7 +694,7 @@ def test_a_hold_that_lapses_without_commit_or_rollback_is_released_by_the_sweep(
         ]
         == 204
     )
-    assert scheduler.lambda_handler({"task": "token-census"}, context)["activeInstallations"] == 1
+    assert scheduler({"task": "token-census"})["activeInstallations"] == 1
     registry = home_items(world)["INSTALLATION"]
     assert registry["activePk"]["S"] == "ACTIVE"
     assert "holdUntil" not in registry

@@ -24,7 +24,7 @@ import requests
 
 from forge_remote import clock
 from forge_remote.lifecycle.migration_copy import MARKER, SKIPPED_PREFIXES
-from forge_remote.storage.table_keys import INSTALLATION_SK, MIGRATION_SK_PREFIX, installation_pk
+from forge_remote.storage.table_keys import INSTALLATION_SK, MIGRATION_SK_PREFIX
 from local import forge_cli, realms, serve
 from local.cfn_yaml import load_template
 from local.dev_control import ControlClient
@@ -33,7 +33,7 @@ from local.moto_server import MotoServer
 from local.stack import TEMPLATE
 from local.ui_dev import INVOKE_PATH, PAGE_PATH
 from tests.serve_process import ServeProcess
-from tests.support import ROOT
+from tests.support import ROOT, partition_items
 
 HOME, EU = "default", "EU"
 DEPLOYED_SETTLE_S = "150"  # the template's MIGRATION_SETTLE_S: the clock is moved past it, never waited for
@@ -70,20 +70,7 @@ class Realms:
 
     def partition(self, realm: str, installation_id: str, table: str = "AppTable") -> dict[str, dict[str, Any]]:
         """The installation's items in a realm's table, by sort key."""
-        items: dict[str, dict[str, Any]] = {}
-        name = f"{self.realm(realm)['stackName']}-{table}"
-        for page in (
-            self.client(realm)
-            .get_paginator("query")
-            .paginate(
-                TableName=name,
-                KeyConditionExpression="pk = :pk",
-                ExpressionAttributeValues={":pk": {"S": installation_pk(installation_id)}},
-                ConsistentRead=True,
-            )
-        ):
-            items.update({item["sk"]["S"]: item for item in page["Items"]})
-        return items
+        return partition_items(self.client(realm), f"{self.realm(realm)['stackName']}-{table}", installation_id)
 
     def tokens(self, realm: str, installation_id: str) -> dict[str, dict[str, Any]]:
         return self.partition(realm, installation_id, "TokensTable")
